@@ -1,0 +1,163 @@
+"""Action artifacts: the small folder a trained action lives in, and applying it to a base.
+
+Layout::
+
+    ACTION/action.toml          name, prompt, base model identity, training config, steps, clips, date
+    ACTION/unet.safetensors     only the trained UNet tensors (motion modules + spatial K/V)
+    ACTION/decoder.safetensors  only the Detail Enhancement Decoder's new layers
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from flash_engine.errors import FlashError
+
+MANIFEST = "action.toml"
+UNET_FILE = "unet.safetensors"
+DECODER_FILE = "decoder.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Action:
+    folder: Path
+    name: str
+    prompt: str
+    base_model: str
+    meta: dict = field(default_factory=dict)
+
+    def unet_state(self) -> dict[str, torch.Tensor]:
+        return load_file(self.folder / UNET_FILE)
+
+    def decoder_state(self) -> dict[str, torch.Tensor] | None:
+        path = self.folder / DECODER_FILE
+        return load_file(path) if path.is_file() else None
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"'
+
+
+def dump_toml(data: dict) -> str:
+    """Enough TOML for our manifests: scalars and lists at the top, one level of tables."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in data.items() if not isinstance(value, dict)]
+    for key, table in data.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def write_action(folder: Path, *, name: str, prompt: str, base_model: str,
+                 unet_state: dict[str, torch.Tensor], decoder_state: dict[str, torch.Tensor] | None = None,
+                 meta: dict | None = None) -> Path:
+    """Write the three files into ``folder`` (callers stage it: see ``output.staged_folder``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in unet_state.items()}, folder / UNET_FILE)
+    if decoder_state is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in decoder_state.items()}, folder / DECODER_FILE)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "name": name,
+        "prompt": prompt,
+        "base_model": base_model,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **(meta or {}),
+    }
+    (folder / MANIFEST).write_text(dump_toml(manifest), encoding="utf-8")
+    return folder
+
+
+def read_action(folder: str | Path) -> Action:
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FlashError(f"action weights folder not found: {folder}",
+                         "train the action first or fix the --weights path", code="weights_missing")
+    missing = [f for f in (MANIFEST, UNET_FILE) if not (folder / f).is_file()]
+    if missing:
+        raise FlashError(f"incomplete action folder {folder}: missing {', '.join(missing)}",
+                         "re-run the training (it resumes from its checkpoint) or pick another action",
+                         code="weights_incomplete")
+    try:
+        data = tomllib.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise FlashError(f"unreadable {folder / MANIFEST}: {err}", "re-run the training to rewrite it",
+                         code="weights_incomplete") from err
+    for key in ("name", "prompt", "base_model"):
+        if not isinstance(data.get(key), str):
+            raise FlashError(f"{folder / MANIFEST} has no {key}", "re-run the training to rewrite it",
+                             code="weights_incomplete")
+    return Action(folder=folder, name=data["name"], prompt=data["prompt"], base_model=data["base_model"],
+                  meta=data)
+
+
+class ActionSlot:
+    """Puts an action's tensors into a pipeline and can take them out again.
+
+    The base's original values of the touched tensors are kept, so a warm pipeline can
+    switch actions (or go back to the base) without reloading gigabytes.
+    """
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self.current: Action | None = None
+        self._saved_unet: dict[str, torch.Tensor] = {}
+        self._saved_decoder: dict[str, torch.Tensor] | None = None
+
+    def apply(self, action: Action | None) -> None:
+        if action is not None and self.current is not None and action.folder == self.current.folder:
+            return
+        self.reset()
+        if action is None:
+            return
+        base_identity = self.pipeline.base.identity
+        if action.base_model != base_identity:
+            raise FlashError(
+                f"action '{action.name}' was trained on base model {action.base_model}, not {base_identity}",
+                "animate with the base model it was trained on, or retrain the action on this one",
+                code="base_mismatch",
+            )
+        unet = self.pipeline.base.unet
+        params = dict(unet.named_parameters())
+        state = action.unet_state()
+        unknown = [k for k in state if k not in params]
+        if unknown:
+            raise FlashError(f"action '{action.name}' has tensors this UNet lacks (e.g. {unknown[0]})",
+                             "retrain the action on this base model", code="base_mismatch")
+        with torch.no_grad():
+            for key, value in state.items():
+                if params[key].shape != value.shape:
+                    raise FlashError(f"action '{action.name}' tensor {key} has shape {tuple(value.shape)}, "
+                                     f"the UNet has {tuple(params[key].shape)}",
+                                     "retrain the action on this base model", code="base_mismatch")
+                self._saved_unet[key] = params[key].detach().clone()
+                params[key].copy_(value.to(params[key].dtype))
+        decoder_state = action.decoder_state()
+        if decoder_state is not None:
+            self._saved_decoder = {k: v.detach().clone()
+                                   for k, v in self.pipeline.decoder.enhancement_state_dict().items()}
+            self.pipeline.decoder.load_enhancement_state_dict(decoder_state)
+        self.current = action
+
+    def reset(self) -> None:
+        if self._saved_unet:
+            params = dict(self.pipeline.base.unet.named_parameters())
+            with torch.no_grad():
+                for key, value in self._saved_unet.items():
+                    params[key].copy_(value)
+        if self._saved_decoder is not None:
+            self.pipeline.decoder.load_enhancement_state_dict(self._saved_decoder)
+        self._saved_unet, self._saved_decoder, self.current = {}, None, None

@@ -1,0 +1,163 @@
+"""The animate job: from a request to a finished output folder.
+
+Shared by the command line and the engine service. Everything a user can get wrong is
+checked before any model is loaded, and the output folder appears only when complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from flash_engine import __version__
+from flash_engine.actions import Action, read_action
+from flash_engine.errors import FlashError
+from flash_engine.images import load_reference, resolve_size, save_frames, write_mp4
+from flash_engine.output import check_destination, staged_folder
+from flash_engine.presets import Preset, find_preset
+from flash_engine.weights import resolve_model_source
+
+METADATA_FILE = "flash.json"
+
+
+@dataclass
+class AnimateRequest:
+    image: str
+    out: str
+    action: str | None = None  # preset id/name or a preset .toml path
+    prompt: str | None = None
+    negative_prompt: str = ""
+    weights: str | None = None  # a trained action folder; overrides the preset's
+    model: str = "default"  # "tiny", a weights folder, or "default"
+    motion_adapter: str | None = None
+    frames: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    long_side: int = 512
+    overwrite: bool = False
+    mp4: bool = False
+    fps: int = 8
+    device: str = "auto"
+    precision: str = "auto"
+    offload: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AnimateRequest":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise FlashError(f"unknown animate argument(s): {', '.join(unknown)}",
+                             f"allowed: {', '.join(sorted(known))}", code="bad_argument")
+        for required in ("image", "out"):
+            if not data.get(required):
+                raise FlashError(f"animate needs '{required}'", f"pass {required}", code="bad_argument")
+        return cls(**data)
+
+
+@dataclass
+class ResolvedAnimate:
+    """A request with every default filled in and every input checked."""
+
+    request: AnimateRequest
+    preset: Preset | None
+    action: Action | None
+    prompt: str
+    frames: int
+    steps: int
+    guidance: float
+    seed: int
+    width: int
+    height: int
+    model: str
+    reference: object  # PIL image
+
+
+def resolve(request: AnimateRequest) -> ResolvedAnimate:
+    if not request.action and not request.weights and not (request.prompt and request.prompt.strip()):
+        raise FlashError("nothing to animate: no action and no prompt",
+                         "pass --action PRESET (see `python -m flash_engine info`) or --prompt TEXT",
+                         code="bad_prompt")
+    preset = find_preset(request.action) if request.action else None
+    weights = request.weights or (str(preset.weights) if preset and preset.weights else None)
+    action = read_action(weights) if weights else None
+    prompt = request.prompt or (action.prompt if action and not preset else None) or (preset.prompt if preset else "")
+    out = Path(request.out).expanduser()
+    check_destination(out, request.overwrite)
+    reference = load_reference(request.image)
+    width, height = resolve_size(reference.size, request.width, request.height, request.long_side)
+    frames = request.frames if request.frames is not None else (preset.frames if preset else 16)
+    if frames < 2:
+        raise FlashError(f"frames must be at least 2 (got {frames})", "use --frames 16", code="bad_frames")
+    return ResolvedAnimate(
+        request=request,
+        preset=preset,
+        action=action,
+        prompt=prompt,
+        frames=frames,
+        steps=request.steps if request.steps is not None else (preset.steps if preset else 25),
+        guidance=request.guidance if request.guidance is not None else (preset.guidance if preset else 7.5),
+        seed=request.seed if request.seed is not None else random.SystemRandom().randrange(2**31),
+        width=width,
+        height=height,
+        model=resolve_model_source(request.model),
+        reference=reference,
+    )
+
+
+def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, int], None] | None = None,
+                should_cancel: Callable[[], bool] | None = None, action_slot=None) -> dict:
+    """Animate into the request's folder; returns the metadata written to ``flash.json``."""
+    from flash_engine.actions import ActionSlot
+    from flash_engine.pipeline import AnimationSettings
+
+    request = job.request
+    slot = action_slot or ActionSlot(pipeline)
+    slot.apply(job.action)
+    settings = AnimationSettings(
+        prompt=job.prompt, negative_prompt=request.negative_prompt, num_frames=job.frames, steps=job.steps,
+        guidance=job.guidance, seed=job.seed, width=job.width, height=job.height,
+    )
+    started = time.perf_counter()
+    out = Path(request.out).expanduser()
+    with staged_folder(out, overwrite=request.overwrite) as staging:
+        result = pipeline(job.reference, settings, progress=progress, should_cancel=should_cancel)
+        write_started = time.perf_counter()
+        files = [p.name for p in save_frames(result.frames, staging)]
+        if request.mp4:
+            files.append(write_mp4(result.frames, staging / "flash.mp4", fps=request.fps).name)
+        timings = {**result.timings, "write": round(time.perf_counter() - write_started, 4)}
+        timings["total"] = round(time.perf_counter() - started, 4)
+        metadata = {
+            "engine_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "reference_image": os.path.abspath(request.image),
+            "settings": asdict(settings),
+            "fps": request.fps,
+            "preset": job.preset.id if job.preset else None,
+            "action": {
+                "name": job.action.name if job.action else (job.preset.name if job.preset else None),
+                "weights": str(job.action.folder.resolve()) if job.action else None,
+                "base_model_only": job.action is None,
+            },
+            "model": {
+                "source": pipeline.base.source,
+                "identity": pipeline.base.identity,
+                "device": str(pipeline.device),
+                "dtype": str(pipeline.dtype).removeprefix("torch."),
+                "offload": pipeline.offload,
+            },
+            "frames": files[: job.frames],
+            "mp4": "flash.mp4" if request.mp4 else None,
+            "timings_s": timings,
+        }
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    return metadata

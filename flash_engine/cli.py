@@ -1,0 +1,176 @@
+"""``python -m flash_engine``: animate, info, weights, demo.
+
+Results go to files; progress and errors go to stderr; the exit code is non-zero on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from flash_engine.errors import FlashError
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default",
+                        help="'tiny' (built in), a diffusers-layout weights folder, or 'default' "
+                             "($FLASH_MODEL, else fetched weights, else the built-in model)")
+    parser.add_argument("--motion-adapter", help="AnimateDiff motion adapter folder (default: MODEL/motion_adapter)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    parser.add_argument("--offload", action="store_true", help="model CPU offload (less GPU memory, slower)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flash_engine", description="FLASH image animation engine")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    animate = commands.add_parser("animate", help="animate a reference image")
+    animate.add_argument("--image", required=True, help="the reference frame (PNG/JPEG)")
+    what = animate.add_argument_group("what to animate (an action preset, a prompt, or both)")
+    what.add_argument("--action", help="preset id or name (see `info`), or a preset .toml file")
+    what.add_argument("--prompt", help="the action sentence, e.g. 'a person is shooting a soccer ball.'")
+    what.add_argument("--negative-prompt", default="")
+    what.add_argument("--weights", help="trained action folder (overrides the preset's)")
+    add_model_args(animate)
+    animate.add_argument("--frames", type=_whole_number)
+    animate.add_argument("--steps", type=_whole_number)
+    animate.add_argument("--guidance", type=float)
+    animate.add_argument("--seed", type=_whole_number, help="default: random (recorded in flash.json)")
+    animate.add_argument("--width", type=_whole_number, help="multiple of 8; default follows the image's aspect")
+    animate.add_argument("--height", type=_whole_number, help="multiple of 8; default follows the image's aspect")
+    animate.add_argument("--long-side", type=_whole_number, default=512,
+                         help="long side when neither --width nor --height is given (default 512)")
+    animate.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    animate.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    animate.add_argument("--mp4", action="store_true", help="also write flash.mp4")
+    animate.add_argument("--fps", type=_whole_number, default=8)
+
+    info = commands.add_parser("info", help="device, versions, weights found and presets")
+    info.add_argument("--json", action="store_true")
+
+    weights = commands.add_parser("weights", help="base model weights")
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True)
+    fetch = weights_commands.add_parser("fetch", help="download SD 1.5 + AnimateDiff (needs network)")
+    fetch.add_argument("--dest", type=Path, help="default: the per-user weights folder (see `info`)")
+
+    demo = commands.add_parser("demo", help="animate a built-in reference image")
+    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--model", default="default")
+    return parser
+
+
+def stderr_progress():
+    from flash_engine.progress import ProgressTracker
+
+    tracker = ProgressTracker()
+    interactive = sys.stderr.isatty()
+
+    def report(phase: str, step: int, total: int) -> None:
+        update = tracker.update(phase, step, total)
+        end = "\r" if interactive and step < total else "\n"
+        if interactive or step in (0, total) or step % max(1, total // 5) == 0:
+            print(f"  {update.line():<40}", end=end, file=sys.stderr, flush=True)
+
+    return report
+
+
+def animate_command(args) -> int:
+    from flash_engine.animate import AnimateRequest, resolve, run_animate
+    from flash_engine.runtime import PipelineCache, PipelineKey, pick_device, pick_dtype, precision_name
+
+    request = AnimateRequest(
+        image=args.image, out=args.out, action=args.action, prompt=args.prompt,
+        negative_prompt=args.negative_prompt, weights=args.weights, model=args.model,
+        motion_adapter=args.motion_adapter, frames=args.frames, steps=args.steps, guidance=args.guidance,
+        seed=args.seed, width=args.width, height=args.height, long_side=args.long_side,
+        overwrite=args.overwrite, mp4=args.mp4, fps=args.fps, device=args.device, precision=args.precision,
+        offload=args.offload,
+    )
+    job = resolve(request)
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.precision, device)
+    print(f"flash: {job.frames} frames at {job.width}x{job.height}, {job.steps} steps, seed {job.seed}, "
+          f"model {job.model} on {device}", file=sys.stderr)
+    key = PipelineKey(job.model, args.motion_adapter, str(device), precision_name(dtype), args.offload)
+    pipeline = PipelineCache().get(key)
+    metadata = run_animate(job, pipeline, progress=stderr_progress())
+    print(f"flash: wrote {len(metadata['frames'])} frames to {Path(args.out)}", file=sys.stderr)
+    if metadata["action"]["base_model_only"]:
+        print("flash: no trained weights for this action: the base model animated the prompt", file=sys.stderr)
+    return 0
+
+
+def info_command(args) -> int:
+    from flash_engine import __version__
+    from flash_engine.presets import list_presets
+    from flash_engine.runtime import device_report
+    from flash_engine.weights import resolve_model_source, weights_status
+
+    import diffusers
+    import transformers
+
+    report = {
+        "engine_version": __version__,
+        **device_report(),
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "weights": weights_status(),
+        "default_model": resolve_model_source("default"),
+        "presets": [preset.to_dict() for preset in list_presets()],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"FLASH engine {report['engine_version']}  (python {report['python']}, torch {report['torch']}, "
+          f"diffusers {report['diffusers']}, transformers {report['transformers']})")
+    gpu = f" - {report['gpu']} ({report['gpu_memory_gib']} GiB)" if "gpu" in report else ""
+    print(f"device: {report['device']}{gpu}  CUDA {report['cuda_version'] or 'not built'}")
+    weights = report["weights"]
+    state = "found" if weights["found"] else "not found (" + "; ".join(weights["problems"]) + ")"
+    print(f"weights: {weights['folder']}: {state}")
+    print(f"default model: {report['default_model']}")
+    print("presets:")
+    for preset in report["presets"]:
+        trained = "trained" if preset["weights"] else "base model only"
+        print(f"  {preset['id']:<22} {preset['name']:<24} [{trained}]  {preset['prompt']}")
+    return 0
+
+
+def weights_command(args) -> int:
+    from flash_engine.weights import fetch
+
+    dest = fetch(args.dest)
+    print(f"weights ready in {dest}", file=sys.stderr)
+    return 0
+
+
+def demo_command(args) -> int:
+    from flash_engine.demo import run_demo
+
+    run_demo(Path(args.out), model=args.model)
+    return 0
+
+
+COMMANDS = {"animate": animate_command, "info": info_command, "weights": weights_command, "demo": demo_command}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FlashError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (nothing was written)", file=sys.stderr)
+        return 130

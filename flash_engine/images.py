@@ -1,0 +1,127 @@
+"""Image and video I/O around the model: reference in, frames and MP4 out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from flash_engine.errors import FlashError
+
+DEFAULT_LONG_SIDE = 512
+SIZE_MULTIPLE = 8
+
+
+def load_reference(path: str | Path) -> Image.Image:
+    path = Path(path)
+    if not path.exists():
+        raise FlashError(f"reference image not found: {path}", "check the --image path", code="bad_image")
+    if not path.is_file():
+        raise FlashError(f"reference is not a file: {path}", "pass an image file (PNG, JPEG, ...)", code="bad_image")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except PermissionError as err:
+        raise FlashError(f"cannot read reference image {path}: permission denied",
+                         "fix the file's permissions", code="bad_image") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise FlashError(f"not a readable image: {path}",
+                         "pass a PNG or JPEG render of the shot", code="bad_image") from err
+
+
+def _round_to_multiple(value: float) -> int:
+    return max(SIZE_MULTIPLE, int(round(value / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+
+
+def check_size(name: str, value: int) -> None:
+    if value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
+        lower = max(SIZE_MULTIPLE, value // SIZE_MULTIPLE * SIZE_MULTIPLE)
+        raise FlashError(
+            f"{name} {value} is not a positive multiple of {SIZE_MULTIPLE}",
+            f"use {lower} or {lower + SIZE_MULTIPLE}",
+            code="bad_size",
+        )
+
+
+def resolve_size(image_size: tuple[int, int], width: int | None = None, height: int | None = None,
+                 long_side: int = DEFAULT_LONG_SIDE) -> tuple[int, int]:
+    """The model resolution: explicit sizes are checked, missing ones follow the image's aspect.
+
+    With neither given, the long side is ``long_side`` and the short side the image's
+    aspect ratio rounded to a multiple of 8, so a 16:9 camera is not squeezed into a square.
+    """
+    image_w, image_h = image_size
+    aspect = image_w / image_h
+    if width is not None:
+        check_size("width", width)
+    if height is not None:
+        check_size("height", height)
+    if width is None and height is None:
+        check_size("long side", long_side)
+        if aspect >= 1:
+            width, height = long_side, _round_to_multiple(long_side / aspect)
+        else:
+            width, height = _round_to_multiple(long_side * aspect), long_side
+    elif width is None:
+        width = _round_to_multiple(height * aspect)
+    elif height is None:
+        height = _round_to_multiple(width / aspect)
+    return width, height
+
+
+def fit_reference(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale to cover width×height, then centre-crop: the aspect is kept, nothing is stretched."""
+    if image.size == (width, height):
+        return image
+    scale = max(width / image.width, height / image.height)
+    scaled = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+                          Image.Resampling.LANCZOS)
+    left = (scaled.width - width) // 2
+    top = (scaled.height - height) // 2
+    return scaled.crop((left, top, left + width, top + height))
+
+
+def to_model_pixels(image: Image.Image):
+    """PIL RGB → float tensor (1, 3, H, W) in [-1, 1]."""
+    import torch
+
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def to_uint8_frames(pixels) -> np.ndarray:
+    """Decoder output (F, 3, H, W) in [-1, 1] → (F, H, W, 3) uint8."""
+    import torch
+
+    frames = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return frames.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def frame_name(index: int) -> str:
+    return f"frame_{index + 1:04d}.png"
+
+
+def save_frames(frames: np.ndarray, folder: Path) -> list[Path]:
+    paths = []
+    for index, frame in enumerate(frames):
+        path = folder / frame_name(index)
+        Image.fromarray(frame).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_mp4(frames: np.ndarray, path: Path, fps: int = 8) -> Path:
+    """H.264 MP4 through imageio-ffmpeg's bundled ffmpeg (frames padded to even sizes)."""
+    import imageio.v2 as imageio
+
+    height, width = frames.shape[1:3]
+    pad_h, pad_w = height % 2, width % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                            ffmpeg_log_level="error") as writer:
+        for frame in frames:
+            writer.append_data(frame)
+    return path

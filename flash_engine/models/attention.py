@@ -1,0 +1,153 @@
+"""FLASH attention processors for diffusers' ``UNetMotionModel``.
+
+Spatial self-attention (``attn1`` of the spatial transformers) becomes cross-frame
+attention: every frame's queries attend to the keys and values of the first frame and of
+the frame itself, concatenated along the tokens. Frame 0 attends to [frame 0; frame 0],
+which is plain self-attention, so the reference frame is not disturbed.
+
+Processors are swapped in by name (diffusers' convention) and share one
+``FlashAttentionContext``. A forward pre-hook on the UNet records the frame count from the
+sample's shape, so callers never have to pass it.
+
+Training-only switches (inter-frame correspondence alignment) live on the same context,
+so training and inference share the same model classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+
+@dataclass
+class FlashAttentionContext:
+    """State shared by the FLASH processors of one UNet."""
+
+    num_frames: int = 1
+    # Training: the batch is [original videos; augmented videos] and, in these layers,
+    # the augmented half uses the original half's queries and keys (so its attention map
+    # is the original's). Empty at inference.
+    share_qk_layers: frozenset[str] = frozenset()
+    # Diagnostics: when not None, layers store their attention maps here by name.
+    captured_attention: dict[str, torch.Tensor] | None = None
+    cross_frame_layers: list[str] = field(default_factory=list)
+
+
+def cross_frame_tokens(x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """(B·F, N, C) → (B·F, 2N, C): each frame's tokens prefixed by frame 0's tokens."""
+    bf, n, c = x.shape
+    frames = x.view(bf // num_frames, num_frames, n, c)
+    first = frames[:, :1].expand(-1, num_frames, -1, -1)
+    return torch.cat([first, frames], dim=2).view(bf, 2 * n, c)
+
+
+def share_first_half(x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Copy the original videos' rows onto the augmented videos' rows ([ori; aug] batch)."""
+    videos = x.shape[0] // num_frames
+    if videos % 2:
+        raise ValueError("correspondence alignment needs a batch of [original; augmented] pairs")
+    half = x.shape[0] // 2
+    return torch.cat([x[:half], x[:half]], dim=0)
+
+
+class CrossFrameAttnProcessor:
+    """Spatial cross-frame attention on fused SDPA (no per-frame Python loop)."""
+
+    def __init__(self, context: FlashAttentionContext, name: str):
+        self.context = context
+        self.name = name
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None:
+            raise ValueError("CrossFrameAttnProcessor replaces self-attention (attn1) only")
+        num_frames = self.context.num_frames
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        if self.name in self.context.share_qk_layers:
+            query = share_first_half(query, num_frames)
+            key = share_first_half(key, num_frames)
+        key = cross_frame_tokens(key, num_frames)
+        value = cross_frame_tokens(value, num_frames)
+
+        batch_frames = query.shape[0]
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch_frames, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_frames, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_frames, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        if self.context.captured_attention is not None:
+            scores = query @ key.transpose(-1, -2) * attn.scale
+            self.context.captured_attention[self.name] = scores.softmax(dim=-1).detach()
+
+        hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_frames, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def is_spatial_self_attention(processor_name: str) -> bool:
+    """``…attentions.N.transformer_blocks.M.attn1.processor`` (not motion modules, not attn2)."""
+    return ".attentions." in processor_name and processor_name.endswith("attn1.processor")
+
+
+def _record_num_frames(context: FlashAttentionContext):
+    def hook(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        context.num_frames = sample.shape[2]  # (B, C, F, H, W)
+
+    return hook
+
+
+def set_flash_attention(unet) -> FlashAttentionContext:
+    """Install FLASH processors on a ``UNetMotionModel`` and return their shared context.
+
+    Idempotent: a UNet that already has them keeps its context.
+    """
+    existing = getattr(unet, "flash_context", None)
+    if existing is not None:
+        return existing
+    context = FlashAttentionContext()
+    processors = {}
+    for name in unet.attn_processors:
+        if is_spatial_self_attention(name):
+            layer = name.removesuffix(".processor")
+            processors[name] = CrossFrameAttnProcessor(context, layer)
+            context.cross_frame_layers.append(layer)
+        else:
+            processors[name] = AttnProcessor2_0()
+    unet.set_attn_processor(processors)
+    unet.register_forward_pre_hook(_record_num_frames(context), with_kwargs=True)
+    unet.flash_context = context
+    return context

@@ -1,0 +1,74 @@
+"""The assembled base model: SD 1.5-style parts plus an AnimateDiff motion adapter.
+
+Every model source (the built-in ``tiny`` model, a local diffusers-layout folder) ends in
+``assemble_base``, so they all run the same code from there on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+from flash_engine.models.attention import FlashAttentionContext, set_flash_attention
+
+# AnimateDiff's noise schedule (the spec's "Scheduler" line); it overrides SD's scheduler
+# config, whose scaled-linear betas AnimateDiff's motion modules were not trained with.
+ANIMATEDIFF_SCHEDULE = dict(
+    beta_schedule="linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    clip_sample=False,
+    num_train_timesteps=1000,
+    steps_offset=1,
+    set_alpha_to_one=False,
+    prediction_type="epsilon",
+)
+
+
+@dataclass
+class BaseModel:
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: AutoencoderKL
+    unet: UNetMotionModel
+    scheduler: DDIMScheduler
+    identity: str  # content fingerprint of the base weights; action artifacts record it
+    source: str  # "tiny" or the folder it was loaded from
+    attention: FlashAttentionContext = field(repr=False, default=None)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"text_encoder": self.text_encoder, "vae": self.vae, "unet": self.unet}
+
+
+def animatediff_scheduler(config: dict | None = None) -> DDIMScheduler:
+    return DDIMScheduler.from_config({**(config or {}), **ANIMATEDIFF_SCHEDULE})
+
+
+def assemble_base(
+    *,
+    unet2d: UNet2DConditionModel,
+    motion_adapter: MotionAdapter,
+    vae: AutoencoderKL,
+    text_encoder: torch.nn.Module,
+    tokenizer,
+    scheduler_config: dict | None,
+    identity: str,
+    source: str,
+) -> BaseModel:
+    unet = UNetMotionModel.from_unet2d(unet2d, motion_adapter)
+    attention = set_flash_attention(unet)
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    return BaseModel(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        unet=unet,
+        scheduler=animatediff_scheduler(scheduler_config),
+        identity=identity,
+        source=source,
+        attention=attention,
+    )

@@ -1,0 +1,158 @@
+"""Load a base model from its source: ``tiny`` or a local diffusers-layout folder.
+
+The folder is Stable Diffusion 1.5 in the diffusers layout plus an AnimateDiff motion
+adapter::
+
+    DIR/unet/            config.json + diffusion_pytorch_model.safetensors
+    DIR/vae/             config.json + diffusion_pytorch_model.safetensors
+    DIR/text_encoder/    config.json + model.safetensors
+    DIR/tokenizer/       tokenizer files (vocab.json + merges.txt, or tokenizer.json)
+    DIR/scheduler/       scheduler_config.json
+    DIR/motion_adapter/  config.json + diffusion_pytorch_model.safetensors
+
+(the adapter may live elsewhere: ``motion_adapter=`` overrides it). Everything loads with
+``local_files_only`` and safetensors only: pickle checkpoints are refused, never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from flash_engine.errors import FlashError
+from flash_engine.models.base import BaseModel, assemble_base
+
+WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "motion_adapter")
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+FINGERPRINT_CHUNK = 4 << 20
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors"))
+
+
+def find_problems(model_dir: Path, adapter_dir: Path) -> list[str]:
+    """Everything missing from a weights folder, as short phrases (empty when complete)."""
+    problems = []
+    folders = {name: model_dir / name for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
+    folders["motion_adapter"] = adapter_dir
+    for name, folder in folders.items():
+        if not folder.is_dir():
+            problems.append(f"no {name}/ folder")
+            continue
+        if name in WEIGHT_FOLDERS:
+            if not (folder / "config.json").is_file():
+                problems.append(f"{name}/config.json missing")
+            if not _has_safetensors(folder):
+                pickled = any(folder.glob("*.bin")) or any(folder.glob("*.ckpt")) or any(folder.glob("*.pt"))
+                problems.append(
+                    f"{name}/ has only pickle weights (convert them to .safetensors)"
+                    if pickled
+                    else f"{name}/ has no .safetensors weights"
+                )
+        elif name == "tokenizer":
+            if not any(all((folder / f).is_file() for f in files) for files in TOKENIZER_FILES):
+                problems.append("tokenizer/ has neither tokenizer.json nor vocab.json + merges.txt")
+        elif name == "scheduler" and not (folder / "scheduler_config.json").is_file():
+            problems.append("scheduler/scheduler_config.json missing")
+    return problems
+
+
+def check_weights_folder(model_dir: Path, adapter_dir: Path) -> None:
+    if not model_dir.is_dir():
+        raise FlashError(
+            f"weights folder not found: {model_dir}",
+            "run `python -m flash_engine weights fetch` or pass --model tiny",
+            code="weights_missing",
+        )
+    problems = find_problems(model_dir, adapter_dir)
+    if problems:
+        raise FlashError(
+            f"incomplete weights folder {model_dir}: " + "; ".join(problems),
+            "re-run `python -m flash_engine weights fetch --dest DIR` or fix the folder",
+            code="weights_incomplete",
+        )
+
+
+def fingerprint_files(paths: list[Path]) -> str:
+    """A content fingerprint of weight files that costs milliseconds, not a full hash.
+
+    Each file contributes its name, size and three 4 MiB samples (start, middle, end):
+    any retraining changes those bytes, so a different base is told apart without
+    reading gigabytes at every load.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        size = path.stat().st_size
+        digest.update(f"{path.parent.name}/{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            for offset in sorted({0, max(0, size // 2 - FINGERPRINT_CHUNK // 2), max(0, size - FINGERPRINT_CHUNK)}):
+                handle.seek(offset)
+                digest.update(handle.read(FINGERPRINT_CHUNK))
+    return digest.hexdigest()[:16]
+
+
+def load_folder(model_dir: Path, adapter_dir: Path | None = None, dtype=None) -> BaseModel:
+    import torch
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    model_dir = Path(model_dir).expanduser().resolve()
+    adapter_dir = Path(adapter_dir).expanduser().resolve() if adapter_dir else model_dir / "motion_adapter"
+    check_weights_folder(model_dir, adapter_dir)
+    dtype = dtype or torch.float32
+    common = dict(use_safetensors=True, local_files_only=True)
+    try:
+        unet2d = UNet2DConditionModel.from_pretrained(model_dir / "unet", torch_dtype=dtype, **common)
+        motion_adapter = MotionAdapter.from_pretrained(adapter_dir, torch_dtype=dtype, **common)
+        vae = AutoencoderKL.from_pretrained(model_dir / "vae", torch_dtype=dtype, **common)
+        text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder", dtype=dtype, **common)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer", local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FlashError(
+            f"could not load weights from {model_dir}: {first_line}",
+            "check the folder is Stable Diffusion 1.5 + an AnimateDiff motion adapter in the diffusers layout",
+            code="weights_incomplete",
+        ) from err
+    scheduler_config = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+    weight_files = [f for folder in (model_dir / "unet", model_dir / "vae", model_dir / "text_encoder", adapter_dir)
+                    for f in folder.glob("*.safetensors")]
+    return assemble_base(
+        unet2d=unet2d,
+        motion_adapter=motion_adapter,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler_config=scheduler_config,
+        identity=fingerprint_files(weight_files),
+        source=str(model_dir),
+    )
+
+
+def load_base(source: str | Path, adapter_dir: str | Path | None = None, dtype=None) -> BaseModel:
+    """``tiny`` or a folder path → an assembled ``BaseModel`` (on the CPU, in ``dtype``)."""
+    if str(source) == "tiny":
+        from flash_engine.models.tiny import build_tiny
+
+        base = build_tiny()
+        if dtype is not None:
+            for module in base.modules().values():
+                module.to(dtype)
+        return base
+    return load_folder(Path(source), Path(adapter_dir) if adapter_dir else None, dtype=dtype)
+
+
+def save_folder(parts: dict, dest: Path, scheduler_config: dict | None = None) -> Path:
+    """Write parts (as ``tiny_parts()`` returns them) in the layout ``load_folder`` reads."""
+    from flash_engine.models.base import animatediff_scheduler
+
+    dest = Path(dest)
+    parts["unet2d"].save_pretrained(dest / "unet", safe_serialization=True)
+    parts["vae"].save_pretrained(dest / "vae", safe_serialization=True)
+    parts["text_encoder"].save_pretrained(dest / "text_encoder", safe_serialization=True)
+    parts["tokenizer"].save_pretrained(dest / "tokenizer")
+    parts["motion_adapter"].save_pretrained(dest / "motion_adapter", safe_serialization=True)
+    animatediff_scheduler(scheduler_config).save_pretrained(dest / "scheduler")
+    return dest

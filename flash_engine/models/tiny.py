@@ -1,0 +1,110 @@
+"""``tiny``: the FLASH architecture at toy size, built deterministically in code.
+
+No files and no network: the same classes as Stable Diffusion 1.5 + AnimateDiff (CLIP
+text encoder with a byte-level CLIP tokenizer, AutoencoderKL with an 8× downsampling,
+UNet2DConditionModel + MotionAdapter) with small widths and random weights. The full
+pipeline runs on a CPU in seconds; tests and the demo use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+from safetensors.torch import save as safetensors_bytes
+from tokenizers import pre_tokenizers
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from flash_engine.models.base import BaseModel, assemble_base
+
+TINY_SEED = 20250303
+TEXT_WIDTH = 32
+MAX_TOKENS = 77
+
+
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A real CLIP tokenizer with a byte-level vocabulary and no merges (one token per byte)."""
+    vocab: dict[str, int] = {}
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    for suffix in ("", "</w>"):
+        for char in alphabet:
+            vocab[char + suffix] = len(vocab)
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
+
+
+def tiny_parts() -> dict:
+    """The separate parts, as they would be saved in a diffusers-layout folder."""
+    tokenizer = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=TEXT_WIDTH,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=MAX_TOKENS,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(16, 32, 32, 32),
+            layers_per_block=1,
+            norm_num_groups=8,
+            latent_channels=4,
+            sample_size=64,
+        )
+        unet2d = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            cross_attention_dim=TEXT_WIDTH,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+        motion_adapter = MotionAdapter(
+            block_out_channels=(32, 64),
+            motion_layers_per_block=1,
+            motion_mid_block_layers_per_block=1,
+            motion_num_attention_heads=2,
+            motion_norm_num_groups=8,
+            motion_max_seq_length=32,
+            use_motion_mid_block=True,
+        )
+    return dict(
+        unet2d=unet2d,
+        motion_adapter=motion_adapter,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+    )
+
+
+def weights_fingerprint(modules: list[torch.nn.Module]) -> str:
+    digest = hashlib.sha256()
+    for module in modules:
+        state = {k: v.contiguous() for k, v in module.state_dict().items()}
+        digest.update(safetensors_bytes(state))
+    return digest.hexdigest()[:16]
+
+
+def build_tiny() -> BaseModel:
+    parts = tiny_parts()
+    identity = "tiny-" + weights_fingerprint(
+        [parts["unet2d"], parts["motion_adapter"], parts["vae"], parts["text_encoder"]]
+    )
+    return assemble_base(**parts, scheduler_config=None, identity=identity, source="tiny")

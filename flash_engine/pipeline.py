@@ -1,0 +1,218 @@
+"""FLASH sampling: clean first frame, DDIM with classifier-free guidance, latent AdaIN,
+and the Detail Enhancement Decoder.
+
+The reference image is encoded once; its clean latent replaces latent frame 0 before
+every UNet call, so the first frame is never noised (spec: "Noise-free first frame").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from flash_engine.errors import FlashError
+from flash_engine.images import fit_reference, to_model_pixels, to_uint8_frames
+from flash_engine.models.base import BaseModel
+from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when its cancel check says stop."""
+
+
+@dataclass
+class AnimationSettings:
+    prompt: str
+    negative_prompt: str = ""
+    num_frames: int = 16
+    steps: int = 25
+    guidance: float = 7.5
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+    adain: bool = True
+
+    def validate(self, max_frames: int) -> None:
+        if self.num_frames < 2:
+            raise FlashError(f"frames must be at least 2 (got {self.num_frames})", "use --frames 16", code="bad_frames")
+        if self.num_frames > max_frames:
+            raise FlashError(f"frames must be at most {max_frames} for this motion module (got {self.num_frames})",
+                             f"use --frames {max_frames} or fewer", code="bad_frames")
+        if self.steps < 1:
+            raise FlashError(f"steps must be at least 1 (got {self.steps})", "use --steps 25", code="bad_steps")
+        if self.guidance < 0:
+            raise FlashError(f"guidance must not be negative (got {self.guidance})", "use --guidance 7.5",
+                             code="bad_guidance")
+        if not self.prompt.strip():
+            raise FlashError("the prompt is empty", "pass --prompt TEXT or --action PRESET", code="bad_prompt")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value < 8 or value % 8:
+                raise FlashError(f"{name} {value} is not a positive multiple of 8", "use a multiple of 8",
+                                 code="bad_size")
+
+
+def adain_latents(latents: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Match every frame's per-channel mean/std over H×W to frame 0's. (B, C, F, H, W)."""
+    mean = latents.mean(dim=(3, 4), keepdim=True)
+    std = latents.std(dim=(3, 4), keepdim=True)
+    return (latents - mean) / (std + eps) * std[:, :, :1] + mean[:, :, :1]
+
+
+@dataclass
+class AnimationResult:
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    latents: torch.Tensor  # (1, C, F, h, w), what was decoded
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class FlashPipeline:
+    """One base model on one device, ready to animate; keep it around to stay warm."""
+
+    def __init__(
+        self,
+        base: BaseModel,
+        decoder: DetailEnhancementDecoder | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        offload: bool = False,
+        vae_slicing: bool = True,
+    ):
+        self.base = base
+        self.device = torch.device(device)
+        self.dtype = dtype
+        # fp16 VAEs overflow on bright images; bf16 and fp32 are safe.
+        self.vae_dtype = torch.float32 if dtype == torch.float16 else dtype
+        self.offload = offload and self.device.type != "cpu"
+        self.vae_slicing = vae_slicing
+        self.decoder = decoder if decoder is not None else DetailEnhancementDecoder.from_vae(base.vae)
+        self.decoder.requires_grad_(False).eval()
+        placements = {
+            base.text_encoder: dtype,
+            base.unet: dtype,
+            base.vae: self.vae_dtype,
+            self.decoder: self.vae_dtype,
+        }
+        for module, module_dtype in placements.items():
+            module.to(device="cpu" if self.offload else self.device, dtype=module_dtype)
+        if self.device.type == "cuda":
+            base.unet.to(memory_format=torch.channels_last)
+
+    @property
+    def max_frames(self) -> int:
+        return int(self.base.unet.config.get("motion_max_seq_length", 32))
+
+    @contextlib.contextmanager
+    def _on_device(self, *modules: torch.nn.Module):
+        """Model CPU offload: a module visits the GPU only for its own phase."""
+        if not self.offload:
+            yield
+            return
+        for module in modules:
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.to("cpu")
+            torch.cuda.empty_cache()
+
+    def encode_prompt(self, prompt: str, negative_prompt: str, guided: bool) -> torch.Tensor:
+        tokenizer = self.base.tokenizer
+        texts = [negative_prompt, prompt] if guided else [prompt]
+        tokens = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt")
+        with self._on_device(self.base.text_encoder):
+            embeddings = self.base.text_encoder(tokens.input_ids.to(self.device))[0]
+        return embeddings.to(self.dtype)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        reference,
+        settings: AnimationSettings,
+        progress: ProgressFn | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> AnimationResult:
+        settings.validate(self.max_frames)
+        progress = progress or (lambda phase, step, total: None)
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            now = time.perf_counter()
+            timings[name] = round(now - clock, 4)
+            clock = now
+
+        def check_cancel() -> None:
+            if should_cancel is not None and should_cancel():
+                raise JobCancelled()
+
+        frames, vae, unet, scheduler = settings.num_frames, self.base.vae, self.base.unet, self.base.scheduler
+        guided = settings.guidance > 1.0
+        progress("encode", 0, 1)
+        text = self.encode_prompt(settings.prompt, settings.negative_prompt, guided)
+        encoder_hidden_states = text.repeat_interleave(frames, dim=0)  # (batch·F, 77, D)
+
+        pixels = to_model_pixels(fit_reference(reference, settings.width, settings.height))
+        with self._on_device(vae):
+            latent_mean, reference_features = encode_with_features(
+                vae, pixels.to(self.device, self.vae_dtype), self.decoder.enhanced_levels)
+        reference_latent = (latent_mean * vae.config.scaling_factor).to(self.dtype)  # (1, C, h, w)
+        lap("encode")
+        check_cancel()
+
+        # Noise drawn on the CPU from the seed: the same seed gives the same clip on any device.
+        generator = torch.Generator("cpu").manual_seed(settings.seed)
+        channels, height, width = reference_latent.shape[1:]
+        latents = torch.randn((1, channels, frames, height, width), generator=generator, dtype=torch.float32)
+        latents = (latents * scheduler.init_noise_sigma).to(self.device, self.dtype)
+        scheduler.set_timesteps(settings.steps, device=self.device)
+        total = len(scheduler.timesteps)
+        progress("denoise", 0, total)
+        with self._on_device(unet):
+            for step, timestep in enumerate(scheduler.timesteps):
+                latents[:, :, 0] = reference_latent
+                model_input = torch.cat([latents, latents]) if guided else latents
+                model_input = scheduler.scale_model_input(model_input, timestep)
+                noise = unet(model_input, timestep, encoder_hidden_states=encoder_hidden_states).sample
+                if guided:
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + settings.guidance * (cond - uncond)
+                latents = scheduler.step(noise, timestep, latents).prev_sample
+                progress("denoise", step + 1, total)
+                check_cancel()
+        latents[:, :, 0] = reference_latent
+        if settings.adain:
+            latents = adain_latents(latents.float()).to(self.dtype)
+            latents[:, :, 0] = reference_latent
+        lap("denoise")
+
+        progress("decode", 0, frames)
+        pixels_out = self.decode(latents, reference_features, progress)
+        lap("decode")
+        return AnimationResult(frames=to_uint8_frames(pixels_out), latents=latents.float().cpu(), timings=timings)
+
+    def decode(self, latents: torch.Tensor, reference_features: dict, progress: ProgressFn) -> torch.Tensor:
+        """(1, C, F, h, w) scaled latents → (F, 3, H, W) pixels, every frame after the first enhanced."""
+        frames = latents.shape[2]
+        video = latents[0].transpose(0, 1).to(self.vae_dtype) / self.base.vae.config.scaling_factor
+        enhance = torch.arange(frames, device=video.device) > 0
+        chunk = 1 if self.vae_slicing else frames
+        outputs = []
+        with self._on_device(self.decoder):
+            for start in range(0, frames, chunk):
+                stop = min(frames, start + chunk)
+                outputs.append(self.decoder(video[start:stop], reference_features, enhance[start:stop]).float().cpu())
+                progress("decode", stop, frames)
+        return torch.cat(outputs)

@@ -1,0 +1,98 @@
+"""Devices, precisions and the warm model cache."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+
+import torch
+
+from flash_engine.errors import FlashError
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    return next(name for name, value in PRECISIONS.items() if value == dtype)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FlashError("CUDA was requested but no CUDA GPU is available",
+                         "use --device cpu or install the CUDA build of torch", code="bad_device")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FlashError("MPS was requested but is not available", "use --device cpu", code="bad_device")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise FlashError(f"unknown device {name!r}", "use auto, cpu, cuda or mps", code="bad_device") from err
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.float32
+    if precision not in PRECISIONS:
+        raise FlashError(f"unknown precision {precision!r}", "use auto, fp32, fp16 or bf16", code="bad_precision")
+    return PRECISIONS[precision]
+
+
+def device_report() -> dict:
+    report = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_version": torch.version.cuda,
+        "device": str(pick_device("auto")),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        report["gpu"] = props.name
+        report["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+    return report
+
+
+@dataclass(frozen=True)
+class PipelineKey:
+    model: str
+    motion_adapter: str | None
+    device: str
+    dtype: str
+    offload: bool
+
+
+class PipelineCache:
+    """Keeps the last loaded pipeline warm; ``loads`` counts real weight loads."""
+
+    def __init__(self):
+        self.key: PipelineKey | None = None
+        self.pipeline = None
+        self.loads = 0
+
+    def get(self, key: PipelineKey):
+        if self.key != key:
+            from flash_engine.models.loading import load_base
+            from flash_engine.pipeline import FlashPipeline
+
+            self.release()
+            base = load_base(key.model, key.motion_adapter)
+            device = torch.device(key.device)
+            self.pipeline = FlashPipeline(base, device=device, dtype=PRECISIONS[key.dtype], offload=key.offload)
+            self.key = key
+            self.loads += 1
+        return self.pipeline
+
+    def release(self) -> None:
+        self.key = None
+        self.pipeline = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
