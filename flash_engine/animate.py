@@ -21,6 +21,7 @@ from flash_engine.errors import FlashError
 from flash_engine.images import load_reference, resolve_size, save_frames, write_mp4
 from flash_engine.output import check_destination, staged_folder
 from flash_engine.presets import Preset, find_preset
+from flash_engine.models.loading import BUILT_IN, check_weights_folder
 from flash_engine.weights import resolve_model_source
 
 METADATA_FILE = "flash.json"
@@ -94,6 +95,11 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
     check_destination(out, request.overwrite)
     reference = load_reference(request.image)
     width, height = resolve_size(reference.size, request.width, request.height, request.long_side)
+    model = resolve_model_source(request.model)
+    if model not in BUILT_IN:
+        model_dir = Path(model).expanduser()
+        adapter = Path(request.motion_adapter).expanduser() if request.motion_adapter else model_dir / "motion_adapter"
+        check_weights_folder(model_dir, adapter)
     frames = request.frames if request.frames is not None else (preset.frames if preset else 16)
     if frames < 2:
         raise FlashError(f"frames must be at least 2 (got {frames})", "use --frames 16", code="bad_frames")
@@ -108,7 +114,7 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
         seed=request.seed if request.seed is not None else random.SystemRandom().randrange(2**31),
         width=width,
         height=height,
-        model=resolve_model_source(request.model),
+        model=model,
         reference=reference,
     )
 

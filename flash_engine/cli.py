@@ -55,6 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--mp4", action="store_true", help="also write flash.mp4")
     animate.add_argument("--fps", type=_whole_number, default=8)
 
+    train = commands.add_parser("train", help="teach an action from a few clips (FLASH training)")
+    train.add_argument("--clips", nargs="+", required=True, metavar="DIR",
+                       help="folder(s) of clips: video files or folders of numbered frames")
+    train.add_argument("--action", required=True, help="the action's name")
+    train.add_argument("--prompt", nargs="+", required=True, metavar="TEXT",
+                       help="the action sentence; one per --clips folder for joint training")
+    add_model_args(train)
+    train.add_argument("--steps", type=_whole_number, help="UNet steps (default 20000)")
+    train.add_argument("--decoder-steps", type=_whole_number, help="decoder steps (default 10000)")
+    train.add_argument("--resolution", help="N or WxH, multiples of 8 (default 512)")
+    train.add_argument("--frames", type=_whole_number, help="frames per clip sample (default 16)")
+    train.add_argument("--stride", type=_whole_number, help="source frames between samples (default 2)")
+    train.add_argument("--variant", type=_whole_number, choices=range(1, 7),
+                       help="the paper's ablation variant #1-#6 (default: 6, the full model)")
+    train.add_argument("--checkpoint-every", type=_whole_number, help="default 500 steps")
+    train.add_argument("--seed", type=_whole_number)
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--force", action="store_true", help="start over / replace an existing action")
+    train.add_argument("--out", required=True, help="the action folder to write")
+    train.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+
     info = commands.add_parser("info", help="device, versions, weights found and presets")
     info.add_argument("--json", action="store_true")
 
@@ -110,6 +131,58 @@ def animate_command(args) -> int:
     return 0
 
 
+def train_command(args) -> int:
+    import signal
+    import time
+
+    from flash_engine.pipeline import JobCancelled
+    from flash_engine.training.job import TrainRequest, resolve_train, run_train
+
+    def emit(event: dict) -> None:
+        print(json.dumps(event), flush=True)
+
+    def report(line: str) -> None:
+        emit({"type": "log", "message": line}) if args.json else print(f"flash: {line}", file=sys.stderr)
+
+    request = TrainRequest(
+        clips=args.clips, action=args.action, prompt=args.prompt, out=args.out, model=args.model,
+        motion_adapter=args.motion_adapter, steps=args.steps, decoder_steps=args.decoder_steps,
+        resolution=args.resolution, frames=args.frames, stride=args.stride, variant=args.variant,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, resume=args.resume, force=args.force,
+        device=args.device, precision=args.precision,
+    )
+    job = resolve_train(request, report=report)
+    last_line = [0.0]
+    interrupted = []
+    # Ctrl-C finishes the current step and saves a checkpoint instead of losing the run.
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+
+    def progress(phase, step, total, loss=None, it_per_s=None, eta_s=None):
+        if args.json:
+            emit({"type": "progress", "phase": phase, "step": step, "total": total, "loss": loss,
+                  "it_per_s": it_per_s, "eta_s": eta_s})
+            return
+        now = time.monotonic()
+        if step == total or now - last_line[0] >= 2.0:
+            last_line[0] = now
+            eta = f" ETA {eta_s:.0f}s" if eta_s is not None else ""
+            print(f"  {phase} {step}/{total} loss {loss:.4f} {it_per_s:.2f} it/s{eta}", file=sys.stderr, flush=True)
+
+    try:
+        result = run_train(job, progress=progress, should_cancel=lambda: bool(interrupted), log=report)
+    except JobCancelled:
+        print(f"flash: stopped; the checkpoint is kept: run the same command with --resume to continue",
+              file=sys.stderr)
+        return 130
+    if args.json:
+        emit({"type": "result", **result})
+    else:
+        print(f"flash: action '{result['name']}' written to {result['action']} "
+              f"({result['steps_done']} UNet + {result['decoder_steps_done']} decoder steps, "
+              f"{len(result['clips'])} clips)", file=sys.stderr)
+    return 0
+
+
 def info_command(args) -> int:
     from flash_engine import __version__
     from flash_engine.presets import list_presets
@@ -161,7 +234,7 @@ def demo_command(args) -> int:
     return 0
 
 
-COMMANDS = {"animate": animate_command, "info": info_command, "weights": weights_command, "demo": demo_command}
+COMMANDS = {"animate": animate_command, "train": train_command, "info": info_command, "weights": weights_command, "demo": demo_command}
 
 
 def main(argv: list[str] | None = None) -> int:

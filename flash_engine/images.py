@@ -32,7 +32,7 @@ def load_reference(path: str | Path) -> Image.Image:
 
 
 def _round_to_multiple(value: float) -> int:
-    return max(SIZE_MULTIPLE, int(round(value / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+    return max(SIZE_MULTIPLE, int(value / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE)  # halves round up
 
 
 def check_size(name: str, value: int) -> None:

@@ -27,10 +27,13 @@ class FlashAttentionContext:
     """State shared by the FLASH processors of one UNet."""
 
     num_frames: int = 1
-    # Training: the batch is [original videos; augmented videos] and, in these layers,
-    # the augmented half uses the original half's queries and keys (so its attention map
-    # is the original's). Empty at inference.
+    # Training only. The batch is [original videos; augmented videos] (``pairs`` of each).
+    # In ``share_qk_layers`` the augmented half uses the original half's queries and keys
+    # (so its attention map is the original's); ``align_motion`` switches on motion feature
+    # alignment in the temporal layers (training/motion_alignment.py). Off at inference.
+    pairs: int = 1
     share_qk_layers: frozenset[str] = frozenset()
+    align_motion: bool = False
     # Diagnostics: when not None, layers store their attention maps here by name.
     captured_attention: dict[str, torch.Tensor] | None = None
     cross_frame_layers: list[str] = field(default_factory=list)

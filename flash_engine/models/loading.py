@@ -17,6 +17,7 @@ adapter::
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from pathlib import Path
 
@@ -26,6 +27,11 @@ from flash_engine.models.base import BaseModel, assemble_base
 WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "motion_adapter")
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 FINGERPRINT_CHUNK = 4 << 20
+# Model sources built in code: name → (module, builder).
+BUILT_IN = {
+    "tiny": ("flash_engine.models.tiny", "build_tiny"),
+    "sd15-random": ("flash_engine.models.sd15_random", "build_sd15_random"),
+}
 
 
 def _has_safetensors(folder: Path) -> bool:
@@ -132,11 +138,10 @@ def load_folder(model_dir: Path, adapter_dir: Path | None = None, dtype=None) ->
 
 
 def load_base(source: str | Path, adapter_dir: str | Path | None = None, dtype=None) -> BaseModel:
-    """``tiny`` or a folder path → an assembled ``BaseModel`` (on the CPU, in ``dtype``)."""
-    if str(source) == "tiny":
-        from flash_engine.models.tiny import build_tiny
-
-        base = build_tiny()
+    """``tiny``, ``sd15-random`` (benchmarks) or a folder path → a ``BaseModel`` on the CPU."""
+    if str(source) in BUILT_IN:
+        module_name, builder = BUILT_IN[str(source)]
+        base = getattr(importlib.import_module(module_name), builder)()
         if dtype is not None:
             for module in base.modules().values():
                 module.to(dtype)

@@ -1,0 +1,2 @@
+"""Few-shot FLASH training: clips in, an action artifact out (spec: Motion Alignment Module
+and Detail Enhancement Decoder)."""

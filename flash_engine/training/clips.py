@@ -1,0 +1,152 @@
+"""Training clips: find them, read them, report the bad ones, sample frames.
+
+A clip is a video file (mp4/mov/webm/gif/avi, read with imageio + imageio-ffmpeg) or a
+folder of numbered frame images. Every clip is decoded once at scan time and kept in memory
+at a working size just above the training resolution, so steps never wait on ffmpeg.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from flash_engine.errors import FlashError
+from flash_engine.training.augment import MIN_CROP_SCALE
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".gif", ".avi", ".mkv", ".m4v"}
+UNREADABLE_VIDEO = "not a readable video (corrupt, or not a video file)"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class Clip:
+    path: Path
+    prompt: str
+    frames: np.ndarray  # (T, H, W, 3) uint8 at the working size
+
+
+@dataclass
+class BadClip:
+    path: Path
+    reason: str
+
+    def line(self) -> str:
+        return f"skipped {self.path}: {self.reason}"
+
+
+@dataclass
+class ClipScan:
+    good: list[Clip]
+    bad: list[BadClip]
+
+    def summary(self) -> str:
+        return f"using {len(self.good)} of {len(self.good) + len(self.bad)} clips"
+
+
+def _natural_key(path: Path):
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def _working_size(width: int, height: int, resolution: tuple[int, int]) -> tuple[int, int]:
+    """Scale so the frame still covers the training size after the smallest random crop."""
+    target_w, target_h = resolution
+    scale = max(target_w / width, target_h / height) / MIN_CROP_SCALE
+    return max(target_w, round(width * scale)), max(target_h, round(height * scale))
+
+
+def _resize_all(frames: list[np.ndarray], resolution: tuple[int, int]) -> np.ndarray:
+    height, width = frames[0].shape[:2]
+    size = _working_size(width, height, resolution)
+    return np.stack([np.asarray(Image.fromarray(f).convert("RGB").resize(size, Image.Resampling.BILINEAR))
+                     for f in frames])
+
+
+def read_video(path: Path) -> list[np.ndarray]:
+    import imageio.v2 as imageio
+
+    if path.stat().st_size == 0:
+        raise ValueError("the file is empty (0 bytes)")
+    try:
+        if path.suffix.lower() == ".gif":
+            frames = imageio.mimread(path, memtest=False)
+        else:
+            with imageio.get_reader(path, format="FFMPEG") as reader:
+                frames = [frame for frame in reader]
+    except Exception as err:  # noqa: BLE001 - ffmpeg's errors are walls of text; say it plainly
+        raise ValueError(UNREADABLE_VIDEO) from err
+    frames = [np.asarray(f)[..., :3] if np.asarray(f).ndim == 3 else np.stack([np.asarray(f)] * 3, -1)
+              for f in frames]
+    if not frames:
+        raise ValueError("no frames could be decoded")
+    return frames
+
+
+def read_frame_folder(folder: Path) -> list[np.ndarray]:
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+    if not files:
+        raise ValueError("the folder has no frame images (png/jpg)")
+    frames = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                frames.append(np.asarray(image.convert("RGB")))
+        except Exception as err:  # noqa: BLE001 - any decoder failure means an unusable frame
+            raise ValueError(f"frame {file.name} is not a readable image") from err
+    if len({f.shape for f in frames}) > 1:
+        raise ValueError("its frames have different sizes")
+    return frames
+
+
+def _read_error(err: Exception) -> str:
+    return str(err) if isinstance(err, ValueError) and str(err) else UNREADABLE_VIDEO
+
+
+def find_clip_paths(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FlashError(f"clips folder not found: {folder}", "pass a folder of video files or frame folders",
+                         code="bad_clips")
+    return sorted((p for p in folder.iterdir()
+                   if not p.name.startswith(".") and (p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES)),
+                  key=_natural_key)
+
+
+def frames_needed(num_frames: int, stride: int) -> int:
+    return (num_frames - 1) * stride + 1
+
+
+def scan_clips(sources: list[tuple[Path, str]], num_frames: int, stride: int,
+               resolution: tuple[int, int]) -> ClipScan:
+    """Read every clip of every (folder, prompt) source; bad ones are reported, not fatal."""
+    needed = frames_needed(num_frames, stride)
+    good, bad = [], []
+    for folder, prompt in sources:
+        candidates = find_clip_paths(folder)
+        others = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() not in VIDEO_SUFFIXES]
+        bad += [BadClip(p, f"not a clip (use {', '.join(sorted(VIDEO_SUFFIXES))} or a folder of frames)")
+                for p in others]
+        for path in candidates:
+            try:
+                frames = read_frame_folder(path) if path.is_dir() else read_video(path)
+            except Exception as err:  # noqa: BLE001 - every reader failure is reported per clip
+                bad.append(BadClip(path, _read_error(err)))
+                continue
+            if len(frames) < needed:
+                bad.append(BadClip(path, f"has {len(frames)} frames, needs {needed} ({num_frames} frames at "
+                                         f"stride {stride}): use a longer clip or a smaller --stride"))
+                continue
+            good.append(Clip(path=path, prompt=prompt, frames=_resize_all(frames, resolution)))
+    return ClipScan(good=good, bad=bad)
+
+
+def sample_frames(clip: Clip, num_frames: int, stride: int, generator: torch.Generator) -> torch.Tensor:
+    """``num_frames`` frames at ``stride`` from a random start → float (F, 3, H, W) in [0, 1]."""
+    last_start = len(clip.frames) - frames_needed(num_frames, stride)
+    start = int(torch.randint(0, last_start + 1, (1,), generator=generator))
+    frames = clip.frames[start: start + frames_needed(num_frames, stride): stride]
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0

@@ -1,0 +1,197 @@
+"""The train job: from a request to an action artifact, resumable.
+
+Shared by ``python -m flash_engine train`` and the engine service. Clips are checked
+before any model is loaded. Checkpoints live in a hidden work folder beside the
+artifact (``.<name>.training/``); the artifact folder itself appears only when training
+has finished, and an existing one is never replaced without ``force``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from flash_engine.actions import write_action
+from flash_engine.errors import FlashError
+from flash_engine.output import check_destination, staged_folder
+from flash_engine.training.clips import BadClip, ClipScan, scan_clips
+from flash_engine.training.config import TrainConfig
+from flash_engine.training.trainer import read_checkpoint_meta
+
+
+@dataclass
+class TrainRequest:
+    clips: list[str]
+    action: str
+    prompt: list[str]  # one for all clip folders, or one per folder (joint training)
+    out: str
+    model: str = "default"
+    motion_adapter: str | None = None
+    steps: int | None = None
+    decoder_steps: int | None = None
+    resolution: str | None = None  # "512" or "512x288"
+    frames: int | None = None
+    stride: int | None = None
+    variant: int | None = None
+    checkpoint_every: int | None = None
+    seed: int | None = None
+    resume: bool = False
+    force: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    options: dict = field(default_factory=dict)  # any other TrainConfig field
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainRequest":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise FlashError(f"unknown train argument(s): {', '.join(unknown)}",
+                             f"allowed: {', '.join(sorted(known))}", code="bad_argument")
+        for required in ("clips", "action", "prompt", "out"):
+            if not data.get(required):
+                raise FlashError(f"train needs '{required}'", f"pass {required}", code="bad_argument")
+        data = dict(data)
+        for key in ("clips", "prompt"):
+            if isinstance(data[key], str):
+                data[key] = [data[key]]
+        return cls(**data)
+
+
+@dataclass
+class ResolvedTrain:
+    request: TrainRequest
+    config: TrainConfig
+    scan: ClipScan
+    out: Path
+    work_dir: Path
+    model: str
+    resume_from: dict | None
+
+
+def parse_resolution(text: str | None, config: TrainConfig) -> tuple[int, int]:
+    if not text:
+        return config.width, config.height
+    try:
+        parts = [int(p) for p in str(text).lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or any(p < 8 or p % 8 for p in parts):
+        raise FlashError(f"resolution {text!r} is not N or WxH in multiples of 8", "use --resolution 512",
+                         code="bad_size")
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def work_dir_for(out: Path) -> Path:
+    return out.parent / f".{out.name}.training"
+
+
+def build_config(request: TrainRequest) -> TrainConfig:
+    config = TrainConfig()
+    if request.variant is not None:
+        config.apply_variant(request.variant)
+    unknown = sorted(set(request.options) - set(config.__dataclass_fields__))
+    if unknown:
+        raise FlashError(f"unknown training option(s): {', '.join(unknown)}", "see TrainConfig in the docs",
+                         code="bad_argument")
+    for key, value in request.options.items():
+        setattr(config, key, value)
+    overrides = dict(steps=request.steps, decoder_steps=request.decoder_steps, num_frames=request.frames,
+                     stride=request.stride, checkpoint_every=request.checkpoint_every, seed=request.seed)
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    config.width, config.height = parse_resolution(request.resolution, config)
+    config.validate()
+    return config
+
+
+def resolve_train(request: TrainRequest, report: Callable[[str], None] = lambda line: None) -> ResolvedTrain:
+    """Check everything that needs no model: names, folders, clips, what resuming would do."""
+    from flash_engine.weights import resolve_model_source
+
+    if not request.action.strip():
+        raise FlashError("the action name is empty", "pass --action NAME", code="bad_argument")
+    prompts = [p.strip() for p in request.prompt]
+    if any(not p for p in prompts):
+        raise FlashError("a prompt is empty", "pass --prompt 'a person is ...'", code="bad_prompt")
+    if len(prompts) not in (1, len(request.clips)):
+        raise FlashError(f"{len(prompts)} prompts for {len(request.clips)} clip folders",
+                         "pass one --prompt for all folders or one per folder, in the same order",
+                         code="bad_argument")
+    config = build_config(request)
+    out = Path(request.out).expanduser()
+    check_destination(out, request.force)
+    work_dir = work_dir_for(out)
+    resume_from = read_checkpoint_meta(work_dir)
+    if request.resume and resume_from is None:
+        raise FlashError(f"nothing to resume: no checkpoint in {work_dir}", "run without --resume to start",
+                         code="no_checkpoint")
+    if resume_from is not None and not request.resume:
+        if not request.force:
+            raise FlashError(f"an earlier training of {out.name} stopped at {resume_from['phase']} step "
+                             f"{resume_from['step']}", "pass --resume to continue it or --force to start over",
+                             code="checkpoint_exists")
+        shutil.rmtree(work_dir)
+        resume_from = None
+    if resume_from is not None:
+        config = TrainConfig.from_dict(resume_from["config"])
+    sources = [(Path(folder).expanduser(), prompts[min(i, len(prompts) - 1)])
+               for i, folder in enumerate(request.clips)]
+    scan = scan_clips(sources, config.num_frames, config.stride, (config.width, config.height))
+    for bad in scan.bad:
+        report(bad.line())
+    if not scan.good:
+        raise FlashError(f"no usable clips in {', '.join(request.clips)} ({len(scan.bad)} skipped)",
+                         "add video files or frame folders with enough frames (see the lines above)",
+                         code="no_clips")
+    report(scan.summary())
+    return ResolvedTrain(request=request, config=config, scan=scan, out=out, work_dir=work_dir,
+                         model=resolve_model_source(request.model), resume_from=resume_from)
+
+
+def run_train(job: ResolvedTrain, progress: Callable | None = None, should_cancel: Callable[[], bool] | None = None,
+              log: Callable[[str], None] = lambda line: None, base=None, device=None) -> dict:
+    """Train and write the artifact; returns a result dict (the artifact's manifest data)."""
+    import torch
+
+    from flash_engine.models.loading import load_base
+    from flash_engine.runtime import pick_device
+    from flash_engine.training.trainer import FlashTrainer, loss_trend
+
+    request, config = job.request, job.config
+    device = device or pick_device(request.device)
+    base = base or load_base(job.model, request.motion_adapter)
+    if job.resume_from is not None and job.resume_from["base_model"] != base.identity:
+        raise FlashError(f"the checkpoint was made with base model {job.resume_from['base_model']}, "
+                         f"not {base.identity}", "resume with the same --model, or --force to start over",
+                         code="base_mismatch")
+    trainer = FlashTrainer(base, job.scan.good, config, job.work_dir, device=device)
+    if job.resume_from is not None:
+        meta = trainer.load_checkpoint()
+        log(f"resuming {job.out.name} at {meta['phase']} step {meta['step']}")
+    trainer.run(progress=progress, should_cancel=should_cancel)
+    unet_first, unet_last = loss_trend(trainer.losses["unet"])
+    prompts = sorted({clip.prompt for clip in job.scan.good})
+    meta = {
+        "prompts": prompts,
+        "steps_done": len(trainer.losses["unet"]),
+        "decoder_steps_done": len(trainer.losses["decoder"]),
+        "clips": [str(clip.path) for clip in job.scan.good],
+        "clips_skipped": [f"{bad.path}: {bad.reason}" for bad in job.scan.bad],
+        "device": str(device),
+        "torch": torch.__version__,
+        "loss": {"unet_first": unet_first, "unet_last": unet_last},
+        "config": {k: v for k, v in config.to_dict().items() if not isinstance(v, dict)},
+    }
+    with staged_folder(job.out, overwrite=request.force) as staging:
+        write_action(staging, name=request.action, prompt=request.prompt[0].strip(),
+                     base_model=base.identity, unet_state=trainer.unet_state(),
+                     decoder_state=trainer.decoder_state(), meta=meta)
+    shutil.rmtree(job.work_dir, ignore_errors=True)
+    return {"action": str(job.out), "name": request.action, **meta}
+
+
+__all__ = ["BadClip", "TrainRequest", "resolve_train", "run_train"]

@@ -1,0 +1,45 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def draw_scene(width=96, height=64, seed=0) -> Image.Image:
+    """A small reference frame with structure (so encodings differ between images)."""
+    image = Image.new("RGB", (width, height), (40 + seed * 30 % 200, 90, 160))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, height * 2 // 3, width, height], fill=(60, 130, 50))
+    draw.ellipse([width // 3, height // 6, width // 3 + height // 3, height // 2], fill=(230, 190, 160))
+    draw.rectangle([width // 2 + seed, height // 3, width // 2 + 12 + seed, height - 8], fill=(200, 40, 40))
+    return image
+
+
+@pytest.fixture(scope="session")
+def tiny_base():
+    from flash_engine.models.tiny import build_tiny
+
+    return build_tiny()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_base):
+    from flash_engine.pipeline import FlashPipeline
+
+    return FlashPipeline(tiny_base)
+
+
+@pytest.fixture
+def reference_png(tmp_path) -> Path:
+    path = tmp_path / "reference.png"
+    draw_scene().save(path)
+    return path
+
+
+def run_engine(*args, cwd=None, timeout=300):
+    """Run ``python -m flash_engine ARGS`` as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "flash_engine", *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,151 @@
+"""The command line as a user runs it: outputs, metadata and every bad input."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from flash_engine.cli import main
+from tests.conftest import draw_scene, run_engine
+
+FAST = ["--model", "tiny", "--frames", "3", "--steps", "2", "--seed", "3"]
+
+
+def test_tiny_run_writes_frames_and_complete_metadata(tmp_path, reference_png):
+    out = tmp_path / "clip"
+    proc = run_engine("animate", "--image", reference_png, "--action", "soccer shoot", "--model", "tiny",
+                      "--frames", "4", "--steps", "2", "--width", "64", "--height", "40", "--seed", "11",
+                      "--out", out, "--mp4")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # results go to files, progress to stderr
+    assert "denoise 2/2" in proc.stderr
+    pngs = sorted(out.glob("frame_*.png"))
+    assert [p.name for p in pngs] == [f"frame_{i:04d}.png" for i in range(1, 5)]
+    for png in pngs:
+        with Image.open(png) as image:
+            assert image.size == (64, 40)
+    assert (out / "flash.mp4").stat().st_size > 0
+    meta = json.loads((out / "flash.json").read_text())
+    assert meta["settings"] == {
+        "prompt": "a person is shooting a soccer ball.", "negative_prompt": "", "num_frames": 4, "steps": 2,
+        "guidance": 7.5, "seed": 11, "width": 64, "height": 40, "adain": True,
+    }
+    assert meta["preset"] == "soccer_shoot"
+    assert meta["action"]["base_model_only"] is True and meta["action"]["weights"] is None
+    assert meta["model"]["source"] == "tiny" and meta["model"]["identity"].startswith("tiny-")
+    assert meta["frames"] == [p.name for p in pngs] and meta["mp4"] == "flash.mp4"
+    assert set(meta["timings_s"]) >= {"encode", "denoise", "decode", "write", "total"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_default_size_follows_the_image_aspect(tmp_path):
+    image = tmp_path / "wide.png"
+    draw_scene(160, 90).save(image)
+    out = tmp_path / "clip"
+    assert main(["animate", "--image", str(image), "--prompt", "a person is waving.", *FAST,
+                 "--long-side", "64", "--out", str(out)]) == 0
+    with Image.open(out / "frame_0001.png") as frame:
+        assert frame.size == (64, 40)  # 16:9 → 64 × 36 → rounded to a multiple of 8
+
+
+def expect_error(capsys, args, *words):
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert err.startswith("error: ") and "\n" not in err, err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+def test_missing_image(tmp_path, capsys):
+    expect_error(capsys, ["animate", "--image", str(tmp_path / "nope.png"), "--prompt", "x", *FAST,
+                          "--out", str(tmp_path / "o")], "not found", "--image")
+    assert not (tmp_path / "o").exists()
+
+
+def test_folder_as_image(tmp_path, capsys):
+    expect_error(capsys, ["animate", "--image", str(tmp_path), "--prompt", "x", *FAST,
+                          "--out", str(tmp_path / "o")], "not a file")
+
+
+def test_text_file_named_png(tmp_path, capsys):
+    fake = tmp_path / "fake.png"
+    fake.write_text("this is not an image")
+    expect_error(capsys, ["animate", "--image", str(fake), "--prompt", "x", *FAST, "--out", str(tmp_path / "o")],
+                 "not a readable image", "PNG")
+    assert not (tmp_path / "o").exists()
+
+
+def test_truncated_image(tmp_path, capsys, reference_png):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(reference_png.read_bytes()[:200])  # a real PNG header, cut off mid-data
+    expect_error(capsys, ["animate", "--image", str(broken), "--prompt", "x", *FAST, "--out", str(tmp_path / "o")],
+                 "not a readable image")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--width", "100"), ("--height", "36"), ("--long-side", "500")])
+def test_size_not_multiple_of_eight(tmp_path, capsys, reference_png, flag, value):
+    expect_error(capsys, ["animate", "--image", str(reference_png), "--prompt", "x", *FAST, flag, value,
+                          "--out", str(tmp_path / "o")], "multiple of 8", "use ")
+
+
+def test_too_few_frames(tmp_path, capsys, reference_png):
+    expect_error(capsys, ["animate", "--image", str(reference_png), "--prompt", "x", "--model", "tiny",
+                          "--frames", "1", "--out", str(tmp_path / "o")], "at least 2", "--frames")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_preset(tmp_path, capsys, reference_png):
+    expect_error(capsys, ["animate", "--image", str(reference_png), "--action", "socer shoot", *FAST,
+                          "--out", str(tmp_path / "o")], "soccer_shoot", "info")
+
+
+def test_missing_weights_folder(tmp_path, capsys, reference_png):
+    expect_error(capsys, ["animate", "--image", str(reference_png), "--prompt", "x", "--model",
+                          str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], "not found", "weights fetch")
+
+
+def test_incomplete_weights_folder(tmp_path, capsys, reference_png):
+    folder = tmp_path / "weights"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "config.json").write_text("{}")
+    (folder / "vae").mkdir()
+    (folder / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"\x80pickle")
+    err = expect_error(capsys, ["animate", "--image", str(reference_png), "--prompt", "x", "--model", str(folder),
+                                "--out", str(tmp_path / "o")], "incomplete weights folder", "no text_encoder/",
+                       "pickle")
+    assert "motion_adapter" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_action_weights(tmp_path, capsys, reference_png):
+    expect_error(capsys, ["animate", "--image", str(reference_png), "--prompt", "x", *FAST, "--weights",
+                          str(tmp_path / "no_action"), "--out", str(tmp_path / "o")], "action weights folder")
+
+
+def test_existing_output_is_refused_then_replaced_with_overwrite(tmp_path, capsys, reference_png):
+    out = tmp_path / "clip"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["animate", "--image", str(reference_png), "--prompt", "a person is waving.", *FAST,
+            "--long-side", "64", "--out", str(out)]
+    expect_error(capsys, args, "already exists", "--overwrite")
+    assert (out / "keep.txt").read_text() == "mine"
+    assert main(args + ["--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "flash.json").exists()
+
+
+def test_no_prompt_and_no_action(tmp_path, capsys, reference_png):
+    expect_error(capsys, ["animate", "--image", str(reference_png), *FAST, "--out", str(tmp_path / "o")],
+                 "--action", "--prompt")
+
+
+def test_info_json_lists_presets_and_device():
+    proc = run_engine("info", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["device"] == "cpu" and report["torch"].startswith("2.13")
+    assert len(report["presets"]) == 16
+    assert {"found", "folder", "problems"} <= set(report["weights"])

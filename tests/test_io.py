@@ -1,0 +1,119 @@
+"""Sizes, reference fitting, staged output folders, weights discovery."""
+
+import pytest
+from PIL import Image
+
+from flash_engine.errors import FlashError
+from flash_engine.images import fit_reference, resolve_size
+from flash_engine.output import staged_folder
+
+
+@pytest.mark.parametrize("image, width, height, expected", [
+    ((1920, 1080), None, None, (512, 288)),
+    ((1080, 1920), None, None, (288, 512)),
+    ((1000, 1000), None, None, (512, 512)),
+    ((1920, 1080), 256, None, (256, 144)),
+    ((1920, 1080), None, 144, (256, 144)),
+    ((1920, 1080), 320, 320, (320, 320)),
+])
+def test_resolve_size(image, width, height, expected):
+    assert resolve_size(image, width, height) == expected
+
+
+def test_resolve_size_rejects_non_multiples_with_a_suggestion():
+    with pytest.raises(FlashError, match=r"width 100 is not a positive multiple of 8 \(use 96 or 104\)"):
+        resolve_size((100, 100), 100, None)
+
+
+def test_fit_reference_covers_and_centre_crops():
+    image = Image.new("RGB", (200, 100), (0, 0, 0))
+    image.paste((255, 0, 0), (0, 0, 50, 100))  # a red band on the left quarter
+    fitted = fit_reference(image, 64, 64)
+    assert fitted.size == (64, 64)
+    assert fitted.getpixel((0, 32))[0] < 50  # the left band was cropped away, not squeezed in
+
+
+def test_staged_folder_leaves_nothing_on_failure(tmp_path):
+    dest = tmp_path / "clip"
+    with pytest.raises(RuntimeError):
+        with staged_folder(dest) as staging:
+            (staging / "frame_0001.png").write_bytes(b"x")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_staged_folder_overwrite_keeps_old_until_success(tmp_path):
+    dest = tmp_path / "clip"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with staged_folder(dest, overwrite=True):
+            raise RuntimeError("boom")
+    assert (dest / "old.txt").read_text() == "old"
+    with staged_folder(dest, overwrite=True) as staging:
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in dest.iterdir()) == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["clip"]
+
+
+def test_default_model_prefers_env_then_fetched_weights(tmp_path, monkeypatch):
+    from flash_engine.models.loading import save_folder
+    from flash_engine.models.tiny import tiny_parts
+    from flash_engine.weights import resolve_model_source
+
+    monkeypatch.delenv("FLASH_MODEL", raising=False)
+    monkeypatch.setenv("FLASH_WEIGHTS_DIR", str(tmp_path / "weights"))
+    assert resolve_model_source("default") == "tiny"
+    save_folder(tiny_parts(), tmp_path / "weights")
+    assert resolve_model_source("default") == str(tmp_path / "weights")
+    monkeypatch.setenv("FLASH_MODEL", "/elsewhere")
+    assert resolve_model_source("default") == "/elsewhere"
+    assert resolve_model_source("tiny") == "tiny"
+
+
+def test_fetch_asks_for_safetensors_only_and_reports_offline(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from flash_engine import weights
+
+    calls = []
+
+    def offline(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        raise OSError("We couldn't connect to the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FlashError) as err:
+        weights.fetch(tmp_path / "w")
+    assert err.value.code == "download_failed" and "network" in str(err.value)
+    repo_id, kwargs = calls[0]
+    assert repo_id == weights.SD15_REPO and kwargs["local_dir"] == tmp_path / "w"
+    weight_patterns = [p for p in kwargs["allow_patterns"] if "." in p and not p.endswith(".json")]
+    assert weight_patterns and all(p.endswith(".safetensors") for p in weight_patterns)
+
+
+def test_fetch_lays_out_what_the_loader_reads(tmp_path, monkeypatch):
+    """A stand-in hub that serves the tiny model: fetch must end in a loadable folder."""
+    import shutil
+
+    import huggingface_hub
+
+    from flash_engine import weights
+    from flash_engine.models.loading import load_base, save_folder
+    from flash_engine.models.tiny import tiny_parts
+
+    hub = save_folder(tiny_parts(), tmp_path / "hub")
+    (hub / "model_index.json").write_text("{}")
+
+    def serve(repo_id, local_dir, allow_patterns):
+        source = hub / "motion_adapter" if repo_id == weights.MOTION_ADAPTER_REPO else hub
+        for path in source.rglob("*"):
+            rel = path.relative_to(source)
+            if path.is_file() and rel.parts[0] != "motion_adapter" and any(
+                    rel.match(p) or str(rel) == p for p in allow_patterns):
+                (local_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, local_dir / rel)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", serve)
+    dest = weights.fetch(tmp_path / "fetched")
+    assert load_base(dest).unet is not None

@@ -1,0 +1,322 @@
+"""The protocol's messages, the client's standard-library-only promise, and the service loop
+driven in-process with fake jobs (faults that a CPU test machine cannot cause for real:
+CUDA out of memory, an exception inside a job)."""
+
+import ast
+import io
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from flash_engine import protocol as P
+from flash_engine.server import JobKind, Server, read_bounded_line
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------
+# Messages
+
+
+def test_request_round_trip():
+    line = P.encode(P.make_request("animate", "r1", {"image": "/tmp/é\nx.png", "frames": 3}))
+    assert line.endswith(b"\n") and line.count(b"\n") == 1  # one line whatever the paths hold
+    assert P.parse_request(line) == {"v": 1, "id": "r1", "type": "animate",
+                                     "args": {"image": "/tmp/é\nx.png", "frames": 3}}
+
+
+@pytest.mark.parametrize("line, code", [
+    (b"\xff\xfe\x00garbage", P.BAD_JSON),
+    (b"{not json", P.BAD_JSON),
+    (b"[1, 2]", P.BAD_JSON),
+    (b'{"id": "r1", "type": "status"}', P.VERSION_MISMATCH),
+    (b'{"v": 2, "id": "r1", "type": "status"}', P.VERSION_MISMATCH),
+    (b'{"v": 1, "id": "r1", "type": "fly"}', P.UNKNOWN_REQUEST),
+    (b'{"v": 1, "id": "r1", "type": "status", "args": [1]}', P.BAD_REQUEST),
+    (b'{"v": 1, "id": 7, "type": "status"}', P.BAD_REQUEST),
+    (b'{"v": 1, "id": "r1", "type": "status", "extra": 1}', P.BAD_REQUEST),
+])
+def test_bad_requests_are_refused_with_a_code(line, code):
+    with pytest.raises(P.ProtocolError) as caught:
+        P.parse_request(line)
+    assert caught.value.code == code
+    assert "\n" not in caught.value.message
+
+
+def test_errors_keep_the_request_id_when_there_is_one():
+    with pytest.raises(P.ProtocolError) as caught:
+        P.parse_request(b'{"v": 9, "id": "r5", "type": "status"}')
+    assert caught.value.request_id == "r5"
+
+
+def test_events_are_checked():
+    event = P.parse_event(P.encode(P.progress_event("j1", "denoise", 3, 25, 12.345, request="j1", loss=0.5)))
+    assert event == {"v": 1, "type": "progress", "request": "j1", "job": "j1", "phase": "denoise", "step": 3,
+                     "total": 25, "eta_s": 12.35, "loss": 0.5}
+    with pytest.raises(P.ProtocolError):
+        P.parse_event(b'{"v": 1, "type": "progress", "job": "j1"}')  # no phase/step/total
+    with pytest.raises(P.ProtocolError):
+        P.parse_event(b'{"v": 1, "type": "shout"}')
+
+
+def test_error_events_are_one_line():
+    event = P.error_event("internal", "Traceback\n  line 1\nValueError: x", "see\nthe log")
+    assert event["message"] == "Traceback line 1 ValueError: x" and event["hint"] == "see the log"
+
+
+def test_read_bounded_line_drops_long_lines_without_holding_them():
+    stream = io.BytesIO(b"12345\n" + b"x" * 50 + b"\n" + b"123456\n" + b"tail")
+    assert read_bounded_line(stream, 6) == (b"12345\n", False)  # at the limit, counting the newline
+    assert read_bounded_line(stream, 6) == (None, True)
+    assert read_bounded_line(stream, 6) == (None, True)  # 6 bytes + newline is one over
+    assert read_bounded_line(stream, 6) == (b"tail", False)  # a last line without newline
+    assert read_bounded_line(stream, 6) == (None, False)
+
+
+# ---------------------------------------------------------------------------------------
+# Standard library only: the add-on runs these in Blender's Python
+
+
+STDLIB_ONLY = ["flash_engine/protocol.py", "flash_engine/client.py", "flash_engine/setup.py",
+               "flash_engine/errors.py"]
+ALLOWED_ENGINE_IMPORTS = {"flash_engine", "flash_engine.protocol", "flash_engine.errors"}
+
+
+@pytest.mark.parametrize("path", STDLIB_ONLY)
+def test_stdlib_only_modules_import_only_the_standard_library(path):
+    tree = ast.parse((REPO / path).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            assert name in ALLOWED_ENGINE_IMPORTS or (top != "flash_engine" and top in sys.stdlib_module_names), \
+                f"{path} imports {name}"
+
+
+def test_client_imports_no_third_party_module():
+    # -S: no site-packages at all, as a bare interpreter would have.
+    code = ("import sys; import flash_engine.client, flash_engine.setup; "
+            "print(sorted(m for m in sys.modules if m.startswith('flash_engine')))")
+    proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.replace("'", '"')) == [
+        "flash_engine", "flash_engine.client", "flash_engine.errors", "flash_engine.protocol", "flash_engine.setup"]
+
+
+# ---------------------------------------------------------------------------------------
+# The service loop in-process, with fake jobs and a fake engine (no torch)
+
+
+class FakeEngine:
+    def __init__(self):
+        self.loads, self.freed, self.released = 0, 0, 0
+
+    def hello(self):
+        return {"protocol": P.PROTOCOL_VERSION, "device": "fake"}
+
+    def model_status(self):
+        return {"loads": self.loads, "model": None, "device": "fake"}
+
+    def release(self):
+        self.released += 1
+        return {"released": True, "loads": self.loads}
+
+    def free_memory(self):
+        self.freed += 1
+
+
+class EventSink:
+    """A binary stdout whose lines come out as parsed events."""
+
+    def __init__(self):
+        self.events: queue.Queue = queue.Queue()
+        self._buffer = b""
+
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            self.events.put(P.parse_event(line))
+        return len(data)
+
+    def flush(self):
+        pass
+
+
+class LoopHarness:
+    def __init__(self, kinds):
+        read_fd, self._write_fd = os.pipe()
+        self.sink, self.engine = EventSink(), FakeEngine()
+        self.server = Server(os.fdopen(read_fd, "rb"), self.sink, self.engine, kinds=kinds, max_line_bytes=1000,
+                             exit_grace_s=2)
+        self.thread = threading.Thread(target=self.server.serve, daemon=True)
+        self.thread.start()
+
+    def send(self, type, id, args=None):
+        os.write(self._write_fd, P.encode(P.make_request(type, id, args)))
+
+    def next_event(self, timeout=10):
+        return self.sink.events.get(timeout=timeout)
+
+    def until(self, predicate, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self.next_event(max(0.01, deadline - time.monotonic()))
+            if predicate(event):
+                return event
+
+    def close(self):
+        os.close(self._write_fd)
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def fake_kind(run):
+    return JobKind(prepare=lambda engine, args, report: args, run=run)
+
+
+def raising(exc):
+    def run(engine, args, context):
+        context.progress("denoise", 1, 4)
+        raise exc
+    return run
+
+
+def test_out_of_memory_is_reported_with_a_hint_and_memory_is_freed():
+    class OutOfMemoryError(RuntimeError):  # what torch.cuda raises, by name
+        pass
+
+    harness = LoopHarness({"animate": fake_kind(raising(OutOfMemoryError("CUDA out of memory. Tried 2 GiB"))),
+                           "train": fake_kind(raising(RuntimeError("MPS backend out of memory (MPS allocated)")))})
+    for job in ("j1", "j2"):
+        harness.send("animate" if job == "j1" else "train", job)
+        error = harness.until(lambda e: e["type"] == "error")
+        assert error["job"] == job and error["code"] == P.OUT_OF_MEMORY
+        assert "fewer frames" in error["hint"] and "offload" in error["hint"]
+    harness.send("status", "s1")
+    assert harness.until(lambda e: e["type"] == "result")["data"]["running"] is None
+    assert harness.engine.freed == 2
+    harness.close()
+
+
+def test_unexpected_exception_is_internal_and_the_service_carries_on(capfd):
+    harness = LoopHarness({"animate": fake_kind(raising(ZeroDivisionError("division by zero")))})
+    harness.send("animate", "j1")
+    error = harness.until(lambda e: e["type"] == "error")
+    assert (error["code"], error["message"], error["job"]) == ("internal", "ZeroDivisionError: division by zero", "j1")
+    harness.send("hello", "h1")
+    assert harness.until(lambda e: e["type"] == "result")["data"]["device"] == "fake"
+    harness.close()
+    assert "Traceback" in capfd.readouterr().err  # the traceback goes to the log, not the protocol
+
+
+def test_queue_is_visible_and_cancel_works_for_running_and_queued_jobs():
+    started = threading.Event()
+
+    def run(engine, args, context):
+        started.set()
+        step = 0
+        while not context.should_cancel():
+            step += 1
+            context.progress("denoise", step, 1000)
+            time.sleep(0.01)
+        raise type("JobCancelled", (Exception,), {})()
+
+    harness = LoopHarness({"animate": fake_kind(run)})
+    harness.send("animate", "a")
+    assert harness.next_event()["queue_position"] == 0
+    harness.send("animate", "b")
+    accepted = harness.until(lambda e: e["type"] == "accepted")
+    assert (accepted["job"], accepted["queue_position"]) == ("b", 1)
+    harness.send("animate", "b")  # an id already in use
+    assert harness.until(lambda e: e["type"] == "error" and e.get("request") == "b")["code"] == P.BAD_REQUEST
+    started.wait(10)
+    harness.send("status", "s1")
+    status = harness.until(lambda e: e.get("request") == "s1")["data"]
+    assert status["running"]["job"] == "a" and status["running"]["phase"] == "denoise"
+    assert status["queue"] == [{"job": "b", "type": "animate"}]
+
+    harness.send("cancel", "c1", {"job": "b"})
+    assert harness.until(lambda e: e.get("request") == "c1")["data"] == {"job": "b", "was": "queued"}
+    assert harness.until(lambda e: e["type"] == "error")["job"] == "b"
+    harness.send("cancel", "c2", {"job": "a"})
+    assert harness.until(lambda e: e.get("request") == "c2")["data"] == {"job": "a", "was": "running"}
+    cancelled = harness.until(lambda e: e["type"] == "error")
+    assert (cancelled["job"], cancelled["code"]) == ("a", P.CANCELLED)
+    harness.send("cancel", "c3", {"job": "a"})
+    assert harness.until(lambda e: e.get("request") == "c3")["code"] == P.UNKNOWN_JOB
+    harness.send("release", "r1")
+    assert harness.until(lambda e: e.get("request") == "r1")["data"]["released"] is True
+    harness.close()
+
+
+def test_stdin_closing_cancels_the_running_job():
+    cancelled = threading.Event()
+
+    def run(engine, args, context):
+        while not context.should_cancel():
+            time.sleep(0.01)
+        cancelled.set()
+        raise type("JobCancelled", (Exception,), {})()
+
+    harness = LoopHarness({"animate": fake_kind(run)})
+    harness.send("animate", "a")
+    harness.next_event()
+    started = time.monotonic()
+    harness.close()
+    assert cancelled.is_set() and time.monotonic() - started < 5
+
+
+def test_too_long_line_gets_an_error_and_the_next_line_is_read():
+    harness = LoopHarness({})
+    os.write(harness._write_fd, b'{"v": 1, "id": "x", "type": "status", "args": {"pad": "' + b"x" * 5000 + b'"}}\n')
+    assert harness.next_event()["code"] == P.LINE_TOO_LONG
+    harness.send("status", "s1")
+    assert harness.next_event()["request"] == "s1"
+    harness.send("animate", "j1")  # this engine has no animate kind
+    assert harness.next_event()["code"] == P.UNAVAILABLE
+    harness.close()
+
+
+def test_train_without_the_training_module_is_unavailable(monkeypatch):
+    from flash_engine.server import JOB_KINDS
+
+    monkeypatch.setitem(sys.modules, "flash_engine.training.job", None)  # as if the module did not exist
+    harness = LoopHarness(JOB_KINDS)
+    harness.send("train", "t1", {"clips": ["x"], "action": "a", "prompt": "p", "out": "o"})
+    error = harness.next_event()
+    assert (error["request"], error["code"]) == ("t1", P.UNAVAILABLE) and "job" not in error
+    harness.close()
+
+
+def test_argument_types_are_checked_before_the_job():
+    from dataclasses import dataclass
+
+    from flash_engine.errors import FlashError
+    from flash_engine.server import check_argument_types
+
+    @dataclass
+    class Request:
+        frames: "int | None" = None
+        guidance: "float | None" = None
+        mp4: "bool" = False
+        clips: "list[str]" = None
+
+    check_argument_types(Request, {"frames": 3, "guidance": 7, "mp4": True, "clips": ["a"]})
+    for bad in ({"frames": "3"}, {"frames": True}, {"guidance": "x"}, {"mp4": 1}):
+        with pytest.raises(FlashError) as caught:
+            check_argument_types(Request, bad)
+        assert caught.value.code == P.BAD_ARGUMENT
