@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) bench/bench_inference.py
+	$(PY) bench/run_benchmarks.py
 
 clean-venv:
 	rm -rf $(VENV)

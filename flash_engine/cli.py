@@ -237,8 +237,22 @@ def demo_command(args) -> int:
 COMMANDS = {"animate": animate_command, "train": train_command, "info": info_command, "weights": weights_command, "demo": demo_command}
 
 
+def quiet_libraries() -> None:
+    """Library chatter (diffusers' dtype notes, transformers' advice) is not for our users."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "info":
+        quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except FlashError as err:

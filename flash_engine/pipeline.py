@@ -102,8 +102,6 @@ class FlashPipeline:
         }
         for module, module_dtype in placements.items():
             module.to(device="cpu" if self.offload else self.device, dtype=module_dtype)
-        if self.device.type == "cuda":
-            base.unet.to(memory_format=torch.channels_last)
 
     @property
     def max_frames(self) -> int:

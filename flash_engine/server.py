@@ -35,7 +35,7 @@ from flash_engine.errors import FlashError
 # How long a cancelled job may take to reach its next cancel point when the service has to
 # exit (shutdown, stdin closed). After that the process exits anyway: Blender is gone or
 # asked us to go, and a hidden staging folder is all a killed job leaves behind.
-EXIT_GRACE_S = 3.0
+EXIT_GRACE_S = 5.0
 
 
 def _log(message: str) -> None:
@@ -369,7 +369,7 @@ def is_cancellation(err: BaseException) -> bool:
 
 
 def read_bounded_line(stream: BinaryIO, limit: int) -> tuple[bytes | None, bool]:
-    """One line of at most ``limit`` bytes: (line, False); (None, False) at end of input;
+    """One line of at most ``limit`` bytes (not counting its newline): (line, False); (None, False) at end of input;
     (None, True) for a longer line, which is read and dropped in ``limit``-sized pieces so
     it never sits in memory whole."""
     line = stream.readline(limit + 1)
@@ -566,45 +566,41 @@ class Server:
                 job = self.queue.pop(0)
                 self.running = job
                 job.started = time.monotonic()
-            try:
-                self._run(job)
-            finally:
-                with self._jobs:
-                    self.running = None
+            final, out_of_memory = self._run(job)
+            with self._jobs:  # atomic with status: a job is either running or has its final event out
+                self.running = None
+                self.emit(final)
+            if out_of_memory:  # the failed job's tensors went with its traceback: give the memory back
+                self.engine.free_memory()
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job) -> tuple[dict, bool]:
+        """Run one queued task; returns its final event and whether it ran out of memory."""
         if job.type == "release":
             try:
-                self.emit(P.result_event(job.request, self.engine.release()))
+                return P.result_event(job.request, self.engine.release()), False
             except FlashError as err:
-                self.emit(P.error_from(err, request=job.request))
-            return
-        out_of_memory = False
+                return P.error_from(err, request=job.request), False
         try:
             if job.cancel.is_set():
                 raise JobCancelledHere()
             data = self.kinds[job.type].run(self.engine, job.prepared, JobContext(self, job))
-            self.emit(P.result_event(job.request, data, job=job.id))
+            return P.result_event(job.request, data, job=job.id), False
         except Exception as err:
             if is_cancellation(err) or job.cancel.is_set():
                 _log(f"[{job.id}] cancelled")
-                self.emit(self._cancelled_event(job))
-            elif isinstance(err, FlashError):
-                self.emit(P.error_from(err, request=job.request, job=job.id))
-            elif is_out_of_memory(err):
-                out_of_memory = True
+                return self._cancelled_event(job), False
+            if isinstance(err, FlashError):
+                return P.error_from(err, request=job.request, job=job.id), False
+            if is_out_of_memory(err):
                 _log(f"[{job.id}] out of memory: {err}")
-                self.emit(P.error_event(P.OUT_OF_MEMORY, f"out of memory: {P.one_line(err, 200)}",
-                                        P.OUT_OF_MEMORY_HINT, request=job.request, job=job.id))
-            else:
-                traceback.print_exc()
-                self.emit(P.error_event(P.INTERNAL, f"{type(err).__name__}: {err}",
-                                        "the engine log has the traceback; the service is still running",
-                                        request=job.request, job=job.id))
+                return P.error_event(P.OUT_OF_MEMORY, f"out of memory: {P.one_line(err, 200)}",
+                                     P.OUT_OF_MEMORY_HINT, request=job.request, job=job.id), True
+            traceback.print_exc()
+            return P.error_event(P.INTERNAL, f"{type(err).__name__}: {err}",
+                                 "the engine log has the traceback; the service is still running",
+                                 request=job.request, job=job.id), False
         finally:
             job.prepared = None  # a finished job holds no images or tensors
-        if out_of_memory:  # outside the except block: the traceback's tensors are gone by now
-            self.engine.free_memory()
 
 
 # ---------------------------------------------------------------------------------------

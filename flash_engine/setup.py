@@ -33,7 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -295,9 +295,12 @@ class _Steps:
         self.env_dir, self.total, self.log, self.run, self.env = env_dir, total, log, run, env
         self.number = 0
 
-    def step(self, title: str, command: list[str]) -> None:
+    def announce(self, title: str) -> None:
         self.number += 1
         self.log(f"[{self.number}/{self.total}] {title}")
+
+    def step(self, title: str, command: list[str]) -> None:
+        self.announce(title)
         code, tail = self.run(command, self.log, self.env)
         if code != 0:
             self.fail(title, f"exit code {code}", command, tail)
@@ -307,6 +310,7 @@ class _Steps:
         report = {"step": step, "error": error, "command": command, "output_tail": tail or [],
                   "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         if self.env_dir.is_dir():
+            (self.env_dir / READY_STAMP).unlink(missing_ok=True)
             _write_json(self.env_dir / FAILED_REPORT, report)
         last = next((line for line in reversed(tail or []) if line.strip()), "")
         hint = hint or (f"last output: {last.strip()}; " if last else "") + (
@@ -316,7 +320,7 @@ class _Steps:
 
 def install(env_dir: str | os.PathLike, *, torch_index: str | None = None, index_url: str | None = None,
             extra_index_urls: tuple[str, ...] | list[str] = (), base_python: str = sys.executable,
-            requirements_file: Path = REQUIREMENTS, force: bool = False, machine: Machine | None = None,
+            requirements_file: Path | None = None, force: bool = False, machine: Machine | None = None,
             log: Callable[[str], None] = print, run=run_streaming) -> dict:
     """Create or update the environment; returns the ready stamp's data (with the check report).
 
@@ -324,6 +328,7 @@ def install(env_dir: str | os.PathLike, *, torch_index: str | None = None, index
     skips GPU detection.
     """
     env_dir = Path(env_dir).expanduser().absolute()
+    requirements_file = Path(requirements_file or REQUIREMENTS)
     requirements = read_requirements(requirements_file)
     torch_spec = pinned_torch(requirements)
     torch_version = torch_spec.partition("==")[2] or "unknown"
@@ -338,9 +343,10 @@ def install(env_dir: str | os.PathLike, *, torch_index: str | None = None, index
 
     stamp = _read_json(env_dir / READY_STAMP)
     if not force and stamp and python.exists() and all(stamp.get(k) == v for k, v in wanted.items()):
-        log("[1/1] already set up for these requirements: checking it")
+        log("already set up for these requirements")
         steps = _Steps(env_dir, 1, log, run, clean_environment())
         check = _final_check(steps, python, requirements)
+        _log_ready(log, check)
         return {**stamp, "check": check, "up_to_date": True}
 
     if env_dir.exists() and any(env_dir.iterdir()) and not (env_dir / "pyvenv.cfg").exists():
@@ -356,8 +362,7 @@ def install(env_dir: str | os.PathLike, *, torch_index: str | None = None, index
         arg for url in extra_index_urls for arg in ("--extra-index-url", url)]
     steps = _Steps(env_dir, 3 + (choice is not None), log, run, clean_environment())
     if python.exists() and not force:
-        steps.number += 1
-        log(f"[1/{steps.total}] reusing the environment's Python ({python})")
+        steps.announce(f"reusing the environment's Python ({python})")
     else:
         # --clear: a venv whose base Python moved or broke is rebuilt, not patched
         steps.step(f"creating the environment with {base_python}",
@@ -365,26 +370,27 @@ def install(env_dir: str | os.PathLike, *, torch_index: str | None = None, index
         if not python.exists():
             steps.fail("creating the environment", f"{python} was not created",
                        hint="check that this Python has the venv module (on Debian: apt install python3-venv)")
-    if choice is not None:
-        steps.step(f"installing {torch_spec} ({choice.build})",
-                   pip + [torch_spec, "--index-url", choice.index_url or "https://pypi.org/simple"]
-                   + [arg for url in extra_index_urls for arg in ("--extra-index-url", url)]
-                   if choice.index_url else pip + [torch_spec] + index_args)
+    if choice is not None:  # torch first, from its own index: the rest then finds it satisfied
+        extra_args = [arg for url in extra_index_urls for arg in ("--extra-index-url", url)]
+        torch_sources = ["--index-url", choice.index_url, *extra_args] if choice.index_url else index_args
+        steps.step(f"installing {torch_spec} ({choice.build} build)", pip + [torch_spec] + torch_sources)
     steps.step("installing the engine's requirements", pip + ["-r", str(requirements_file)] + index_args)
     check = _final_check(steps, python, requirements)
     ready = {**wanted, "torch_build": choice.build if choice else "pip default", "torch_reason":
              choice.reason if choice else "", "python": str(python),
              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "check": check}
     _write_json(env_dir / READY_STAMP, ready)
-    log(f"ready: torch {check.get('torch')}, diffusers {check.get('diffusers')}, device {check.get('device')}"
-        + (f" ({check['gpu']})" if check.get("gpu") else ""))
+    _log_ready(log, check)
     return ready
 
 
+def _log_ready(log: Callable[[str], None], check: dict) -> None:
+    gpu = f" ({check['gpu']})" if check.get("gpu") else ""
+    log(f"ready: torch {check.get('torch')}, diffusers {check.get('diffusers')}, device {check.get('device')}{gpu}")
+
+
 def _final_check(steps: _Steps, python: Path, requirements: list[str]) -> dict:
-    steps.number = steps.total - 1 if steps.total > 1 else 0
-    steps.number += 1
-    steps.log(f"[{steps.number}/{steps.total}] checking: import torch and diffusers, find the device")
+    steps.announce("checking: import torch and diffusers, find the device")
     try:
         report = check_interpreter(python, requirements)
     except SetupError as err:

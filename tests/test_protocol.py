@@ -72,10 +72,10 @@ def test_error_events_are_one_line():
 
 
 def test_read_bounded_line_drops_long_lines_without_holding_them():
-    stream = io.BytesIO(b"12345\n" + b"x" * 50 + b"\n" + b"123456\n" + b"tail")
-    assert read_bounded_line(stream, 6) == (b"12345\n", False)  # at the limit, counting the newline
+    stream = io.BytesIO(b"123456\n" + b"x" * 50 + b"\n" + b"1234567\n" + b"tail")
+    assert read_bounded_line(stream, 6) == (b"123456\n", False)  # the limit does not count the newline
     assert read_bounded_line(stream, 6) == (None, True)
-    assert read_bounded_line(stream, 6) == (None, True)  # 6 bytes + newline is one over
+    assert read_bounded_line(stream, 6) == (None, True)  # one byte over
     assert read_bounded_line(stream, 6) == (b"tail", False)  # a last line without newline
     assert read_bounded_line(stream, 6) == (None, False)
 
@@ -264,9 +264,10 @@ def test_queue_is_visible_and_cancel_works_for_running_and_queued_jobs():
 
 
 def test_stdin_closing_cancels_the_running_job():
-    cancelled = threading.Event()
+    running, cancelled = threading.Event(), threading.Event()
 
     def run(engine, args, context):
+        running.set()
         while not context.should_cancel():
             time.sleep(0.01)
         cancelled.set()
@@ -274,10 +275,12 @@ def test_stdin_closing_cancels_the_running_job():
 
     harness = LoopHarness({"animate": fake_kind(run)})
     harness.send("animate", "a")
-    harness.next_event()
+    assert running.wait(10)
     started = time.monotonic()
     harness.close()
     assert cancelled.is_set() and time.monotonic() - started < 5
+    events = [harness.sink.events.get_nowait() for _ in range(harness.sink.events.qsize())]
+    assert events[-1]["code"] == P.CANCELLED and events[-1]["job"] == "a"
 
 
 def test_too_long_line_gets_an_error_and_the_next_line_is_read():

@@ -345,3 +345,32 @@ def test_joint_training_keeps_each_folders_prompt(tmp_path):
     with pytest.raises(FlashError, match="prompts for 2 clip folders"):
         resolve_train(TrainRequest(clips=[str(first), str(second)], action="x", prompt=["a", "b", "c"],
                                    out=str(tmp_path / "x"), model="tiny"))
+
+
+def test_kill_9_then_resume_finishes(clips_dir, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "disc"
+    args = [sys.executable, "-m", "flash_engine", "train", "--clips", str(clips_dir), "--action", "disc",
+            "--prompt", "a disc is moving.", "--model", "tiny", "--steps", "10", "--decoder-steps", "0",
+            "--resolution", "64", "--frames", "4", "--stride", "1", "--checkpoint-every", "2", "--out", str(out)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / ".disc.training" / "checkpoint.json"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists() and not out.exists()
+    stopped_at = json.loads(checkpoint.read_text())["step"]
+    assert 2 <= stopped_at < 10
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming disc at unet step {stopped_at}" in resumed.stderr
+    from flash_engine.actions import read_action
+
+    assert read_action(out).meta["steps_done"] == 10

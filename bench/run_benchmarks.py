@@ -1,0 +1,249 @@
+"""FLASH benchmark harness: one command, one Markdown table.
+
+    .venv/bin/python bench/run_benchmarks.py --model tiny --frames 16 --size 256 --steps 25
+    .venv/bin/python bench/run_benchmarks.py --model sd15-random --frames 16 --size 256 --steps 1 \
+        --train-frames 8 --train-size 128                                           # CPU, SD1.5-sized
+    .venv/bin/python bench/run_benchmarks.py --model sd15-random --frames 16 --size 512 --steps 25 \
+        --train-frames 16 --train-size 512                                          # GPU, full size
+
+Sections (``--only`` picks some): inference (s/clip, s/step, peak memory, achieved TFLOP/s
+against this device's measured matmul rate), animatediff (diffusers' AnimateDiffPipeline on
+the same weights, steps and size: the cost of FLASH's additions), decode (stock VAE decoder vs
+Detail Enhancement Decoder, per frame), training (a FLASH step vs a plain fine-tune step on
+the same data, and a decoder step). Ratios in one run hold on any machine; absolute figures
+belong to the machine printed in the header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from flash_engine.cli import quiet_libraries  # noqa: E402
+from flash_engine.models.loading import load_base  # noqa: E402
+from flash_engine.pipeline import AnimationSettings, FlashPipeline  # noqa: E402
+from flash_engine.runtime import pick_device, pick_dtype, precision_name  # noqa: E402
+
+PROMPT = "a person is shooting a soccer ball."
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeat=1):
+    """Best of ``repeat`` wall times of fn() (seconds), with device syncs around it."""
+    best = float("inf")
+    result = None
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def reset_peak(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (allocated)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS peak)"
+
+
+def matmul_rate(device, dtype) -> float:
+    """Measured dense matmul TFLOP/s: the device's practical ceiling for these ratios."""
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    repeat = 20 if device.type == "cuda" else 5
+    seconds, _ = timed(lambda: [a @ b for _ in range(repeat)], device)
+    return 2 * n ** 3 * repeat / seconds / 1e12
+
+
+def unet_flops(pipeline: FlashPipeline, frames: int, size: int, guided: bool) -> float:
+    unet = pipeline.base.unet
+    channels = unet.config.in_channels
+    batch = 2 if guided else 1
+    sample = torch.randn(batch, channels, frames, size // 8, size // 8, device=pipeline.device, dtype=pipeline.dtype)
+    text = torch.randn(batch * frames, 77, unet.config.cross_attention_dim, device=pipeline.device,
+                       dtype=pipeline.dtype)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        unet(sample, 500, encoder_hidden_states=text)
+    return counter.get_total_flops()
+
+
+def bench_inference(args, rows, device, dtype, pipeline):
+    from PIL import Image
+
+    reference = Image.new("RGB", (args.size, args.size), (120, 140, 160))
+    settings = AnimationSettings(prompt=PROMPT, num_frames=args.frames, steps=args.steps, guidance=args.guidance,
+                                 width=args.size, height=args.size, seed=0)
+    if not args.no_warmup:
+        pipeline(reference, AnimationSettings(**{**settings.__dict__, "steps": 1}))
+    reset_peak(device)
+    clip_s, result = timed(lambda: pipeline(reference, settings), device)
+    step_s = result.timings["denoise"] / args.steps
+    flops = unet_flops(pipeline, args.frames, args.size, args.guidance > 1)
+    achieved = flops / step_s / 1e12
+    ceiling = matmul_rate(device, dtype)
+    rows.append(("inference", "seconds per clip", f"{clip_s:.2f}"))
+    rows.append(("inference", "seconds per denoising step", f"{step_s:.3f}"))
+    rows.append(("inference", "encode / denoise / decode (s)",
+                 f"{result.timings['encode']:.2f} / {result.timings['denoise']:.2f} / {result.timings['decode']:.2f}"))
+    rows.append(("inference", "peak memory", peak_gib(device)))
+    rows.append(("inference", "UNet TFLOP per step (CFG batch)", f"{flops / 1e12:.3f}"))
+    rows.append(("inference", "achieved TFLOP/s / measured matmul TFLOP/s",
+                 f"{achieved:.3f} / {ceiling:.3f} = {achieved / ceiling:.1%}"))
+    return clip_s
+
+
+def bench_animatediff(args, rows, device, dtype, pipeline, flash_clip_s):
+    """diffusers' own AnimateDiffPipeline, same weights/steps/size, stock attention."""
+    from diffusers import AnimateDiffPipeline
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    base = pipeline.base
+    unet = copy.deepcopy(base.unet)
+    unet.set_attn_processor(AttnProcessor2_0())
+    stock = AnimateDiffPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
+                                motion_adapter=None, scheduler=copy.deepcopy(base.scheduler))
+    stock.set_progress_bar_config(disable=True)
+
+    def run():
+        return stock(PROMPT, num_frames=args.frames, height=args.size, width=args.size,
+                     num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np",
+                     decode_chunk_size=1, generator=torch.Generator("cpu").manual_seed(0))
+
+    if not args.no_warmup:
+        stock(PROMPT, num_frames=args.frames, height=args.size, width=args.size, num_inference_steps=1,
+              guidance_scale=args.guidance, output_type="latent")
+    seconds, _ = timed(run, device)
+    rows.append(("animatediff", "AnimateDiffPipeline seconds per clip", f"{seconds:.2f}"))
+    rows.append(("animatediff", "FLASH / AnimateDiff time", f"{flash_clip_s / seconds:.3f}"))
+    del stock, unet
+
+
+def bench_decode(args, rows, device, pipeline):
+    from flash_engine.models.decoder import encode_with_features
+
+    vae, decoder = pipeline.base.vae, pipeline.decoder
+    latent_size = args.size // 8
+    frames = min(args.frames, 4)
+    latents = torch.randn(frames, vae.config.latent_channels, latent_size, latent_size, device=device,
+                          dtype=pipeline.vae_dtype)
+    pixels = torch.rand(1, 3, args.size, args.size, device=device, dtype=pipeline.vae_dtype) * 2 - 1
+    with torch.no_grad():
+        _, features = encode_with_features(vae, pixels, decoder.enhanced_levels)
+        enhance = torch.arange(frames, device=device) > 0
+        stock_s, _ = timed(lambda: vae.decode(latents).sample, device, repeat=2)
+        ded_s, _ = timed(lambda: decoder(latents, features, enhance), device, repeat=2)
+    rows.append(("decode", "stock VAE decoder, s per frame", f"{stock_s / frames:.3f}"))
+    rows.append(("decode", "Detail Enhancement Decoder, s per frame", f"{ded_s / frames:.3f}"))
+    rows.append(("decode", "DED / stock", f"{ded_s / stock_s:.3f}"))
+
+
+def bench_training(args, rows, device):
+    from flash_engine.training.clips import Clip
+    from flash_engine.training.config import TrainConfig
+    from flash_engine.training.trainer import FlashTrainer
+
+    import numpy as np
+
+    size, frames = args.train_size, args.train_frames
+    generator = np.random.default_rng(0)
+    clip = Clip(path=Path("synthetic"), prompt=PROMPT,
+                frames=generator.integers(0, 255, (frames + 2, size * 5 // 4, size * 5 // 4, 3), dtype=np.uint8))
+    results = {}
+    for name, variant in (("FLASH (#6)", 6), ("plain fine-tune (#1)", 1)):
+        config = TrainConfig(num_frames=frames, stride=1, width=size, height=size, steps=args.train_steps + 1,
+                             decoder_steps=0, checkpoint_every=10**9, decoder_frames=min(frames, 4))
+        config.apply_variant(variant)
+        base = load_base(args.model)
+        with tempfile.TemporaryDirectory() as work:
+            trainer = FlashTrainer(base, [clip], config, Path(work), device=device)
+            trainer.unet_step()  # warm-up
+            reset_peak(device)
+            seconds, _ = timed(lambda: [trainer.unet_step() for _ in range(args.train_steps)], device)
+            results[name] = seconds / args.train_steps
+            rows.append(("training", f"{name} s per UNet step", f"{results[name]:.3f}"))
+            rows.append(("training", f"{name} peak memory", peak_gib(device)))
+            if variant == 6:
+                trainer.decoder_step()
+                decoder_s, _ = timed(lambda: [trainer.decoder_step() for _ in range(args.train_steps)], device)
+                rows.append(("training", f"decoder step ({config.decoder_frames} frames) s",
+                             f"{decoder_s / args.train_steps:.3f}"))
+        del trainer, base
+        reset_peak(device)
+    rows.append(("training", "FLASH step / plain step",
+                 f"{results['FLASH (#6)'] / results['plain fine-tune (#1)']:.2f}"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="tiny, sd15-random or a weights folder")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=256, help="square side in pixels (multiple of 8)")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--train-frames", type=int, default=8)
+    parser.add_argument("--train-size", type=int, default=64)
+    parser.add_argument("--train-steps", type=int, default=3, help="timed training steps per variant")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--offload", action="store_true")
+    parser.add_argument("--no-warmup", action="store_true", help="skip warm-up runs (slow CPU runs)")
+    parser.add_argument("--only", nargs="+", choices=["inference", "animatediff", "decode", "training"],
+                        default=["inference", "animatediff", "decode", "training"])
+    args = parser.parse_args()
+    quiet_libraries()
+
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.precision, device)
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    print(f"# {args.model}: {args.frames} frames at {args.size}², {args.steps} steps, {precision_name(dtype)}, "
+          f"{machine}, torch {torch.__version__}", flush=True)
+    rows: list[tuple[str, str, str]] = []
+    started = time.perf_counter()
+    pipeline = FlashPipeline(load_base(args.model), device=device, dtype=dtype, offload=args.offload)
+    rows.append(("load", "build/load the pipeline (s)", f"{time.perf_counter() - started:.1f}"))
+    flash_clip_s = None
+    if "inference" in args.only:
+        flash_clip_s = bench_inference(args, rows, device, dtype, pipeline)
+    if "animatediff" in args.only and flash_clip_s is not None:
+        bench_animatediff(args, rows, device, dtype, pipeline, flash_clip_s)
+    if "decode" in args.only:
+        bench_decode(args, rows, device, pipeline)
+    if "training" in args.only:
+        del pipeline
+        reset_peak(device)
+        bench_training(args, rows, device)
+    print("| section | measure | value |\n|---|---|---|")
+    for section, measure, value in rows:
+        print(f"| {section} | {measure} | {value} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""The engine service through a real ``python -m flash_engine serve --model tiny`` process.
+
+Sizes are tiny (64×48, 3 frames, 2 steps) so each job takes a second or two; the jobs
+that must be caught mid-way get many steps and are cancelled (or killed) early.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from flash_engine import protocol as P
+from flash_engine.client import EngineClient, EngineDied, EngineError
+from tests.conftest import draw_scene
+
+REPO = Path(__file__).resolve().parent.parent
+SERVE_ARGS = ["--model", "tiny"]
+LONG_STEPS = 200  # long enough to be caught mid-way on any machine; the jobs are stopped early
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ref") / "reference.png"
+    draw_scene().save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """One service for the module: warm-model tests rely on it living across jobs."""
+    client = EngineClient(sys.executable, SERVE_ARGS, engine_path=REPO, cwd=tmp_path_factory.mktemp("cwd"))
+    client.start()
+    yield client
+    assert client.close() == 0, client.stderr_tail()
+    assert client.bad_lines == 0  # nothing but protocol lines came out on stdout
+
+
+def clip(reference, out, **overrides) -> dict:
+    return {"image": str(reference), "out": str(out), "prompt": "a person is jumping.", "frames": 3, "steps": 2,
+            "width": 64, "height": 48, "seed": 5, **overrides}
+
+
+def wait_for_event(client, job_id, predicate, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = client.job(job_id)
+        for event in state.events:
+            if predicate(event):
+                return event
+        if state.finished:
+            raise AssertionError(f"job {job_id} ended ({state.state}: {state.error}) before the event")
+        time.sleep(0.02)
+    raise AssertionError(f"no such event from job {job_id} within {timeout}s")
+
+
+def mid_denoise(event) -> bool:
+    return event["type"] == "progress" and event["phase"] == "denoise" and event["step"] >= 1
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_hello_reports_versions_device_and_weights(engine):
+    hello = engine.hello_info
+    assert hello["protocol"] == P.PROTOCOL_VERSION and hello["pid"] == engine.pid
+    assert hello["torch"] and hello["diffusers"] and hello["python"].startswith("3.")
+    assert hello["device"] == "cpu" and hello["default_model"] == "tiny"
+    assert set(hello["weights"]) >= {"folder", "found"}
+    assert hello["job_types"]["animate"] is True
+
+
+def test_animate_returns_the_frames_and_their_metadata(engine, reference, tmp_path):
+    events = []
+    result = engine.animate(clip(reference, tmp_path / "take1"), timeout=300, on_event=events.append)
+    assert [e["type"] for e in events][0] == "accepted" and events[-1]["type"] == "result"
+    denoise = [e for e in events if e["type"] == "progress" and e["phase"] == "denoise"]
+    assert [e["step"] for e in denoise] == [0, 1, 2] and {e["total"] for e in denoise} == {2}
+    assert all("eta_s" in e for e in denoise)
+    out = tmp_path / "take1"
+    assert result["out"] == str(out)
+    assert result["frames"] == [str(out / f"frame_{i:04d}.png") for i in (1, 2, 3)]
+    for frame in result["frames"]:
+        with Image.open(frame) as image:
+            assert image.size == (64, 48)
+    assert result["metadata"] == json.loads((out / "flash.json").read_text())
+    assert result["metadata"]["settings"]["num_frames"] == 3 and result["metadata"]["model"]["source"] == "tiny"
+
+
+def test_a_second_animate_does_not_load_the_model_again(engine, reference, tmp_path):
+    engine.animate(clip(reference, tmp_path / "a"), timeout=300)
+    engine.animate(clip(reference, tmp_path / "b", action="soccer_shoot", prompt=None, seed=9), timeout=300)
+    status = engine.status()
+    assert status["loads"] == 1
+    assert status["model"]["model"] == "tiny" and status["device"] == "cpu"
+    assert status["running"] is None and status["queue"] == []
+
+
+def test_cancel_mid_job_stops_it_and_leaves_no_output(engine, reference, tmp_path):
+    out = tmp_path / "cancelled"
+    job = engine.submit("animate", clip(reference, out, steps=LONG_STEPS))
+    wait_for_event(engine, job, mid_denoise)
+    asked = time.monotonic()
+    assert engine.cancel(job) == {"job": job, "was": "running"}
+    with pytest.raises(EngineError) as caught:
+        engine.wait(job, timeout=60)
+    assert caught.value.code == P.CANCELLED
+    assert time.monotonic() - asked < 30  # within a step or two, even on a busy 2-core machine
+    state = engine.job(job)
+    assert state.state == "cancelled" and state.step < LONG_STEPS
+    assert not out.exists() and leftovers(tmp_path) == []  # no output, no hidden staging folder
+    assert engine.status()["running"] is None
+
+
+def test_a_queued_job_is_visible_and_cancel_removes_it(engine, reference, tmp_path):
+    first = engine.submit("animate", clip(reference, tmp_path / "first", steps=LONG_STEPS))
+    second = engine.submit("animate", clip(reference, tmp_path / "second"))
+    wait_for_event(engine, second, lambda e: e["type"] == "accepted")
+    assert engine.job(second).state == "queued" and engine.job(second).queue_position == 1
+    status = engine.status()
+    assert status["queue"] == [{"job": second, "type": "animate"}]
+    assert engine.cancel(second) == {"job": second, "was": "queued"}
+    with pytest.raises(EngineError, match="cancelled"):
+        engine.wait(second, timeout=30)
+    assert engine.status()["queue"] == []
+    engine.cancel(first)
+    with pytest.raises(EngineError):
+        engine.wait(first, timeout=60)
+    assert not (tmp_path / "first").exists() and not (tmp_path / "second").exists()
+
+
+def test_bad_lines_and_requests_get_errors_and_the_service_carries_on(engine, reference, tmp_path):
+    engine.poll_events()  # forget earlier events
+    engine.send_raw(b"\x00\xff\xfe not json at all \x81\n")
+    engine.send_raw(b'{"v": 1, "id": "pad", "type": "status", "args": {"x": "' + b"y" * (P.MAX_LINE_BYTES + 10)
+                    + b'"}}\n')
+    engine.send_raw(b'{"v": 1, "id": "u1", "type": "teleport"}\n')
+    engine.send_raw(b'{"v": 99, "id": "v1", "type": "status"}\n')
+    errors = []
+    deadline = time.monotonic() + 60
+    while len(errors) < 4 and time.monotonic() < deadline:
+        errors += [e for e in engine.poll_events(timeout=1) if e["type"] == "error"]
+    assert [e["code"] for e in errors] == [P.BAD_JSON, P.LINE_TOO_LONG, P.UNKNOWN_REQUEST, P.VERSION_MISMATCH]
+    assert errors[2]["request"] == "u1" and errors[3]["request"] == "v1"
+
+    bad_args = [
+        (clip(reference, tmp_path / "x", frames="three"), P.BAD_ARGUMENT),
+        (clip(reference, tmp_path / "x", colour="red"), P.BAD_ARGUMENT),
+        (clip(tmp_path / "missing.png", tmp_path / "x"), None),  # a FlashError code of its own
+        (clip(reference, tmp_path / "x", width=63), None),
+    ]
+    for args, code in bad_args:
+        with pytest.raises(EngineError) as caught:
+            engine.animate(args, timeout=60)
+        assert caught.value.code != P.INTERNAL and (code is None or caught.value.code == code), caught.value
+        assert caught.value.message and "\n" not in caught.value.message
+    with pytest.raises(EngineError) as caught:
+        engine.cancel("no-such-job")
+    assert caught.value.code == P.UNKNOWN_JOB
+    assert engine.status()["running"] is None  # still alive and answering
+    assert not (tmp_path / "x").exists()
+
+
+def test_release_frees_the_model_and_the_next_job_loads_it_again(engine, reference, tmp_path):
+    loads = engine.status()["loads"]
+    assert engine.release(timeout=60)["released"] is True
+    status = engine.status()
+    assert status["model"] is None and status["loads"] == loads
+    engine.animate(clip(reference, tmp_path / "after"), timeout=300)
+    assert engine.status()["loads"] == loads + 1
+
+
+def test_kill_9_mid_job_is_reported_and_a_restart_works(reference, tmp_path):
+    client = EngineClient(sys.executable, SERVE_ARGS, engine_path=REPO, cwd=tmp_path)
+    client.start()
+    try:
+        job = client.submit("animate", clip(reference, tmp_path / "killed", steps=LONG_STEPS))
+        wait_for_event(client, job, mid_denoise)
+        first_pid = client.pid
+        os.kill(first_pid, signal.SIGKILL)
+        with pytest.raises(EngineDied) as caught:
+            client.wait(job, timeout=30)
+        assert caught.value.death.signal == "SIGKILL" and "SIGKILL" in caught.value.message
+        assert caught.value.death.expected is False and not client.alive
+        assert "restart" in caught.value.hint
+        assert any(e["type"] == "error" and e["code"] == P.ENGINE_DIED and "job" not in e
+                   for e in client.poll_events())
+        with pytest.raises(EngineDied):
+            client.status()
+        assert not (tmp_path / "killed").exists()  # only a hidden staging folder can be left by a kill
+
+        hello = client.restart()
+        assert client.pid != first_pid and hello["pid"] == client.pid
+        assert client.status()["loads"] == 0 and client.death is None
+
+        # Closing stdin (Blender quit or crashed) ends an idle service within seconds.
+        client.process.stdin.close()
+        assert client.process.wait(timeout=15) == 0
+    finally:
+        client.kill()
+
+
+def test_closing_stdin_mid_job_ends_the_service_and_stdout_stays_pure(reference, tmp_path):
+    """Driven without the client: every byte on stdout must parse as a protocol event."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "flash_engine", "serve", *SERVE_ARGS], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp_path, env=env)
+    try:
+        def send(request_type, request_id, args=None):
+            proc.stdin.write(P.encode(P.make_request(request_type, request_id, args)))
+            proc.stdin.flush()
+
+        lines = []
+
+        def read_until(predicate):
+            while True:
+                line = proc.stdout.readline()
+                assert line, "the service ended early"
+                lines.append(line)
+                event = P.parse_event(line)
+                if predicate(event):
+                    return event
+
+        send("hello", "h")
+        read_until(lambda e: e.get("request") == "h")
+        # mp4: the ffmpeg child process writes too; none of it may reach our stdout
+        send("animate", "whole", clip(reference, tmp_path / "whole", mp4=True))
+        assert read_until(lambda e: e.get("job") == "whole" and e["type"] in ("result", "error"))["type"] == "result"
+        send("animate", "long", clip(reference, tmp_path / "long", steps=LONG_STEPS))
+        read_until(lambda e: e.get("job") == "long" and mid_denoise(e))
+        closed = time.monotonic()
+        proc.stdin.close()
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - closed < 20
+        lines += proc.stdout.read().splitlines(keepends=True)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    events = [P.parse_event(line) for line in lines]  # raises on any line that is not an event
+    assert all(line.endswith(b"\n") for line in lines)
+    assert (tmp_path / "whole" / "flash.mp4").is_file()
+    assert not (tmp_path / "long").exists()
+    assert leftovers(tmp_path) == []  # the cancelled job cleaned its staging folder before exit
+    assert events[-1]["job"] == "long" and events[-1]["code"] == P.CANCELLED
