@@ -9,8 +9,8 @@
 Sections (``--only`` picks some): inference (s/clip, s/step, peak memory, achieved TFLOP/s
 against this device's measured matmul rate), animatediff (diffusers' AnimateDiffPipeline on
 the same weights, steps and size: the cost of FLASH's additions), decode (stock VAE decoder vs
-Detail Enhancement Decoder, per frame), training (a FLASH step vs a plain fine-tune step on
-the same data, and a decoder step). Ratios in one run hold on any machine; absolute figures
+Detail Enhancement Decoder, per frame), precision (bf16/fp16 UNet output against fp32),
+training (a FLASH step vs a plain fine-tune step on the same data, and a decoder step). Ratios in one run hold on any machine; absolute figures
 belong to the machine printed in the header.
 """
 
@@ -200,6 +200,24 @@ def bench_training(args, rows, device):
                  f"{results['FLASH (#6)'] / results['plain fine-tune (#1)']:.2f}"))
 
 
+def bench_precision(args, rows, device):
+    """Relative error of one UNet forward in bf16/fp16 against the fp32 reference, same inputs."""
+    base = load_base(args.model)
+    unet = base.unet.to(device)
+    latent = args.size // 8
+    generator = torch.Generator("cpu").manual_seed(0)
+    sample = torch.randn(1, unet.config.in_channels, args.frames, latent, latent, generator=generator)
+    text = torch.randn(args.frames, 77, unet.config.cross_attention_dim, generator=generator)
+    with torch.no_grad():
+        reference = unet(sample.to(device), 500, encoder_hidden_states=text.to(device)).sample.float()
+        for dtype in ([torch.bfloat16, torch.float16] if device.type == "cuda" else [torch.bfloat16]):
+            unet.to(dtype)
+            out = unet(sample.to(device, dtype), 500, encoder_hidden_states=text.to(device, dtype)).sample.float()
+            error = (out - reference).norm() / reference.norm()
+            rows.append(("precision", f"UNet {precision_name(dtype)} vs fp32, relative error", f"{error.item():.2e}"))
+    del base, unet
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="tiny, sd15-random or a weights folder")
@@ -214,8 +232,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--offload", action="store_true")
     parser.add_argument("--no-warmup", action="store_true", help="skip warm-up runs (slow CPU runs)")
-    parser.add_argument("--only", nargs="+", choices=["inference", "animatediff", "decode", "training"],
-                        default=["inference", "animatediff", "decode", "training"])
+    sections = ["inference", "animatediff", "decode", "precision", "training"]
+    parser.add_argument("--only", nargs="+", choices=sections, default=sections)
     args = parser.parse_args()
     quiet_libraries()
 
@@ -236,6 +254,8 @@ def main() -> None:
         bench_animatediff(args, rows, device, dtype, pipeline, flash_clip_s)
     if "decode" in args.only:
         bench_decode(args, rows, device, pipeline)
+    if "precision" in args.only:
+        bench_precision(args, rows, device)
     if "training" in args.only:
         del pipeline
         reset_peak(device)
