@@ -17,6 +17,7 @@ from typing import Callable
 
 from flash_engine import __version__
 from flash_engine.actions import Action, read_action
+from flash_engine.arguments import check_arguments
 from flash_engine.errors import FlashError
 from flash_engine.images import load_reference, resolve_size, save_frames, write_mp4
 from flash_engine.output import check_destination, staged_folder
@@ -53,14 +54,7 @@ class AnimateRequest:
 
     @classmethod
     def from_dict(cls, data: dict) -> "AnimateRequest":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise FlashError(f"unknown animate argument(s): {', '.join(unknown)}",
-                             f"allowed: {', '.join(sorted(known))}", code="bad_argument")
-        for required in ("image", "out"):
-            if not data.get(required):
-                raise FlashError(f"animate needs '{required}'", f"pass {required}", code="bad_argument")
+        check_arguments("animate", data, set(cls.__dataclass_fields__), required=("image", "out"))
         return cls(**data)
 
 

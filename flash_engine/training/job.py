@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from flash_engine.actions import write_action
+from flash_engine.arguments import check_arguments
 from flash_engine.errors import FlashError
 from flash_engine.output import check_destination, staged_folder
 from flash_engine.training.clips import BadClip, ClipScan, scan_clips
@@ -45,14 +46,7 @@ class TrainRequest:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainRequest":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise FlashError(f"unknown train argument(s): {', '.join(unknown)}",
-                             f"allowed: {', '.join(sorted(known))}", code="bad_argument")
-        for required in ("clips", "action", "prompt", "out"):
-            if not data.get(required):
-                raise FlashError(f"train needs '{required}'", f"pass {required}", code="bad_argument")
+        check_arguments("train", data, set(cls.__dataclass_fields__), required=("clips", "action", "prompt", "out"))
         data = dict(data)
         for key in ("clips", "prompt"):
             if isinstance(data[key], str):
