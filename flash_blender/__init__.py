@@ -1,12 +1,16 @@
-"""FLASH Previs Blender add-on.
+"""FLASH Previs: animate a previs still into a short clip of a human action.
 
-Runs in Blender's Python and never imports torch: it talks to ``flash_engine`` running in
-its own environment. The sidebar panel and operators arrive with the add-on issue; for now
-the package registers nothing.
+The Blender side of the project. It runs in Blender's Python and never imports torch: the
+engine (``flash_engine``, bundled in the extension) runs as a subprocess in its own
+environment and talks JSON lines over stdio (``docs/protocol.md``).
+
+This file only registers. Inside Blender (``bpy`` already imported) it exposes
+``register``/``unregister`` from ``registration``; outside Blender — plain pytest of the
+bpy-free modules (``jobs``, ``camera_frame``, ``catalog``, ``progress``, ``engine``,
+``installer``, ``bundled``) — importing the package imports no bpy.
 """
 
-import bpy
+import sys
 
-classes = ()
-
-register, unregister = bpy.utils.register_classes_factory(classes)
+if "bpy" in sys.modules:
+    from .registration import classes, register, unregister  # noqa: F401

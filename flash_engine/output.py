@@ -38,6 +38,11 @@ def staged_folder(dest: Path, overwrite: bool = False):
     check_destination(dest, overwrite)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    # mkdtemp makes it private (0700); the finished folder gets the user's usual permissions,
+    # so shared project storage can read the frames.
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
     try:
         yield staging
     except BaseException:

@@ -117,3 +117,15 @@ def test_fetch_lays_out_what_the_loader_reads(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", serve)
     dest = weights.fetch(tmp_path / "fetched")
     assert load_base(dest).unet is not None
+
+
+def test_finished_folder_has_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        with staged_folder(tmp_path / "clip") as staging:
+            (staging / "a.txt").write_text("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "clip").stat().st_mode & 0o777 == 0o755

@@ -1,0 +1,127 @@
+""""Set up engine": run the engine installer in a subprocess and follow its output.
+
+Pure Python (no bpy). The installer is ``python -m flash_engine.setup --env DIR``, run with
+Blender's own interpreter (``sys.executable``) and the bundled engine on PYTHONPATH. Its
+lines ``[n/N] title`` mark the steps, which become the progress bar.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+STEP = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)$")
+LINES_KEPT = 400
+
+
+def setup_command(env_dir: Path, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "flash_engine.setup", "--env", str(env_dir)]
+
+
+def child_environment(engine_path: Path | None) -> dict:
+    """Blender's Python settings stay out of the child; the bundled engine goes on its path."""
+    env = dict(os.environ)
+    for name in ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__"):
+        env.pop(name, None)
+    if engine_path is not None:
+        env["PYTHONPATH"] = str(engine_path)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+class SetupRun:
+    """One installer run: lines arrive on a thread; ``poll()`` from the UI never blocks."""
+
+    def __init__(self, command: list[str], env: dict | None = None, cwd: str | None = None):
+        self.command = list(command)
+        self.lines: collections.deque[str] = collections.deque(maxlen=LINES_KEPT)
+        self.step = (0, 0, "")  # (n, N, title) of the last "[n/N] title" line
+        self.returncode: int | None = None
+        self.error = ""
+        self.count = 0  # lines read so far (the deque keeps the last LINES_KEPT)
+        self._expect_hint = False
+        self._lock = threading.Lock()
+        try:
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, text=True, errors="replace",
+                                            env=env, cwd=cwd)
+        except OSError as err:
+            self.process, self.returncode = None, 127
+            self.error = f"cannot run {command[0]}: {err}"
+            self.lines.append(self.error)
+            self._thread = None
+            return
+        self._thread = threading.Thread(target=self._read, name="flash-setup-output", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for raw in self.process.stdout:
+            line = raw.rstrip("\r\n")
+            with self._lock:
+                self.lines.append(line)
+                self.count += 1
+                match = STEP.match(line)
+                if match:
+                    self.step = (int(match.group(1)), int(match.group(2)), match.group(3))
+                if line.startswith("error: "):  # the installer's last words: "error: what" then "  the fix"
+                    self.error, self._expect_hint = line[len("error: "):].strip(), True
+                elif self._expect_hint:
+                    if line.strip():
+                        self.error += f" ({line.strip()})"
+                    self._expect_hint = False
+        code = self.process.wait()
+        with self._lock:
+            if code != 0 and not self.error:
+                self.error = f"the engine setup exited with code {code}"
+            self.returncode = code
+
+    @property
+    def finished(self) -> bool:
+        with self._lock:
+            return self.returncode is not None
+
+    @property
+    def ok(self) -> bool:
+        return self.finished and self.returncode == 0
+
+    @property
+    def factor(self) -> float:
+        n, total, _ = self.step
+        if self.finished:
+            return 1.0
+        return (max(n - 1, 0) + 0.5) / total if total else 0.0
+
+    @property
+    def text(self) -> str:
+        n, total, title = self.step
+        if self.finished:
+            return "Engine ready" if self.ok else f"Setup failed: {self.error}"
+        return f"[{n}/{total}] {title}" if total else "Starting the installer"
+
+    def tail(self, count: int = 8) -> list[str]:
+        with self._lock:
+            return list(self.lines)[-count:]
+
+    def new_lines(self, seen: int) -> tuple[list[str], int]:
+        """The lines read after the first ``seen`` (those still kept), and the new count."""
+        with self._lock:
+            lines, count = list(self.lines), self.count
+        first_kept = count - len(lines)
+        return lines[max(seen - first_kept, 0):], count
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self._thread is not None:
+            self._thread.join(5)

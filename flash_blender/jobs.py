@@ -1,0 +1,173 @@
+"""Where a take goes and what it is called: folders, take numbers, sizes, timeline slots.
+
+Pure Python (no bpy): the operator passes in what it read from Blender.
+
+A take is ``ROOT/<scene>_<camera>_<action>_<NNN>/``; ROOT is ``//flash/`` beside the saved
+.blend (or the preferences' override, or a folder in the extension's user directory for an
+unsaved file). NNN is the next number no file or folder of that take prefix uses yet —
+including the engine's hidden staging folders and the reference render, which is written
+as ``ROOT/<take>.reference.png`` before the job starts and so reserves the number.
+Nothing is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+DEFAULT_FOLDER = "flash"
+REFERENCE_SUFFIX = ".reference.png"
+TAKE_DIGITS = 3
+SIZE_MULTIPLE = 8
+MIN_SIDE = 8
+
+
+class PlanError(Exception):
+    """A problem the user can fix; ``str()`` is one line with the fix."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def safe_name(text: str, fallback: str = "untitled") -> str:
+    """A file-name-safe version of a Blender name: letters, digits, ``-`` and ``.`` kept
+    (any script), everything else one ``_``."""
+    cleaned = re.sub(r"[^\w.\-]+", "_", str(text), flags=re.UNICODE).strip("._")
+    return cleaned[:60] or fallback
+
+
+def take_prefix(scene: str, camera: str, action: str) -> str:
+    return "_".join(safe_name(part) for part in (scene, camera, action))
+
+
+def used_take_numbers(folder: Path, prefix: str) -> set[int]:
+    """Take numbers already used in ``folder`` by anything named after ``prefix``: finished
+    takes, hidden staging folders (``.<take>.partial-…``) and reference renders."""
+    pattern = re.compile(rf"^\.?{re.escape(prefix)}_(\d+)(?:$|[.\-_])")
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return set()
+    return {int(match.group(1)) for name in names if (match := pattern.match(name))}
+
+
+def next_take_number(folder: Path, prefix: str, reserved: Iterable[str] = ()) -> int:
+    """The lowest number above every used one (gaps are not reused: take 2 stays take 2)."""
+    used = used_take_numbers(folder, prefix)
+    for name in reserved:
+        match = re.match(rf"^{re.escape(prefix)}_(\d+)$", name)
+        if match:
+            used.add(int(match.group(1)))
+    return max(used, default=0) + 1
+
+
+@dataclass(frozen=True)
+class TakePlan:
+    name: str  # <scene>_<camera>_<action>_<NNN>
+    number: int
+    root: Path
+    folder: Path  # the engine's --out: must not exist yet
+    reference: Path  # the rendered reference frame
+
+
+def plan_take(root: Path, scene: str, camera: str, action: str, reserved: Iterable[str] = ()) -> TakePlan:
+    """Pick the take's name and paths (creates nothing)."""
+    prefix = take_prefix(scene, camera, action)
+    number = next_take_number(root, prefix, reserved)
+    name = f"{prefix}_{number:0{TAKE_DIGITS}d}"
+    return TakePlan(name=name, number=number, root=root, folder=root / name, reference=root / (name + REFERENCE_SUFFIX))
+
+
+def reserve_reference(plan: TakePlan) -> None:
+    """Create the take root and claim the reference file (fails if someone took the name)."""
+    plan.root.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(plan.reference, "xb"):
+            pass
+    except FileExistsError:
+        raise PlanError(f"{plan.reference.name} appeared while planning the take", "run again") from None
+
+
+def staging_leftovers(plan: TakePlan) -> list[Path]:
+    """The hidden ``.<take>.partial-…`` folders an engine that died mid-job leaves behind
+    (a live engine removes its own; only call this once the engine is known to be dead)."""
+    try:
+        return sorted(p for p in plan.root.iterdir() if p.is_dir() and p.name.startswith(f".{plan.name}.partial-"))
+    except FileNotFoundError:
+        return []
+
+
+@dataclass(frozen=True)
+class OutputRoot:
+    folder: Path
+    in_project: bool  # beside the saved .blend: paths stored relative (//)
+    warning: str | None = None
+
+
+def output_root(blend_filepath: str, override: str, user_dir: Path) -> OutputRoot:
+    """Where takes go.
+
+    ``override`` (preferences) may be absolute or blend-relative (``//…``); empty means
+    ``//flash/``. An unsaved file has no ``//``: its takes go under ``user_dir`` with a
+    warning that they live outside the project.
+    """
+    override = (override or "").strip()
+    blend_dir = Path(blend_filepath).parent if blend_filepath else None
+    if override and not override.startswith("//"):
+        return OutputRoot(Path(override).expanduser(), in_project=False)
+    relative = override[2:] if override else DEFAULT_FOLDER
+    if blend_dir is None:
+        folder = user_dir / "takes"
+        return OutputRoot(folder, in_project=False, warning=(
+            f"the file is not saved: frames go to {folder}, outside the project "
+            "(save the .blend first to keep them in //flash/ beside it)"))
+    return OutputRoot(blend_dir / relative, in_project=True)
+
+
+def blend_relative(path: Path, blend_filepath: str) -> str:
+    """``//``-relative form of ``path`` when it lies under the .blend's folder, else absolute."""
+    path = Path(path)
+    if blend_filepath:
+        base = Path(blend_filepath).parent
+        try:
+            return "//" + path.relative_to(base).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def round_to_multiple(value: float, multiple: int = SIZE_MULTIPLE) -> int:
+    return max(MIN_SIDE, int(value / multiple + 0.5) * multiple)
+
+
+def model_size(resolution_x: int, resolution_y: int, long_side: int,
+               pixel_aspect_x: float = 1.0, pixel_aspect_y: float = 1.0) -> tuple[int, int]:
+    """Model width and height: the camera frame's aspect (pixels × pixel aspect), the long
+    side ``long_side``, both multiples of 8."""
+    width, height = resolution_x * pixel_aspect_x, resolution_y * pixel_aspect_y
+    if width <= 0 or height <= 0:
+        raise PlanError("the scene's render resolution is zero", "set Output > Format > Resolution")
+    long_side = round_to_multiple(long_side)
+    if width >= height:
+        return long_side, round_to_multiple(long_side * height / width)
+    return round_to_multiple(long_side * width / height), long_side
+
+
+def first_free_channel(occupied: Iterable[tuple[int, int, int]], start: int, length: int,
+                       max_channel: int = 128) -> int:
+    """Lowest sequencer channel with nothing in ``[start, start+length)``; ``occupied`` holds
+    ``(channel, frame_final_start, frame_final_end)`` of the existing strips."""
+    end = start + length
+    busy = {channel for channel, s, e in occupied if s < end and e > start}
+    for channel in range(1, max_channel + 1):
+        if channel not in busy:
+            return channel
+    raise PlanError("every sequencer channel is busy at the current frame",
+                    "move to another frame or free a channel")

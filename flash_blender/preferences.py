@@ -1,0 +1,204 @@
+"""Add-on preferences: the engine's interpreter, model source, device, output folder.
+
+Also the session-wide helpers the other modules share: the add-on's package name, its
+user directory, and the action catalog.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, StringProperty
+from bpy.types import AddonPreferences
+
+from . import bundled, engine
+from .catalog import Catalog
+from .jobs import PlanError
+from .progress import STATUS
+
+ADDON = __package__  # "bl_ext.<repository>.flash_previs" when installed as an extension
+ENGINE_ENV = "engine-env"
+ACTIONS = "actions"
+
+_catalog: Catalog | None = None
+
+
+def user_dir(*parts: str) -> Path:
+    """The extension's user directory (kept across updates), or a sub-folder of it, created."""
+    path = "/".join(parts)
+    try:
+        base = bpy.utils.extension_path_user(ADDON, path=path, create=True)
+    except ValueError:  # loaded as a plain add-on from a source checkout (development)
+        base = bpy.utils.user_resource('DATAFILES', path="/".join(("flash_previs",) + parts), create=True)
+    return Path(base)
+
+
+def get_prefs(context=None) -> "FLASH_AddonPreferences":
+    context = context or bpy.context
+    return context.preferences.addons[ADDON].preferences
+
+
+def get_catalog() -> Catalog:
+    """Presets shipped with the engine + trained actions in the user directory."""
+    global _catalog
+    if _catalog is None:
+        presets = bundled.engine_module("presets")
+        _catalog = Catalog(presets_dir=Path(presets.PRESETS_DIR), actions_dir=user_dir(ACTIONS),
+                           load_preset=presets.load_preset)
+    return _catalog
+
+
+def forget_catalog() -> None:
+    global _catalog
+    _catalog = None
+
+
+def _absolute(path: str) -> str:
+    return bpy.path.abspath(path) if path else ""
+
+
+def managed_env_dir() -> Path:
+    return user_dir(ENGINE_ENV)
+
+
+def engine_python(prefs) -> str:
+    """The engine's interpreter, or PlanError saying how to get one."""
+    setup = bundled.engine_module("setup")
+    if prefs.engine_source == 'CUSTOM':
+        raw = _absolute(prefs.python_path.strip())
+        if not raw:
+            raise PlanError("no engine Python chosen",
+                            "Preferences > Add-ons > FLASH Previs: pick the python executable, or use Managed")
+        path = Path(raw)
+        if path.is_dir():  # an environment folder: its interpreter
+            path = setup.env_python(path)
+        if not path.is_file():
+            raise PlanError(f"engine Python not found: {path}",
+                            "Preferences > Add-ons > FLASH Previs: pick an existing python executable")
+        return str(path)
+    status = setup.env_status(managed_env_dir())
+    if not status["ready"]:
+        reason = status["reason"]
+        raise PlanError("the engine is not set up" if reason == "not set up" else f"the engine is not ready: {reason}",
+                        "Preferences > Add-ons > FLASH Previs: press Set up engine, or choose an existing Python")
+    return status["python"]
+
+
+def model_argument(prefs) -> str:
+    if prefs.model_source == 'TINY':
+        return "tiny"
+    if prefs.model_source == 'FOLDER':
+        folder = _absolute(prefs.model_folder.strip())
+        if not folder or not Path(folder).is_dir():
+            raise PlanError(f"model weights folder not found: {folder or '(none chosen)'}",
+                            "Preferences > Add-ons > FLASH Previs: choose a folder with unet/ vae/ text_encoder/ "
+                            "tokenizer/ scheduler/ motion_adapter/, or use the built-in model")
+        return folder
+    return "default"
+
+
+def engine_config(prefs) -> engine.EngineConfig:
+    """What the engine process is started with; PlanError when it cannot be."""
+    root = bundled.engine_root()
+    home = user_dir()
+    return engine.EngineConfig(
+        python=engine_python(prefs),
+        serve_args=engine.serve_args(model_argument(prefs), prefs.device, prefs.precision, prefs.offload),
+        engine_path=str(root), cwd=str(home), log_path=str(engine.log_file(home)),
+        client_name=f"flash_blender (Blender {bpy.app.version_string})",
+    )
+
+
+class FLASH_AddonPreferences(AddonPreferences):
+    bl_idname = ADDON
+
+    engine_source: EnumProperty(
+        name="Engine",
+        items=[
+            ('MANAGED', "Managed environment", "The Python environment 'Set up engine' creates in the extension's "
+                                              "user folder (PyTorch and diffusers, about 5 GB)"),
+            ('CUSTOM', "Existing Python", "A Python interpreter that already has the engine's requirements"),
+        ],
+        default='MANAGED',
+    )
+    python_path: StringProperty(name="Python", subtype='FILE_PATH',
+                                description="The python executable (or environment folder) that runs the engine")
+    model_source: EnumProperty(
+        name="Model",
+        items=[
+            ('DEFAULT', "Built-in default", "$FLASH_MODEL, else the fetched weights "
+                                            "(python -m flash_engine weights fetch), else the built-in model"),
+            ('FOLDER', "Local weights folder", "A diffusers-layout Stable Diffusion 1.5 folder with motion_adapter/"),
+            ('TINY', "Tiny test model", "Random weights at toy size: checks the setup in seconds; "
+                                        "the clips show no real motion"),
+        ],
+        default='DEFAULT',
+    )
+    model_folder: StringProperty(name="Weights Folder", subtype='DIR_PATH')
+    device: EnumProperty(
+        name="Device",
+        items=[('auto', "Auto", "CUDA, else Apple Metal, else CPU"), ('cuda', "CUDA", "NVIDIA GPU"),
+               ('mps', "Metal", "Apple silicon GPU"), ('cpu', "CPU", "Slow, but always there")],
+        default='auto',
+    )
+    precision: EnumProperty(
+        name="Precision",
+        items=[('auto', "Auto", "bf16 on CUDA where supported, else fp16; fp32 on CPU"),
+               ('fp16', "FP16", ""), ('bf16', "BF16", ""), ('fp32', "FP32", "Full precision: most memory")],
+        default='auto',
+    )
+    offload: BoolProperty(name="Offload to CPU", default=False,
+                          description="Keep model parts in system memory until used: less GPU memory, slower")
+    output_root: StringProperty(
+        name="Output Folder", subtype='DIR_PATH', default="",
+        description="Where takes go instead of //flash/ beside the .blend (// paths are relative to the .blend)")
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+
+        box = layout.box()
+        box.label(text="Engine", icon='SYSTEM')
+        box.prop(self, "engine_source")
+        if self.engine_source == 'CUSTOM':
+            box.prop(self, "python_path")
+        else:
+            self._draw_managed(box)
+        row = box.row()
+        row.label(text=f"Engine process: {engine.MANAGER.describe()}")
+        row.operator("flash.stop_engine", text="Stop", icon='X')
+
+        box = layout.box()
+        box.label(text="Model", icon='NODE_MATERIAL')
+        box.prop(self, "model_source")
+        if self.model_source == 'FOLDER':
+            box.prop(self, "model_folder")
+        box.prop(self, "device")
+        box.prop(self, "precision")
+        box.prop(self, "offload")
+
+        box = layout.box()
+        box.label(text="Output", icon='FILE_FOLDER')
+        box.prop(self, "output_root", placeholder="//flash/")
+
+    def _draw_managed(self, layout):
+        env_dir = managed_env_dir()
+        try:
+            status = bundled.engine_module("setup").env_status(env_dir)
+        except Exception as err:  # a broken bundle: say so instead of failing to draw
+            layout.label(text=f"cannot read the engine setup: {err}", icon='ERROR')
+            return
+        run = STATUS.setup
+        if run is not None and not run.finished:
+            layout.progress(factor=run.factor, type='BAR', text=run.text)
+            for line in run.tail(6):
+                layout.label(text=line)
+            return
+        row = layout.row()
+        row.label(text=f"Environment: {status['reason']}", icon='CHECKMARK' if status["ready"] else 'INFO')
+        row.operator("flash.setup_engine", text="Update" if status["ready"] else "Set up engine", icon='IMPORT')
+        layout.label(text=str(env_dir))
+        if run is not None and run.finished and not run.ok:
+            layout.label(text=run.text, icon='ERROR')

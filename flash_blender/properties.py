@@ -1,0 +1,78 @@
+"""The scene's FLASH settings (``scene.flash``): what the panel edits and the operator reads."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.types import PropertyGroup
+
+from .preferences import get_catalog
+
+DEFAULT_ACTION = "soccer_shoot"
+
+OUTPUT_ITEMS = [
+    ('PLANE', "Plane", "A camera-facing image-sequence plane that fills the camera's frame"),
+    ('VSE', "VSE Strip", "An image strip in the Video Sequencer"),
+    ('BOTH', "Both", "A camera plane and a sequencer strip"),
+]
+
+# Blender keeps only pointers to enum item strings: the list must outlive the callback.
+_items_keepalive: list = []
+
+
+def _action_items(self, context):
+    global _items_keepalive
+    try:
+        items = get_catalog().enum_items()
+    except Exception as err:  # a broken bundle: show it rather than an empty list
+        items = [("", "(no actions)", str(err), 0)]
+    _items_keepalive = items or [("", "(no actions)", "no presets found: reinstall the extension", 0)]
+    return _items_keepalive
+
+
+def _get_action(self) -> int:
+    return get_catalog().index(self.action_id or DEFAULT_ACTION)
+
+
+def _set_action(self, value: int) -> None:
+    actions = get_catalog().refresh()
+    if not 0 <= value < len(actions):
+        return
+    chosen = actions[value]
+    if chosen.id != self.action_id:
+        self.action_id = chosen.id
+        self.prompt = chosen.prompt  # prefilled from the action, then the user's to edit
+
+
+class FlashSceneSettings(PropertyGroup):
+    # The stored choice is the action's id (stable when actions are added or removed);
+    # ``action`` is the dropdown over it.
+    action_id: StringProperty(name="Action Id", default=DEFAULT_ACTION)
+    action: EnumProperty(name="Action", description="What the person in the shot does",
+                         items=_action_items, get=_get_action, set=_set_action)
+    prompt: StringProperty(name="Prompt", description="The action sentence (empty: the action's own)")
+    seed: IntProperty(name="Seed", min=0, default=42, description="Same seed, same settings: the same clip")
+    frames: IntProperty(name="Frames", min=2, max=64, default=16)
+    steps: IntProperty(name="Steps", min=1, max=200, default=25, description="Denoising steps (DDIM)")
+    guidance: FloatProperty(name="Guidance", min=1.0, max=30.0, default=7.5, precision=1,
+                            description="Classifier-free guidance scale")
+    output: EnumProperty(name="Output", items=OUTPUT_ITEMS, default='BOTH')
+    long_side: IntProperty(name="Long Side", min=64, max=2048, default=512, step=8, subtype='PIXEL',
+                           description="The clip's long side in pixels (rounded to a multiple of 8); "
+                                       "the short side follows the camera's aspect ratio")
+    plane_distance: FloatProperty(name="Plane Distance", min=0.001, default=10.0, unit='LENGTH',
+                                  description="How far in front of the camera the clip's plane sits "
+                                              "(kept inside the camera's clipping range)")
+
+
+def current_action(settings):
+    """The catalog entry for the scene's chosen action (None when it no longer exists)."""
+    return get_catalog().get(settings.action_id or DEFAULT_ACTION)
+
+
+def register() -> None:
+    bpy.types.Scene.flash = bpy.props.PointerProperty(type=FlashSceneSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.flash

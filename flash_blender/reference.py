@@ -1,0 +1,103 @@
+"""Render the active camera's view as the reference frame, then put the user's settings back."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import bpy
+
+from .jobs import PlanError
+
+# The render settings the reference render changes, restored afterwards in this order
+# (media type before file format: the format's choices depend on it).
+RENDER_ATTRS = ("engine", "resolution_x", "resolution_y", "resolution_percentage", "pixel_aspect_x",
+                "pixel_aspect_y", "filepath", "use_border", "use_crop_to_border", "use_sequencer",
+                "use_file_extension")
+IMAGE_ATTRS = ("media_type", "file_format", "color_mode", "color_depth", "compression")
+TAKE_PROPERTY = "flash_take"  # marks the objects a take created
+
+
+def snapshot(scene) -> dict:
+    render = scene.render
+    state = {("render", name): getattr(render, name) for name in RENDER_ATTRS if hasattr(render, name)}
+    state.update({("image", name): getattr(render.image_settings, name)
+                  for name in IMAGE_ATTRS if hasattr(render.image_settings, name)})
+    state[("scene", "camera")] = scene.camera
+    return state
+
+
+def restore(scene, state: dict) -> list[str]:
+    """Put every value back; returns the names that would not go back (should be none)."""
+    failed = []
+    targets = {"render": scene.render, "image": scene.render.image_settings, "scene": scene}
+    for (where, name), value in state.items():
+        try:
+            if getattr(targets[where], name) != value:
+                setattr(targets[where], name, value)
+        except (AttributeError, TypeError, ValueError, ReferenceError):
+            failed.append(f"{where}.{name}")
+    return failed
+
+
+@contextlib.contextmanager
+def preserved_render_settings(scene):
+    state = snapshot(scene)
+    try:
+        yield state
+    finally:
+        failed = restore(scene, state)
+        if failed:
+            print(f"FLASH: could not restore {', '.join(failed)}")
+
+
+@contextlib.contextmanager
+def takes_hidden_from_render(scene):
+    """Earlier takes' planes sit in front of the camera: keep them out of the reference."""
+    hidden = [obj for obj in scene.objects if TAKE_PROPERTY in obj and not obj.hide_render]
+    for obj in hidden:
+        obj.hide_render = True
+    try:
+        yield
+    finally:
+        for obj in hidden:
+            with contextlib.suppress(ReferenceError):
+                obj.hide_render = False
+
+
+def render_reference(scene, path: Path, width: int, height: int) -> Path:
+    """Render ``scene`` from its active camera with its own render engine at ``width`` ×
+    ``height`` into a PNG at ``path``. The user's render settings are restored afterwards,
+    also when the render fails."""
+    if scene.camera is None:
+        raise PlanError(f"scene '{scene.name}' has no active camera",
+                        "add a camera and make it active: select it and press Ctrl+Numpad 0")
+    path = Path(path)
+    with preserved_render_settings(scene), takes_hidden_from_render(scene):
+        render = scene.render
+        render.resolution_x, render.resolution_y = width, height
+        render.resolution_percentage = 100
+        render.pixel_aspect_x = render.pixel_aspect_y = 1.0
+        render.use_border = False
+        render.use_sequencer = False  # earlier takes' strips must not replace the camera's view
+        settings = render.image_settings
+        if hasattr(settings, "media_type"):
+            settings.media_type = 'IMAGE'
+        settings.file_format = 'PNG'
+        settings.color_mode = 'RGB'
+        settings.color_depth = '8'
+        render.filepath = str(path)
+        try:
+            result = bpy.ops.render.render(write_still=False, scene=scene.name)
+        except RuntimeError as err:
+            raise PlanError(f"the reference render failed: {' '.join(str(err).split())}",
+                            "check that the scene renders (F12) with its render engine") from None
+        if 'FINISHED' not in result:
+            raise PlanError("the reference render was cancelled", "render again when Blender is not rendering")
+        image = bpy.data.images.get("Render Result")
+        if image is None:
+            raise PlanError("the reference render produced no image", "check that the scene renders (F12)")
+        image.save_render(filepath=str(path), scene=scene)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise PlanError(f"the reference frame was not written to {path}", "check that the folder is writable")
+    return path

@@ -1,0 +1,51 @@
+"""What registering the add-on adds, and what unregistering takes away again (all of it:
+classes, the scene property, the load handler, timers, the engine process, the bundled
+engine modules)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.app.handlers import persistent
+
+from . import bundled, operators, panels, preferences, properties
+from .engine import MANAGER
+from .operators.animate import abandon_running_job
+from .operators.modal import remove_all_timers
+from .progress import STATUS
+
+classes = (
+    preferences.FLASH_AddonPreferences,
+    properties.FlashSceneSettings,
+    *operators.classes,
+    *panels.classes,
+)
+
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+
+
+@persistent
+def _cancel_on_load(*_args) -> None:
+    """A new file replaces the scene the running job would import into: stop the job."""
+    abandon_running_job("another file was opened")
+
+
+def register() -> None:
+    _register_classes()
+    properties.register()
+    bpy.app.handlers.load_pre.append(_cancel_on_load)
+
+
+def unregister() -> None:
+    if _cancel_on_load in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(_cancel_on_load)
+    abandon_running_job("the add-on was disabled")
+    if STATUS.setup is not None:
+        STATUS.setup.stop()
+    MANAGER.shutdown()
+    remove_all_timers()
+    properties.unregister()
+    _unregister_classes()
+    STATUS.job, STATUS.setup = None, None
+    STATUS.clear_messages()
+    preferences.forget_catalog()
+    bundled.unload_engine()
