@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_benchmarks.py
+	$(PY) bench/bench_service.py
 
 extension: $(STAMP)
 	$(PY) tools/build_extension.py --out dist

@@ -1,4 +1,4 @@
-"""``python -m flash_engine``: animate, info, weights, demo.
+"""``python -m flash_engine``: animate, train, serve, info, weights, demo.
 
 Results go to files; progress and errors go to stderr; the exit code is non-zero on failure.
 """
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="animate a built-in reference image")
     demo.add_argument("--out", default="out/demo")
     demo.add_argument("--model", default="default")
+
+    serve = commands.add_parser("serve", help="the engine service for the Blender add-on: JSON lines on stdin/stdout")
+    add_model_args(serve)  # defaults for requests that leave model/device/precision/offload out
     return parser
 
 
@@ -234,7 +237,13 @@ def demo_command(args) -> int:
     return 0
 
 
-COMMANDS = {"animate": animate_command, "train": train_command, "info": info_command, "weights": weights_command, "demo": demo_command}
+def serve_command(args) -> int:
+    from flash_engine.server import serve_main
+
+    return serve_main(args)
+
+
+COMMANDS = {"serve": serve_command, "animate": animate_command, "train": train_command, "info": info_command, "weights": weights_command, "demo": demo_command}
 
 
 def quiet_libraries() -> None:
@@ -251,7 +260,7 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "info":
+    if args.command not in ("info", "serve"):  # serve quiets them itself, after taking over stdout
         quiet_libraries()
     try:
         return COMMANDS[args.command](args)

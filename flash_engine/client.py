@@ -153,8 +153,10 @@ class EngineClient:
 
     def __init__(self, python: str | os.PathLike = sys.executable, serve_args: list[str] | tuple = (), *,
                  engine_path: str | os.PathLike | None = None, env: dict | None = None,
-                 cwd: str | os.PathLike | None = None, log_path: str | os.PathLike | None = None):
+                 cwd: str | os.PathLike | None = None, log_path: str | os.PathLike | None = None,
+                 client_name: str | None = None):
         self.python = str(python)
+        self.client_name = client_name  # sent with hello, for the engine's log
         self.serve_args = [str(arg) for arg in serve_args]
         self.engine_path, self.extra_env, self.cwd = engine_path, env, cwd
         self.log_path = Path(log_path) if log_path else None
@@ -190,19 +192,31 @@ class EngineClient:
         self._stderr.clear()
         flags = {"creationflags": subprocess.CREATE_NO_WINDOW} if sys.platform == "win32" else {
             "start_new_session": True}  # Ctrl-C in Blender's terminal is not meant for the engine
-        self.process = subprocess.Popen(
-            [self.python, *SERVE_COMMAND, *self.serve_args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=engine_environment(self.engine_path, self.extra_env), cwd=self.cwd, **flags,
-        )
+        try:
+            self.process = subprocess.Popen(
+                [self.python, *SERVE_COMMAND, *self.serve_args],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=engine_environment(self.engine_path, self.extra_env), cwd=self.cwd, **flags,
+            )
+        except OSError as err:  # no such file, not executable
+            raise EngineError(f"cannot start the engine with {self.python}: {err.strerror or err}",
+                              "check the engine's Python in the add-on's preferences, or set up the engine",
+                              code="engine_unstartable") from err
         process = self.process
+        # stderr's reader first: the events reader joins it when the process dies
         self._threads = [
-            threading.Thread(target=self._read_events, args=(process,), name="flash-client-events", daemon=True),
             threading.Thread(target=self._read_stderr, args=(process,), name="flash-client-stderr", daemon=True),
+            threading.Thread(target=self._read_events, args=(process,), name="flash-client-events", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
-        self.hello_info = self.hello(timeout=timeout)
+        try:
+            self.hello_info = self.hello(timeout=timeout, client=self.client_name)
+        except EngineDied:
+            raise
+        except EngineError:  # it runs but cannot work (no torch, a hung import): don't leave it behind
+            self.kill()
+            raise
         if self.hello_info.get("protocol") != P.PROTOCOL_VERSION:
             self.kill()
             raise EngineError(f"the engine speaks protocol {self.hello_info.get('protocol')}, "
@@ -477,9 +491,7 @@ class EngineClient:
         except subprocess.TimeoutExpired:  # stdout closed but the process lingers: finish it
             process.kill()
             returncode = process.wait(5)
-        for thread in self._threads:  # the last stderr lines tell why it died
-            if thread.name == "flash-client-stderr":
-                thread.join(2)
+        self._threads[0].join(2)  # the stderr reader: the last lines tell why it died
         name = None
         if returncode is not None and returncode < 0 and sys.platform != "win32":
             try:

@@ -70,9 +70,6 @@ def encode(message: dict) -> bytes:
 
 def _decode_object(line: bytes | str) -> dict:
     if isinstance(line, bytes):
-        if len(line) > MAX_LINE_BYTES + 1:  # +1: the newline itself
-            raise ProtocolError(f"line of {len(line)} bytes is longer than the limit of {MAX_LINE_BYTES}",
-                                "send smaller messages", code=LINE_TOO_LONG)
         try:
             line = line.decode("utf-8")
         except UnicodeDecodeError:
@@ -103,6 +100,9 @@ def parse_request(line: bytes | str) -> dict:
     The error carries the request id when the line got far enough to have one, so the
     client can match the error to what it sent.
     """
+    if len(line.rstrip(b"\r\n" if isinstance(line, bytes) else "\r\n")) > MAX_LINE_BYTES:
+        raise ProtocolError(f"request line longer than {MAX_LINE_BYTES} bytes",
+                            "send smaller requests (paths, not data)", code=LINE_TOO_LONG)
     message = _decode_object(line)
     request_id = message.get("id")
     if request_id is not None and not (isinstance(request_id, str) and 0 < len(request_id) <= 200):

@@ -42,8 +42,14 @@ def _log(message: str) -> None:
     print(f"flash serve: {message}", file=sys.stderr, flush=True)
 
 
+_warm_up_thread: threading.Thread | None = None
+
+
 def _torch_side():
     """The engine's heavy modules; a broken environment becomes one clear error."""
+    warming = _warm_up_thread
+    if warming is not None and warming is not threading.current_thread():
+        warming.join()  # one thread imports torch at a time: two at once risk an import deadlock
     try:
         from flash_engine import animate, runtime
     except ImportError as err:
@@ -57,6 +63,9 @@ def _warm_up() -> None:
     """Import torch and the model code while the main thread already reads stdin."""
     try:
         _torch_side()
+        from flash_engine.cli import quiet_libraries
+
+        quiet_libraries()  # the libraries' dtype notes and advice would only fill the log
     except Exception:  # the first request that needs them reports the problem
         pass
 
@@ -626,7 +635,9 @@ def serve_main(args: argparse.Namespace) -> int:
     if not defaults.get("offload"):
         defaults["offload"] = None
     server = Server(sys.stdin.buffer, stdout, Engine(defaults))
-    threading.Thread(target=_warm_up, name="flash-warm-up", daemon=True).start()
+    global _warm_up_thread
+    _warm_up_thread = threading.Thread(target=_warm_up, name="flash-warm-up", daemon=True)
+    _warm_up_thread.start()
     _log(f"engine {__version__} ready (pid {os.getpid()}, protocol {P.PROTOCOL_VERSION})")
     code = server.serve()
     if server.worker.is_alive():

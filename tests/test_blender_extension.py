@@ -191,23 +191,6 @@ def test_disabling_ends_the_engine_and_leaves_nothing_registered(record):
 # Blender side (runs as a script with the bpy module)
 
 
-def engine_python(folder: Path) -> str:
-    """The interpreter the add-on starts the engine with: this test's own.
-
-    Until ``serve`` is wired into ``flash_engine/cli.py`` a shim runs ``flash_engine.server``
-    for ``-m flash_engine serve``; delete it once the CLI has the subcommand.
-    """
-    if '"serve"' in (REPO / "flash_engine" / "cli.py").read_text(encoding="utf-8"):
-        return sys.executable
-    shim = folder / "engine-python"
-    shim.write_text(f"""#!/bin/sh
-if [ "$1 $2 $3" = "-m flash_engine serve" ]; then shift 3; exec "{sys.executable}" -m flash_engine.server "$@"; fi
-exec "{sys.executable}" "$@"
-""")
-    shim.chmod(0o755)
-    return str(shim)
-
-
 class Layout:
     """Stands in for UILayout (background mode draws nothing): records calls, returns itself."""
 
@@ -418,7 +401,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
 
         # 3. a 4:3 shot with lens shift, saved so takes go to //flash/
         prefs.engine_source = 'CUSTOM'
-        prefs.python_path = engine_python(work_dir)
+        prefs.python_path = sys.executable  # the engine runs in this test's own interpreter
         prefs.model_source = 'TINY'
         prefs.device = 'cpu'
         scene = bpy.context.scene

@@ -50,6 +50,14 @@ def test_bad_requests_are_refused_with_a_code(line, code):
     assert "\n" not in caught.value.message
 
 
+def test_request_lines_are_bounded_but_events_are_not():
+    with pytest.raises(P.ProtocolError) as caught:
+        P.parse_request(b'{"v": 1, "type": "status", "args": {"x": "' + b"y" * P.MAX_LINE_BYTES + b'"}}')
+    assert caught.value.code == P.LINE_TOO_LONG
+    big = P.result_event("r1", {"frames": ["/f" * 1000] * 1000})  # a long result still reaches the client
+    assert P.parse_event(P.encode(big))["data"] == big["data"]
+
+
 def test_errors_keep_the_request_id_when_there_is_one():
     with pytest.raises(P.ProtocolError) as caught:
         P.parse_request(b'{"v": 9, "id": "r5", "type": "status"}')

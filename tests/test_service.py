@@ -176,6 +176,22 @@ def test_release_frees_the_model_and_the_next_job_loads_it_again(engine, referen
     assert engine.status()["loads"] == loads + 1
 
 
+def test_train_then_animate_with_the_new_action(engine, reference, tmp_path):
+    from tests.clipgen import make_clips
+
+    clips = make_clips(tmp_path / "clips", count=2, frames=8)
+    events = []
+    trained = engine.train({"clips": [str(clips)], "action": "disc", "prompt": "a disc is moving.",
+                            "out": str(tmp_path / "disc"), "steps": 2, "decoder_steps": 1, "resolution": "64",
+                            "frames": 6, "stride": 1}, timeout=300, on_event=events.append)
+    assert Path(trained["action"]) == tmp_path / "disc" and (tmp_path / "disc" / "action.toml").is_file()
+    steps = [e for e in events if e["type"] == "progress" and e["phase"] == "unet"]
+    assert steps and steps[-1]["step"] == 2 and "loss" in steps[-1]
+    result = engine.animate(clip(reference, tmp_path / "with-action", weights=str(tmp_path / "disc"), prompt=None),
+                            timeout=300)
+    assert result["metadata"]["action"]["base_model_only"] is False
+
+
 def test_kill_9_mid_job_is_reported_and_a_restart_works(reference, tmp_path):
     client = EngineClient(sys.executable, SERVE_ARGS, engine_path=REPO, cwd=tmp_path)
     client.start()
@@ -249,3 +265,39 @@ def test_closing_stdin_mid_job_ends_the_service_and_stdout_stays_pure(reference,
     assert not (tmp_path / "long").exists()
     assert leftovers(tmp_path) == []  # the cancelled job cleaned its staging folder before exit
     assert events[-1]["job"] == "long" and events[-1]["code"] == P.CANCELLED
+
+
+def shim(folder: Path, body: str) -> str:
+    path = folder / "python-shim"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_an_engine_that_cannot_start_says_why(tmp_path):
+    python = shim(tmp_path, "echo 'Fatal Python error: init_fs_encoding: failed to get the Python codec' >&2; exit 1")
+    client = EngineClient(python, engine_path=REPO, cwd=tmp_path)
+    with pytest.raises(EngineDied) as caught:
+        client.start(timeout=30)
+    assert caught.value.death.returncode == 1 and "exited with code 1" in caught.value.message
+    assert "init_fs_encoding" in caught.value.hint
+
+
+def test_a_missing_engine_python_is_a_clear_error(tmp_path):
+    with pytest.raises(EngineError) as caught:
+        EngineClient(tmp_path / "no-env" / "bin" / "python").start()
+    assert caught.value.code == "engine_unstartable" and "no-env" in caught.value.message
+
+
+def test_an_engine_python_without_the_requirements_gets_a_clear_error(tmp_path):
+    # -S: no site-packages, so flash_engine (on PYTHONPATH) loads but torch and diffusers do not
+    client = EngineClient(shim(tmp_path, f'exec "{sys.executable}" -S "$@"'), SERVE_ARGS, engine_path=REPO,
+                          cwd=tmp_path)
+    with pytest.raises(EngineError) as caught:
+        client.start(timeout=60)
+    # an 'environment' error from hello, or (when the command line imports a library before
+    # serving) a death whose hint quotes the ModuleNotFoundError
+    error = caught.value
+    assert error.code in (P.ENVIRONMENT, P.ENGINE_DIED)
+    assert "No module named" in f"{error.message} {error.hint}"
+    assert not client.alive  # not left running

@@ -3,7 +3,7 @@ reports, all with a stub interpreter that fakes venv and pip (no downloads). One
 test builds a real environment from this machine's own pip configuration."""
 
 import json
-import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -248,9 +248,16 @@ def test_check_interpreter_errors_are_clear(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_environment_is_built_and_serves(tmp_path):
+    env = tmp_path / "engine-env"
+    try:
+        build_and_serve(env, tmp_path)
+    finally:
+        shutil.rmtree(env, ignore_errors=True)  # 1.4 GB: pytest keeps old tmp folders around
+
+
+def build_and_serve(env: Path, tmp_path: Path) -> None:
     from flash_engine.client import EngineClient
 
-    env = tmp_path / "engine-env"
     command = [sys.executable, "-m", "flash_engine.setup", "--env", str(env), "--torch-index", "none", "--json"]
     started = time.monotonic()
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
