@@ -20,7 +20,6 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_benchmarks.py
-	$(PY) bench/bench_service.py
 
 extension: $(STAMP)
 	$(PY) tools/build_extension.py --out dist

@@ -10,7 +10,9 @@ Sections (``--only`` picks some): inference (s/clip, s/step, peak memory, achiev
 against this device's measured matmul rate), animatediff (diffusers' AnimateDiffPipeline on
 the same weights, steps and size: the cost of FLASH's additions), decode (stock VAE decoder vs
 Detail Enhancement Decoder, per frame), precision (bf16/fp16 UNet output against fp32),
-training (a FLASH step vs a plain fine-tune step on the same data, and a decoder step). Ratios in one run hold on any machine; absolute figures
+training (a FLASH step vs a plain fine-tune step on the same data, and a decoder step),
+engine (the service's cold start to the first frame and a warm second job, via
+bench/bench_service.py). Ratios in one run hold on any machine; absolute figures
 belong to the machine printed in the header.
 """
 
@@ -232,7 +234,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--offload", action="store_true")
     parser.add_argument("--no-warmup", action="store_true", help="skip warm-up runs (slow CPU runs)")
-    sections = ["inference", "animatediff", "decode", "precision", "training"]
+    sections = ["inference", "animatediff", "decode", "precision", "training", "engine"]
     parser.add_argument("--only", nargs="+", choices=sections, default=sections)
     args = parser.parse_args()
     quiet_libraries()
@@ -263,6 +265,15 @@ def main() -> None:
     print("| section | measure | value |\n|---|---|---|")
     for section, measure, value in rows:
         print(f"| {section} | {measure} | {value} |")
+    if "engine" in args.only:
+        # Cold start and the warm second job through a real `serve` subprocess: its own script
+        # (it must time fresh processes), with this run's sizes.
+        import subprocess
+
+        print(flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).with_name("bench_service.py")), "--model", args.model,
+                        "--device", str(device), "--frames", str(args.frames), "--size", str(args.size),
+                        "--steps", str(args.steps), "--repeats", "2", "--cold", "1"], check=True)
 
 
 if __name__ == "__main__":
