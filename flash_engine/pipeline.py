@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from flash_engine.errors import FlashError
-from flash_engine.images import fit_reference, to_model_pixels, to_uint8_frames
+from flash_engine.images import check_size, fit_reference, to_model_pixels, to_uint8_frames
 from flash_engine.models.base import BaseModel
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features
 
@@ -52,11 +52,8 @@ class AnimationSettings:
                              code="bad_guidance")
         if not self.prompt.strip():
             raise FlashError("the prompt is empty", "pass --prompt TEXT or --action PRESET", code="bad_prompt")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value < 8 or value % 8:
-                raise FlashError(f"{name} {value} is not a positive multiple of 8", "use a multiple of 8",
-                                 code="bad_size")
+        check_size("width", self.width)
+        check_size("height", self.height)
 
 
 def adain_latents(latents: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
