@@ -59,6 +59,9 @@ class FLASH_PT_animate(Panel):
             layout.progress(factor=job.progress.factor, type='BAR', text=job.progress.text)
             layout.operator("flash.cancel_job", text="Cancel", icon='CANCEL')
         else:
+            training = STATUS.training
+            if training is not None and not training.finished:
+                layout.label(text=f"Training '{training.meta.get('name', '')}': {training.progress.text}", icon='TIME')
             camera = context.scene.camera
             row = layout.row()
             row.scale_y = 1.5

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, StringProperty
-from bpy.types import AddonPreferences
+from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntProperty, StringProperty
+from bpy.types import AddonPreferences, PropertyGroup
 
 from . import bundled, engine
 from .catalog import Catalog
+from .clipcheck import CheckCache, ClipCheck
 from .jobs import PlanError
 from .progress import STATUS
 
@@ -52,6 +53,30 @@ def get_catalog() -> Catalog:
 def forget_catalog() -> None:
     global _catalog
     _catalog = None
+
+
+def actions_dir() -> Path:
+    """Trained actions live here (never in the add-on's own folder: they survive updates)."""
+    return user_dir(ACTIONS)
+
+
+_clip_checks = CheckCache()
+
+
+def chosen_clip_files(prefs) -> list[str]:
+    return [_absolute(item.path) for item in prefs.train_files if item.path]
+
+
+def chosen_clips_folder(prefs) -> str:
+    return _absolute(prefs.train_folder.strip())
+
+
+def clip_check(prefs) -> ClipCheck:
+    """The light clip check of the clips chosen in "Custom actions" (cached: it is drawn)."""
+    frames, stride = prefs.train_frames, prefs.train_stride
+    if prefs.train_source == 'FILES':
+        return _clip_checks.files(chosen_clip_files(prefs), frames, stride)
+    return _clip_checks.folder(chosen_clips_folder(prefs), frames, stride)
 
 
 def _absolute(path: str) -> str:
@@ -110,6 +135,12 @@ def engine_config(prefs) -> engine.EngineConfig:
     )
 
 
+class FlashClipFile(PropertyGroup):
+    """One clip file chosen for training."""
+
+    path: StringProperty(name="Path", subtype='FILE_PATH')
+
+
 class FLASH_AddonPreferences(AddonPreferences):
     bl_idname = ADDON
 
@@ -154,6 +185,32 @@ class FLASH_AddonPreferences(AddonPreferences):
         name="Output Folder", subtype='DIR_PATH', default="",
         description="Where takes go instead of //flash/ beside the .blend (// paths are relative to the .blend)")
 
+    # Custom actions: training from clips
+    train_name: StringProperty(name="Action Name", description="How the action is listed (its folder: lower "
+                                                               "case, underscores)")
+    train_prompt: StringProperty(name="Prompt", description="The sentence the action is animated with, e.g. "
+                                                            "'a person is swinging a golf club.'")
+    train_source: EnumProperty(
+        name="Clips",
+        items=[('FOLDER', "Folder", "A folder of clips: video files and/or folders of numbered frames"),
+               ('FILES', "Files", "Clip files chosen one by one (images of one folder make one clip)")],
+        default='FOLDER')
+    train_folder: StringProperty(name="Clips Folder", subtype='DIR_PATH',
+                                 description="Video files (mp4/mov/webm/gif/avi) and folders of frame images")
+    train_files: CollectionProperty(type=FlashClipFile)
+    train_steps: IntProperty(name="UNet Steps", min=0, max=1_000_000, default=20_000,
+                             description="Training steps of the motion modules (the paper: 20000)")
+    train_decoder_steps: IntProperty(name="Decoder Steps", min=0, max=1_000_000, default=10_000,
+                                     description="Training steps of the Detail Enhancement Decoder (the paper: "
+                                                 "10000; 0 skips it)")
+    train_resolution: IntProperty(name="Resolution", min=64, max=1024, default=512, step=8, subtype='PIXEL',
+                                  description="Square training size in pixels, a multiple of 8 (the paper: 512)")
+    train_frames: IntProperty(name="Frames", min=2, max=64, default=16,
+                              description="Frames per training sample")
+    train_stride: IntProperty(name="Stride", min=1, max=16, default=2,
+                              description="Source frames between sampled frames: a clip needs "
+                                          "(frames - 1) x stride + 1 frames")
+
     def draw(self, context):
         layout = self.layout
         layout.use_property_split = True
@@ -182,6 +239,10 @@ class FLASH_AddonPreferences(AddonPreferences):
         box = layout.box()
         box.label(text="Output", icon='FILE_FOLDER')
         box.prop(self, "output_root", placeholder="//flash/")
+
+        from .training_ui import draw_custom_actions  # the "Custom actions" section
+
+        draw_custom_actions(self, layout.box(), context)
 
     def _draw_managed(self, layout):
         env_dir = managed_env_dir()

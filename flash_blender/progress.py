@@ -73,11 +73,13 @@ class Progress:
 class AnimateJob:
     """One animate request, from starting the engine to its result."""
 
+    job_type = "animate"  # the engine request this job submits (TrainJob: "train")
+
     def __init__(self, manager, config, args: dict, meta: dict | None = None, clock=time.monotonic):
         self.manager, self.config, self.args = manager, config, dict(args)
         self.meta = dict(meta or {})  # what the operator needs to finish (scene, camera, take, ...)
         self.state = "starting"  # starting → running → done | failed | cancelled
-        self.progress = Progress("start")
+        self.progress = self.phase_progress("start")
         self.job_id: str | None = None
         self.client = None
         self.result: dict | None = None
@@ -125,17 +127,19 @@ class AnimateJob:
                 self.state = "cancelled"
                 return True
             try:
-                self.job_id = client.submit("animate", self.args)
+                self.job_id = client.submit(self.job_type, self.args)
             except Exception as err:
                 return self._fail(err)
             self.client, self.state = client, "running"
-            self.progress = Progress("submitted")
+            self.progress = self.phase_progress("submitted")
         for event in self.client.poll_events():
             if event.get("type") == "log" and event.get("job") in (None, "") and event.get("request") in (None, ""):
                 self.engine_logs.append(event.get("message", ""))
+            elif event.get("job") == self.job_id or event.get("request") == self.job_id:
+                self.on_event(event)
         state = self.client.job(self.job_id)
         if state.phase:
-            self.progress = Progress(state.phase, state.step, state.total, state.eta_s)
+            self.progress = self.make_progress(state)
         self.logs = list(state.logs)
         if state.finished:
             if state.state == "done":
@@ -143,6 +147,16 @@ class AnimateJob:
                 return True
             return self._fail(state.error)
         return False
+
+    def on_event(self, event: dict) -> None:
+        """Each engine event of this job, in order (subclasses keep what they need)."""
+
+    def phase_progress(self, phase: str) -> Progress:
+        """The progress shown before the engine reports steps."""
+        return Progress(phase)
+
+    def make_progress(self, state) -> Progress:
+        return Progress(state.phase, state.step, state.total, state.eta_s)
 
     def cancel(self) -> None:
         """Ask the engine to stop this job (it stops within a step); the state follows."""
@@ -189,10 +203,28 @@ class SessionStatus:
     last_message: str = ""
     warnings: list[str] = field(default_factory=list)
     setup: object | None = None  # installer.SetupRun while "Set up engine" runs (or its last run)
+    # "Custom actions" in the preferences: the training job (training.TrainJob) and what it said
+    training: AnimateJob | None = None
+    train_error: str = ""
+    train_message: str = ""
+    train_notes: list[str] = field(default_factory=list)  # skipped clips, before and after the run
 
     @property
     def busy(self) -> bool:
+        """An animate job runs."""
         return self.job is not None and not self.job.finished
+
+    @property
+    def training_busy(self) -> bool:
+        return self.training is not None and not self.training.finished
+
+    @property
+    def engine_busy(self) -> bool:
+        """The engine runs one job at a time: a second would wait behind the first."""
+        return self.busy or self.training_busy
+
+    def clear_train_messages(self) -> None:
+        self.train_error, self.train_message, self.train_notes = "", "", []
 
     def clear_messages(self) -> None:
         self.last_error, self.last_message, self.warnings = "", "", []

@@ -11,9 +11,11 @@ from . import bundled, operators, panels, preferences, properties
 from .engine import MANAGER
 from .operators.animate import abandon_running_job
 from .operators.modal import remove_all_timers
+from .operators.training import abandon_training
 from .progress import STATUS
 
 classes = (
+    preferences.FlashClipFile,  # before the preferences and operators that hold it
     preferences.FLASH_AddonPreferences,
     properties.FlashSceneSettings,
     *operators.classes,
@@ -39,13 +41,15 @@ def unregister() -> None:
     if _cancel_on_load in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_cancel_on_load)
     abandon_running_job("the add-on was disabled")
+    abandon_training("the add-on was disabled")  # the engine keeps a checkpoint: Resume continues
     if STATUS.setup is not None:
         STATUS.setup.stop()
     MANAGER.shutdown()
     remove_all_timers()
     properties.unregister()
     _unregister_classes()
-    STATUS.job, STATUS.setup = None, None
+    STATUS.job, STATUS.setup, STATUS.training = None, None, None
     STATUS.clear_messages()
+    STATUS.clear_train_messages()
     preferences.forget_catalog()
     bundled.unload_engine()

@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy.types import Operator
 
 from .. import importers
@@ -63,11 +63,20 @@ class FLASH_OT_animate_action(TimerOperator, Operator):
     guidance: FloatProperty(name="Guidance", min=1.0, max=30.0, default=7.5, options={'SKIP_SAVE'})
     output: EnumProperty(name="Output", items=OUTPUT_ITEMS, default='BOTH', options={'SKIP_SAVE'})
     long_side: IntProperty(name="Long Side", min=64, max=4096, default=512, options={'SKIP_SAVE'})
+    # Only as overrides (scripts, the batch): where takes go, and an MP4 beside the frames.
+    output_root: StringProperty(name="Output Folder", options={'SKIP_SAVE'},
+                                description="Instead of the preferences' Output Folder (// is beside the .blend)")
+    mp4: BoolProperty(name="MP4", default=False, options={'SKIP_SAVE'},
+                      description="Also write flash.mp4 next to the frames")
 
     @classmethod
     def poll(cls, context):
         if STATUS.busy:
             cls.poll_message_set("A FLASH job is running: wait for it or cancel it")
+            return False
+        if STATUS.training_busy:
+            cls.poll_message_set("The engine is training an action (Preferences > FLASH Previs): "
+                                 "wait for it or cancel it")
             return False
         return context.scene is not None
 
@@ -104,7 +113,8 @@ class FLASH_OT_animate_action(TimerOperator, Operator):
         prefs = get_prefs(context)
         config = engine_config(prefs)  # before anything is written: an unset engine creates nothing
         MANAGER.start(config)  # a cold engine imports torch while the reference renders
-        root = output_root(bpy.data.filepath, prefs.output_root, user_dir())
+        override = self.output_root if self.properties.is_property_set("output_root") else prefs.output_root
+        root = output_root(bpy.data.filepath, override, user_dir())
         plan = plan_take(root.folder, scene.name, camera.name, action.slug)
         reserve_reference(plan)
         try:
@@ -119,6 +129,8 @@ class FLASH_OT_animate_action(TimerOperator, Operator):
             "guidance": float(self._value(settings, "guidance")), "seed": seed, "width": width, "height": height,
             **action.request_args(),
         }
+        if self.mp4:
+            args["mp4"] = True
         meta = {
             "scene": scene.name, "camera": camera.name, "take": plan.name, "number": plan.number,
             "folder": str(plan.folder), "reference": str(plan.reference), "in_project": root.in_project,

@@ -55,8 +55,8 @@ class FLASH_OT_stop_engine(Operator):
 
     @classmethod
     def poll(cls, context):
-        if STATUS.busy:
-            cls.poll_message_set("A FLASH job is running: cancel it first")
+        if STATUS.engine_busy:
+            cls.poll_message_set("A FLASH job or training is running: cancel it first")
             return False
         return MANAGER.client is not None
 

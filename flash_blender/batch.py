@@ -1,0 +1,257 @@
+"""Batch runs: several shots of a .blend animated in one Blender run, usually headless.
+
+Pure Python (no bpy): argument parsing, choosing the shots, where the saved copy goes, the
+summary lines and the exit code. ``operators/batch.py`` does the Blender side and
+``flash_batch.py`` (beside this file, so it ships in the extension) is the script::
+
+    blender -b shot.blend --python-exit-code 1 -P <extension folder>/flash_batch.py -- --cameras all --mp4 --save
+
+A shot is a camera and a frame: the scene's active camera at the current frame (default),
+every camera of the scene, the cameras bound to timeline markers (each at its marker's
+frame), or cameras named with ``--camera``. Shots run one after another; one that fails is
+reported and the rest still run, and what the good ones made stays (frames on disk, plane
+and strip in the scene, the saved copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODES = ("active", "all", "markers", "named")
+OUTPUTS = ("plane", "vse", "both")
+SAVE_SUFFIX = "_flash"
+SUMMARY_PREFIX = "FLASH batch:"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class BatchError(Exception):
+    """The batch cannot start (bad arguments, nowhere to save): one line with the fix."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+@dataclass
+class BatchOptions:
+    scene: str = ""  # empty: the file's active scene
+    mode: str = "active"
+    cameras: list[str] = field(default_factory=list)  # mode "named"
+    overrides: dict = field(default_factory=dict)  # flash.animate_action properties: action, prompt, seed, ...
+    output_root: str = ""  # empty: the preferences' (default //flash/)
+    mp4: bool = False
+    save: bool = False
+    save_path: str = ""  # empty: <name>_flash.blend beside the opened file
+    save_over_input: bool = False
+
+
+# ---------------------------------------------------------------------------------------
+# Arguments
+
+
+def script_argv(argv: list[str]) -> list[str]:
+    """The arguments after Blender's ``--`` (Blender's own come before it)."""
+    return argv[argv.index("--") + 1:] if "--" in argv else []
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="blender -b FILE.blend --python-exit-code 1 -P flash_batch.py --",
+        description="Animate one or more shots of a .blend with FLASH Previs. Each shot: its camera's view is "
+                    "rendered, animated by the engine, and imported as a plane and/or strip. One summary line per "
+                    "shot; the exit code is 1 if any shot failed.")
+    shots = p.add_argument_group("shots")
+    shots.add_argument("--scene", default="", help="the scene (default: the file's active scene)")
+    shots.add_argument("--cameras", choices=MODES[:3], default=None,
+                       help="active: the scene's active camera (default); all: every camera in the scene; "
+                            "markers: the cameras bound to timeline markers, each at its marker's frame")
+    shots.add_argument("--camera", action="append", default=[], metavar="NAME",
+                       help="a camera by name (repeat for more); implies named cameras")
+    take = p.add_argument_group("take settings (default: the scene's FLASH settings)")
+    take.add_argument("--action", help="preset id or name, or a trained action (trained:NAME or its name)")
+    take.add_argument("--prompt", help="the action sentence")
+    take.add_argument("--seed", type=_positive)
+    take.add_argument("--frames", type=int)
+    take.add_argument("--steps", type=int)
+    take.add_argument("--guidance", type=float)
+    take.add_argument("--long-side", type=int, dest="long_side")
+    take.add_argument("--output", choices=OUTPUTS, help="what to import: plane, vse (strip) or both")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default="", metavar="DIR",
+                     help="the output root for the take folders (absolute, or // relative to the .blend; "
+                          "default: the preferences' Output Folder, else //flash/)")
+    out.add_argument("--mp4", action="store_true", help="also write flash.mp4 next to each take's frames")
+    out.add_argument("--save", nargs="?", const="", default=None, metavar="PATH",
+                     help="save the .blend with the imported planes/strips to a new file (default "
+                          "NAME_flash.blend beside the opened file; // means beside it)")
+    out.add_argument("--save-over-input", action="store_true",
+                     help="allow --save to write over the opened .blend itself")
+    return p
+
+
+def parse_args(argv: list[str]) -> BatchOptions:
+    """``argv``: the script's own arguments (after ``--``). argparse exits 2 on a bad one."""
+    args = parser().parse_args(argv)
+    if args.camera and args.cameras:
+        parser().error("--camera and --cameras are exclusive: name cameras, or pick a mode")
+    overrides = {name: getattr(args, name)
+                 for name in ("action", "prompt", "seed", "frames", "steps", "guidance", "long_side")
+                 if getattr(args, name) is not None}
+    if args.output:
+        overrides["output"] = args.output.upper()
+    return BatchOptions(scene=args.scene, mode="named" if args.camera else (args.cameras or "active"),
+                        cameras=list(args.camera), overrides=overrides, output_root=args.out, mp4=args.mp4,
+                        save=args.save is not None or args.save_over_input, save_path=args.save or "",
+                        save_over_input=args.save_over_input)
+
+
+def split_names(text: str) -> list[str]:
+    """The operator's comma-separated camera names."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+# ---------------------------------------------------------------------------------------
+# Shots
+
+
+@dataclass(frozen=True)
+class Shot:
+    scene: str
+    camera: str | None  # the camera's name (None: there is none to name)
+    # (a shot with an error cannot run: the error says why)
+    frame: int | None = None  # None: the file's current frame
+    marker: str | None = None
+    error: str = ""
+
+    @property
+    def label(self) -> str:
+        text = f"{self.scene}/{self.camera or '-'}"
+        if self.frame is not None:
+            text += f" @{self.frame}"
+        if self.marker:
+            text += f" ({self.marker})"
+        return text
+
+
+def select_shots(mode: str, scene: str, *, active: str | None, cameras: list[str], others: list[str] = (),
+                 markers: list[tuple[int, str, str | None]] = (), names: list[str] = ()) -> list[Shot]:
+    """The shots to run.
+
+    ``active``: the scene's active camera's name (or None); ``cameras``: the names of the
+    scene's camera objects; ``others``: the names of its other objects (to say "not a
+    camera"); ``markers``: ``(frame, marker name, bound camera name or None)``.
+    """
+    if mode == "active":
+        if active is None:
+            return [Shot(scene, None, error=f"scene '{scene}' has no active camera (make one active, or pass "
+                                            "--cameras all or --camera NAME)")]
+        return [Shot(scene, active)]
+    if mode == "all":
+        if not cameras:
+            return [Shot(scene, None, error=f"scene '{scene}' has no cameras")]
+        return [Shot(scene, name) for name in sorted(cameras)]
+    if mode == "markers":
+        bound = sorted((m for m in markers if m[2]), key=lambda m: (m[0], m[1]))
+        if not bound:
+            return [Shot(scene, None, error=f"no timeline marker of scene '{scene}' has a camera bound "
+                                            "(Timeline: Marker > Bind Camera to Markers, Ctrl+B)")]
+        return [Shot(scene, camera, frame=frame, marker=name) for frame, name, camera in bound]
+    if mode == "named":
+        if not names:
+            return [Shot(scene, None, error="no camera named (pass --camera NAME)")]
+        shots = []
+        for name in names:
+            if name in cameras:
+                shots.append(Shot(scene, name))
+            elif name in others:
+                shots.append(Shot(scene, name, error=f"'{name}' in scene '{scene}' is not a camera"))
+            else:
+                near = difflib.get_close_matches(name, cameras, n=3, cutoff=0.6)
+                hint = f"did you mean {', '.join(near)}?" if near else (
+                    f"its cameras: {', '.join(sorted(cameras))}" if cameras else "it has no cameras")
+                shots.append(Shot(scene, name, error=f"no camera named '{name}' in scene '{scene}' ({hint})"))
+        return shots
+    raise BatchError(f"unknown camera choice {mode!r}", f"use one of {', '.join(MODES)}")
+
+
+# ---------------------------------------------------------------------------------------
+# Saving and reporting
+
+
+def save_target(blend_path: str, requested: str, over_input: bool) -> Path:
+    """Where the copy with the results goes. Never the opened file unless ``over_input``."""
+    blend = Path(blend_path).resolve() if blend_path else None
+    requested = (requested or "").strip()
+    if requested.startswith("//"):
+        if blend is None:
+            raise BatchError("--save //… needs a saved .blend", "pass an absolute --save path")
+        target = blend.parent / requested[2:]
+    elif requested:
+        target = Path(requested).expanduser()
+    elif over_input:
+        if blend is None:
+            raise BatchError("--save-over-input with an unsaved file", "open a .blend, or pass --save PATH")
+        target = blend
+    else:
+        if blend is None:
+            raise BatchError("the file is not saved, so --save has no name to derive", "pass --save PATH")
+        target = blend.with_name(blend.stem + SAVE_SUFFIX + ".blend")
+    if target.suffix.lower() != ".blend":
+        target = target.with_name(target.name + ".blend")
+    target = target.resolve()
+    if blend is not None and target == blend and not over_input:
+        raise BatchError(f"--save {target} is the opened file", "save elsewhere, or pass --save-over-input")
+    return target
+
+
+@dataclass
+class ShotResult:
+    shot: Shot
+    ok: bool
+    take: str = ""
+    folder: str = ""  # as stored in the .blend (//… inside the project)
+    frames: int = 0
+    mp4: str | None = None
+    reason: str = ""  # why it failed (one line with the fix)
+    base_model_only: bool = False
+
+
+def summary_line(result: ShotResult) -> str:
+    if not result.ok:
+        return f"{SUMMARY_PREFIX} FAILED {result.shot.label}: {result.reason}"
+    text = f"{SUMMARY_PREFIX} ok {result.shot.label}: {result.take}, {result.frames} frames in {result.folder}"
+    if result.base_model_only:
+        text += " (base model only)"
+    if result.mp4:
+        text += f", {Path(result.mp4).name}"
+    return text
+
+
+def final_lines(results: list[ShotResult], saved: str | None = None, save_error: str = "") -> list[str]:
+    failed = [r for r in results if not r.ok]
+    lines = [f"{SUMMARY_PREFIX} {len(results)} shot{'s' if len(results) != 1 else ''}: "
+             f"{len(results) - len(failed)} ok, {len(failed)} failed"]
+    if saved:
+        lines.append(f"{SUMMARY_PREFIX} saved {saved}")
+    if save_error:
+        lines.append(f"{SUMMARY_PREFIX} NOT saved: {save_error}")
+    return lines
+
+
+def exit_code(results: list[ShotResult], save_error: str = "") -> int:
+    if not results or save_error or any(not r.ok for r in results):
+        return EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,211 @@
+"""``flash.batch_animate`` and the batch script's entry: several shots in one run.
+
+Each shot runs ``flash.animate_action`` blocking (as in background mode) with the shot's
+camera made active (and, for marker shots, the marker's frame current); the file's own
+active camera and frame are put back afterwards. A shot that fails is reported and the
+next one runs. With ``save`` the file, with the planes and strips of the shots that worked,
+is saved to a new .blend at the end — also when some shots failed.
+
+The pure parts (arguments, choosing shots, summary lines) are in ``flash_blender/batch.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.types import Operator
+
+from .. import importers
+from ..batch import (EXIT_USAGE, BatchError, BatchOptions, ShotResult, exit_code, final_lines, parse_args,
+                     save_target, script_argv, select_shots, split_names, summary_line)
+from ..engine import MANAGER
+from ..progress import STATUS, one_line
+from ..properties import OUTPUT_ITEMS
+
+OVERRIDES = ("action", "prompt", "seed", "frames", "steps", "guidance", "long_side", "output")
+
+
+@dataclass
+class BatchReport:
+    results: list[ShotResult] = field(default_factory=list)
+    saved: str | None = None
+    save_error: str = ""
+
+    @property
+    def code(self) -> int:
+        return exit_code(self.results, self.save_error)
+
+    @property
+    def failed(self) -> list[ShotResult]:
+        return [r for r in self.results if not r.ok]
+
+
+def _run_shot(context, scene, shot, options: BatchOptions) -> ShotResult:
+    camera = scene.objects.get(shot.camera)
+    if camera is None or camera.type != 'CAMERA':  # select_shots saw it: only a script could remove it
+        return ShotResult(shot, False, reason=f"camera '{shot.camera}' is gone")
+    scene.camera = camera
+    if shot.frame is not None:
+        scene.frame_set(shot.frame)
+    kwargs = dict(options.overrides)
+    if options.output_root:
+        kwargs["output_root"] = options.output_root
+    if options.mp4:
+        kwargs["mp4"] = True
+    STATUS.last_error = ""
+    error = ""
+    try:
+        if context.scene != scene:
+            with context.temp_override(scene=scene):
+                outcome = bpy.ops.flash.animate_action(**kwargs)
+        else:
+            outcome = bpy.ops.flash.animate_action(**kwargs)
+    except (RuntimeError, TypeError) as err:  # the operator's error report, or a bad override
+        outcome, error = {'CANCELLED'}, one_line(err).removeprefix("Error: ").removeprefix("FLASH: ")
+    job = STATUS.job
+    if 'FINISHED' not in outcome or job is None or job.state != "done":
+        reason = STATUS.last_error or error or (job.error_line if job is not None and job.error else "") or \
+            "the animate operator did not run"
+        return ShotResult(shot, False, reason=reason)
+    meta, result = job.meta, job.result or {}
+    return ShotResult(shot, True, take=meta["take"], folder=importers.stored_path(meta["folder"], meta["in_project"]),
+                      frames=len(result.get("frames") or []), mp4=result.get("mp4"),
+                      base_model_only=bool(meta.get("base_model_only")))
+
+
+def run_batch(context, options: BatchOptions, report=print) -> BatchReport:
+    """Every shot, one summary line each; the saved copy at the end. Raises BatchError
+    (before any shot runs) when the batch cannot start."""
+    if STATUS.engine_busy:
+        raise BatchError("a FLASH job is running", "wait for it or cancel it")
+    scene = bpy.data.scenes.get(options.scene) if options.scene else context.scene
+    if scene is None:
+        raise BatchError(f"no scene named '{options.scene}'",
+                         f"the file's scenes: {', '.join(s.name for s in bpy.data.scenes)}")
+    target = save_target(bpy.data.filepath, options.save_path, options.save_over_input) if options.save else None
+    cameras = [o.name for o in scene.objects if o.type == 'CAMERA']
+    others = [o.name for o in scene.objects if o.type != 'CAMERA']
+    markers = [(m.frame, m.name, m.camera.name if m.camera else None) for m in scene.timeline_markers]
+    shots = select_shots(options.mode, scene.name, active=scene.camera.name if scene.camera else None,
+                         cameras=cameras, others=others, markers=markers, names=options.cameras)
+    where = Path(bpy.data.filepath).name if bpy.data.filepath else "an unsaved file"
+    report(f"FLASH batch: {len(shots)} shot{'s' if len(shots) != 1 else ''} of {where}")
+    batch = BatchReport()
+    saved_camera, saved_frame = scene.camera, scene.frame_current
+    try:
+        for shot in shots:
+            if shot.error:
+                result = ShotResult(shot, False, reason=shot.error)
+            else:
+                try:
+                    result = _run_shot(context, scene, shot, options)
+                except Exception as err:  # one broken shot must not take the others down
+                    traceback.print_exc()
+                    result = ShotResult(shot, False, reason=one_line(err))
+            batch.results.append(result)
+            report(summary_line(result))
+    finally:
+        scene.camera = saved_camera
+        if scene.frame_current != saved_frame:
+            scene.frame_set(saved_frame)
+        if target is not None:
+            try:
+                over_input = bpy.data.filepath and Path(bpy.data.filepath).resolve() == target
+                target.parent.mkdir(parents=True, exist_ok=True)
+                bpy.ops.wm.save_as_mainfile(filepath=str(target), copy=not over_input, check_existing=False)
+                batch.saved = str(target)
+            except Exception as err:
+                batch.save_error = f"{target}: {one_line(err)}"
+    for line in final_lines(batch.results, batch.saved, batch.save_error):
+        report(line)
+    return batch
+
+
+class FLASH_OT_batch_animate(Operator):
+    bl_idname = "flash.batch_animate"
+    bl_label = "Batch Animate Shots"
+    bl_description = ("Animate several shots one after another: the active camera, every camera, the cameras bound "
+                      "to timeline markers, or named cameras (for scripts and blender -b; the UI waits meanwhile)")
+
+    scene: StringProperty(name="Scene", options={'SKIP_SAVE'}, description="Empty: the current scene")
+    cameras: EnumProperty(
+        name="Cameras", options={'SKIP_SAVE'}, default='ACTIVE',
+        items=[('ACTIVE', "Active Camera", "The scene's active camera at the current frame"),
+               ('ALL', "All Cameras", "Every camera in the scene, by name"),
+               ('MARKERS', "Marker Cameras", "The cameras bound to timeline markers, each at its marker's frame"),
+               ('NAMED', "Named Cameras", "The cameras listed in Camera Names")])
+    camera_names: StringProperty(name="Camera Names", options={'SKIP_SAVE'}, description="Comma-separated")
+    action: StringProperty(name="Action", options={'SKIP_SAVE'})
+    prompt: StringProperty(name="Prompt", options={'SKIP_SAVE'})
+    seed: IntProperty(name="Seed", min=0, options={'SKIP_SAVE'})
+    frames: IntProperty(name="Frames", min=2, max=256, default=16, options={'SKIP_SAVE'})
+    steps: IntProperty(name="Steps", min=1, max=1000, default=25, options={'SKIP_SAVE'})
+    guidance: FloatProperty(name="Guidance", min=1.0, max=30.0, default=7.5, options={'SKIP_SAVE'})
+    long_side: IntProperty(name="Long Side", min=64, max=4096, default=512, options={'SKIP_SAVE'})
+    output: EnumProperty(name="Output", items=OUTPUT_ITEMS, default='BOTH', options={'SKIP_SAVE'})
+    output_root: StringProperty(name="Output Folder", options={'SKIP_SAVE'},
+                                description="Where the take folders go (empty: the preferences', else //flash/)")
+    mp4: BoolProperty(name="MP4", default=False, options={'SKIP_SAVE'},
+                      description="Also write flash.mp4 next to each take's frames")
+    save: BoolProperty(name="Save a Copy", default=False, options={'SKIP_SAVE'},
+                       description="Save the file with the imported results to a new .blend")
+    save_path: StringProperty(name="Save As", subtype='FILE_PATH', options={'SKIP_SAVE'},
+                              description="Empty: NAME_flash.blend beside the file")
+    save_over_input: BoolProperty(name="Save Over the File", default=False, options={'SKIP_SAVE'},
+                                  description="Allow saving over the opened .blend itself")
+
+    @classmethod
+    def poll(cls, context):
+        if STATUS.engine_busy:
+            cls.poll_message_set("A FLASH job is running: wait for it or cancel it")
+            return False
+        return True
+
+    def execute(self, context):
+        mode = self.cameras.lower()
+        names = split_names(self.camera_names)
+        if names and not self.properties.is_property_set("cameras"):
+            mode = "named"
+        options = BatchOptions(
+            scene=self.scene, mode=mode, cameras=names,
+            overrides={name: getattr(self, name) for name in OVERRIDES if self.properties.is_property_set(name)},
+            output_root=self.output_root, mp4=self.mp4, save=self.save or bool(self.save_path) or self.save_over_input,
+            save_path=self.save_path, save_over_input=self.save_over_input)
+        try:
+            batch = run_batch(context, options)
+        except BatchError as err:
+            self.report({'ERROR'}, f"FLASH batch: {err}")
+            return {'CANCELLED'}
+        if batch.code:
+            failed = batch.failed
+            first = f"{failed[0].shot.label}: {failed[0].reason}" if failed else batch.save_error
+            self.report({'ERROR'}, f"FLASH batch: {len(failed)} of {len(batch.results)} shots failed ({first})"
+                        if failed else f"FLASH batch: not saved: {batch.save_error}")
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"FLASH batch: {len(batch.results)} shots done")
+        return {'FINISHED'}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The batch script: ``blender -b FILE -P flash_batch.py -- ARGS``. Returns the exit code."""
+    argv = sys.argv if argv is None else argv
+    try:
+        options = parse_args(script_argv(argv))
+    except SystemExit as stop:  # argparse printed the usage or the help
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+    try:
+        batch = run_batch(bpy.context, options)
+    except BatchError as err:
+        print(f"FLASH batch: error: {err}")
+        return EXIT_USAGE
+    finally:
+        MANAGER.shutdown()  # the engine's work is done: let it exit before Blender does
+    return batch.code
+
+
+classes = (FLASH_OT_batch_animate,)
