@@ -160,7 +160,7 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(world):
     assert resume["interrupted"] == [{"folder": "slide", "name": "Slide", "resumable": True}]
     assert "an interrupted training of 'Slide' is waiting (Resume it, or Discard it" in resume["refused_start"]
     assert resume["result"] == ["FINISHED"], resume
-    assert resume["steps_done"] == 4 and resume["decoder_steps_done"] == 1
+    assert resume["steps_done"] == 16 and resume["decoder_steps_done"] == 1
     assert resume["work_left"] == []
     assert "trained:slide" in resume["items"]
     # the folder's broken clip and stray file were reported, and the rest trained
@@ -409,7 +409,8 @@ def scenario(zip_path: str, work: str, out: str, clips: str) -> None:  # pragma:
         #    the job starts, an application timer follows it (called here as Blender would);
         #    Cancel once it has stepped; then Resume.
         prefs.train_source, prefs.train_folder = 'FOLDER', str(clips_dir)
-        prefs.train_name, prefs.train_prompt, prefs.train_steps = "Slide", "a disc is sliding.", 4
+        # 16 steps: enough that a cancel sent after step 1 lands mid-run even on a fast machine
+        prefs.train_name, prefs.train_prompt, prefs.train_steps = "Slide", "a disc is sliding.", 16
         ops_training, registered = addon("operators.training"), []
         real_bpy = ops_training.bpy
 
