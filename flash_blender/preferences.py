@@ -159,10 +159,11 @@ class FLASH_AddonPreferences(AddonPreferences):
         name="Model",
         items=[
             ('DEFAULT', "Built-in default", "$FLASH_MODEL, else the fetched weights "
-                                            "(python -m flash_engine weights fetch), else the built-in model"),
+                                            "(python -m flash_engine weights fetch), else the built-in "
+                                            "mannequin model (64x64)"),
             ('FOLDER', "Local weights folder", "A diffusers-layout Stable Diffusion 1.5 folder with motion_adapter/"),
-            ('TINY', "Tiny test model", "Random weights at toy size: checks the setup in seconds; "
-                                        "the clips show no real motion"),
+            ('TINY', "Tiny test model", "Random weights at toy size (plumbing only): checks the setup in "
+                                        "seconds; the clips show no real motion"),
         ],
         default='DEFAULT',
     )

@@ -22,7 +22,7 @@ from flash_engine.errors import FlashError
 from flash_engine.images import load_reference, resolve_size, save_frames, write_mp4
 from flash_engine.output import check_destination, staged_folder
 from flash_engine.presets import Preset, find_preset
-from flash_engine.models.loading import BUILT_IN, check_weights_folder
+from flash_engine.models.loading import BUILT_IN, MANNEQUIN, check_mannequin, check_weights_folder
 from flash_engine.weights import resolve_model_source
 
 METADATA_FILE = "flash.json"
@@ -36,7 +36,7 @@ class AnimateRequest:
     prompt: str | None = None
     negative_prompt: str = ""
     weights: str | None = None  # a trained action folder; overrides the preset's
-    model: str = "default"  # "tiny", a weights folder, or "default"
+    model: str = "default"  # "mannequin", "tiny", a weights folder, or "default"
     motion_adapter: str | None = None
     frames: int | None = None
     steps: int | None = None
@@ -90,7 +90,9 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
     reference = load_reference(request.image)
     width, height = resolve_size(reference.size, request.width, request.height, request.long_side)
     model = resolve_model_source(request.model)
-    if model not in BUILT_IN:
+    if model == MANNEQUIN:
+        check_mannequin()
+    elif model not in BUILT_IN:
         model_dir = Path(model).expanduser()
         adapter = Path(request.motion_adapter).expanduser() if request.motion_adapter else model_dir / "motion_adapter"
         check_weights_folder(model_dir, adapter)

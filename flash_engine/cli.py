@@ -22,8 +22,9 @@ def _whole_number(text: str) -> int:
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default",
-                        help="'tiny' (built in), a diffusers-layout weights folder, or 'default' "
-                             "($FLASH_MODEL, else fetched weights, else the built-in model)")
+                        help="'mannequin' (the built-in trained model, 64x64), 'tiny' (random weights: "
+                             "plumbing checks), a diffusers-layout weights folder, or 'default' "
+                             "($FLASH_MODEL, else fetched weights, else mannequin, else tiny)")
     parser.add_argument("--motion-adapter", help="AnimateDiff motion adapter folder (default: MODEL/motion_adapter)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="animate a built-in reference image")
     demo.add_argument("--out", default="out/demo")
-    demo.add_argument("--model", default="default")
+    demo.add_argument("--model", default="default", help="as for animate (default: the default model)")
 
     serve = commands.add_parser("serve", help="the engine service for the Blender add-on: JSON lines on stdin/stdout")
     add_model_args(serve)  # defaults for requests that leave model/device/precision/offload out

@@ -1,4 +1,11 @@
-"""``make demo``: animate a reference frame drawn in code, writing frames + MP4 under out/."""
+"""``make demo``: animate a reference frame, writing frames + MP4 under out/.
+
+With the built-in ``mannequin`` model (the default when it ships), the demo animates the
+model card's reference (``demo_reference.png``) with the card's ``demo`` settings (prompt,
+size, frames, steps, guidance, seed) at the model's native 64×64, and adds an enlarged
+preview (``preview.mp4`` and ``strip.png``, nearest-neighbour ×4). Any other model animates
+a reference frame drawn in code at 256 px long side.
+"""
 
 from __future__ import annotations
 
@@ -34,9 +41,34 @@ def draw_reference(width: int = 384, height: int = 256) -> Image.Image:
     return image
 
 
+PREVIEW_SCALE = 4  # mannequin frames are 64×64: too small to look at as they are
+
+
+def write_preview(out: Path, scale: int = PREVIEW_SCALE, fps: int = 8) -> list[Path]:
+    """``preview.mp4`` + ``strip.png`` (the frames side by side), enlarged ``scale``× without smoothing."""
+    import numpy as np
+
+    from flash_engine.images import write_mp4
+
+    frames = []
+    for path in sorted(out.glob("frame_*.png")):
+        with Image.open(path) as frame:
+            frames.append(np.asarray(frame.convert("RGB").resize((frame.width * scale, frame.height * scale),
+                                                                  Image.NEAREST)))
+    stack = np.stack(frames)
+    strip = out / "strip.png"
+    Image.fromarray(np.concatenate(list(stack), axis=1)).save(strip)
+    return [write_mp4(stack, out / "preview.mp4", fps=fps), strip]
+
+
 def run_demo(out: Path, model: str = "default") -> None:
     from flash_engine.cli import main
+    from flash_engine.models.loading import MANNEQUIN
+    from flash_engine.weights import resolve_model_source
 
+    if resolve_model_source(model) == MANNEQUIN:
+        run_mannequin_demo(out)
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     reference = out.parent / "demo_reference.png"
     draw_reference().save(reference)
@@ -48,3 +80,26 @@ def run_demo(out: Path, model: str = "default") -> None:
     if code:
         raise SystemExit(code)
     print(f"demo: frames and flash.mp4 in {out}", file=sys.stderr)
+
+
+def run_mannequin_demo(out: Path) -> None:
+    """Animate the model card's demo reference with its demo settings, then write the enlarged preview."""
+    from flash_engine.cli import main
+    from flash_engine.models.loading import MANNEQUIN, MANNEQUIN_DIR, mannequin_card
+
+    demo = mannequin_card()["demo"]
+    reference = MANNEQUIN_DIR / demo.get("image", "demo_reference.png")
+    print(f"demo: model 'mannequin', reference {reference} ({demo.get('source', 'from the model card')})",
+          file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The card names a prompt (the model's training sentence), not a FLASH preset: pass --prompt.
+    # The demo's own folder is replaced on each run; user outputs never are.
+    code = main(["animate", "--image", str(reference), "--prompt", demo["prompt"], "--model", MANNEQUIN,
+                 "--width", str(demo["width"]), "--height", str(demo["height"]), "--frames", str(demo["frames"]),
+                 "--steps", str(demo.get("steps", 25)), "--guidance", str(demo.get("guidance", 7.5)),
+                 "--seed", str(demo.get("seed", 7)), "--out", str(out), "--overwrite", "--mp4"])
+    if code:
+        raise SystemExit(code)
+    write_preview(out)
+    print(f"demo: frames and flash.mp4 in {out}; enlarged ×{PREVIEW_SCALE}: preview.mp4 and strip.png",
+          file=sys.stderr)

@@ -18,7 +18,13 @@ SD15_FILES = [
     "tokenizer/*", "scheduler/*",
 ]
 ADAPTER_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
-BUILTIN_MODEL = "tiny"  # the embedded default until a trained built-in model ships
+
+
+def builtin_model() -> str:
+    """The built-in default: ``mannequin`` when its shipped folder is complete, else ``tiny``."""
+    from flash_engine.models.loading import mannequin_available
+
+    return "mannequin" if mannequin_available() else "tiny"
 
 
 def default_weights_dir() -> Path:
@@ -43,13 +49,13 @@ def weights_status(folder: Path | None = None) -> dict:
 
 
 def resolve_model_source(model: str) -> str:
-    """``default`` → $FLASH_MODEL, else fetched weights if complete, else the built-in model."""
+    """``default`` → $FLASH_MODEL, else fetched weights if complete, else ``builtin_model()``."""
     if model != "default":
         return model
     if os.environ.get("FLASH_MODEL"):
         return os.environ["FLASH_MODEL"]
     status = weights_status()
-    return status["folder"] if status["found"] else BUILTIN_MODEL
+    return status["folder"] if status["found"] else builtin_model()
 
 
 def fetch(dest: Path | None = None) -> Path:

@@ -57,10 +57,12 @@ def test_staged_folder_overwrite_keeps_old_until_success(tmp_path):
 
 
 def test_default_model_prefers_env_then_fetched_weights(tmp_path, monkeypatch):
+    from flash_engine.models import loading
     from flash_engine.models.loading import save_folder
     from flash_engine.models.tiny import tiny_parts
     from flash_engine.weights import resolve_model_source
 
+    monkeypatch.setattr(loading, "MANNEQUIN_DIR", tmp_path / "no-mannequin")
     monkeypatch.delenv("FLASH_MODEL", raising=False)
     monkeypatch.setenv("FLASH_WEIGHTS_DIR", str(tmp_path / "weights"))
     assert resolve_model_source("default") == "tiny"
@@ -69,6 +71,35 @@ def test_default_model_prefers_env_then_fetched_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("FLASH_MODEL", "/elsewhere")
     assert resolve_model_source("default") == "/elsewhere"
     assert resolve_model_source("tiny") == "tiny"
+
+
+def test_default_model_is_mannequin_when_its_folder_is_complete_else_tiny(tmp_path, monkeypatch):
+    from flash_engine.models import loading
+    from flash_engine.models.loading import save_folder
+    from flash_engine.models.tiny import tiny_parts
+    from flash_engine.weights import builtin_model, resolve_model_source
+
+    monkeypatch.delenv("FLASH_MODEL", raising=False)
+    monkeypatch.setenv("FLASH_WEIGHTS_DIR", str(tmp_path / "no-fetched-weights"))
+    folder = tmp_path / "mannequin"
+    monkeypatch.setattr(loading, "MANNEQUIN_DIR", folder)
+    assert builtin_model() == "tiny" and resolve_model_source("default") == "tiny"  # absent
+    folder.mkdir()
+    assert not loading.mannequin_available() and resolve_model_source("default") == "tiny"  # empty
+    save_folder(tiny_parts(), folder)
+    assert loading.mannequin_available()
+    assert builtin_model() == "mannequin" and resolve_model_source("default") == "mannequin"
+    for name in ("unet", "vae", "text_encoder", "motion_adapter"):  # one weights file gone: incomplete
+        weights = next((folder / name).glob("*.safetensors"))
+        weights.rename(tmp_path / "stash")
+        assert resolve_model_source("default") == "tiny", name
+        (tmp_path / "stash").rename(weights)
+    assert resolve_model_source("default") == "mannequin"
+    save_folder(tiny_parts(), tmp_path / "fetched")  # fetched weights and $FLASH_MODEL still come first
+    monkeypatch.setenv("FLASH_WEIGHTS_DIR", str(tmp_path / "fetched"))
+    assert resolve_model_source("default") == str(tmp_path / "fetched")
+    monkeypatch.setenv("FLASH_MODEL", "tiny")
+    assert resolve_model_source("default") == "tiny"
 
 
 def test_fetch_asks_for_safetensors_only_and_reports_offline(tmp_path, monkeypatch):

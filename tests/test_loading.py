@@ -1,5 +1,7 @@
 """Real-weights loading path, exercised with a tiny model saved by save_pretrained."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -84,3 +86,141 @@ def test_corrupt_config_is_a_clear_error(saved_tiny, tmp_path):
     with pytest.raises(FlashError) as err:
         load_base(copy)
     assert err.value.code == "weights_incomplete" and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- the built-in `mannequin` model
+
+def fp16_folder(dest):
+    """A folder as mannequin/train_base.py exports it: save_folder's layout with fp16 weights."""
+    import torch
+
+    parts = tiny_parts()
+    for name in ("unet2d", "motion_adapter", "vae", "text_encoder"):
+        parts[name] = parts[name].to(torch.float16)
+    return save_folder(parts, dest)
+
+
+@pytest.fixture(scope="module")
+def mannequin_stand_in(tmp_path_factory):
+    return fp16_folder(tmp_path_factory.mktemp("models") / "mannequin")
+
+
+def test_mannequin_loads_its_folder_through_load_folder(mannequin_stand_in, monkeypatch):
+    import torch
+    from safetensors import safe_open
+
+    from flash_engine.models import loading
+
+    monkeypatch.setattr(loading, "MANNEQUIN_DIR", mannequin_stand_in)
+    assert "mannequin" in loading.BUILT_IN and loading.mannequin_available()
+    with safe_open(str(mannequin_stand_in / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16  # the files are fp16 ...
+    base = load_base("mannequin")
+    for name, module in base.modules().items():  # ... the model is fp32 unless asked otherwise
+        assert {p.dtype for p in module.parameters()} == {torch.float32}, name
+    assert base.source == "mannequin"
+    folder = loading.load_folder(mannequin_stand_in)
+    assert base.identity == folder.identity  # the content fingerprint, as for any folder
+    assert len(base.identity) == 16 and not base.identity.startswith("tiny-")
+    image = draw_scene()
+    from_name = FlashPipeline(base)(image, AnimationSettings(**SETTINGS)).frames
+    assert np.array_equal(from_name, FlashPipeline(folder)(image, AnimationSettings(**SETTINGS)).frames)
+    half = load_base("mannequin", dtype=torch.float16)
+    assert {p.dtype for p in half.unet.parameters()} == {torch.float16}
+
+
+@pytest.mark.parametrize("state", ["absent", "empty", "no unet weights"])
+def test_missing_mannequin_is_a_one_line_error_naming_the_fix(tmp_path, monkeypatch, capsys, reference_png, state,
+                                                               mannequin_stand_in):
+    import shutil
+
+    from flash_engine.cli import main
+    from flash_engine.models import loading
+
+    folder = tmp_path / "mannequin"
+    if state == "empty":
+        folder.mkdir()
+    elif state == "no unet weights":
+        shutil.copytree(mannequin_stand_in, folder)
+        for path in (folder / "unet").glob("*.safetensors"):
+            path.unlink()
+    monkeypatch.setattr(loading, "MANNEQUIN_DIR", folder)
+    assert not loading.mannequin_available()
+    with pytest.raises(FlashError) as err:
+        load_base("mannequin")
+    assert "\n" not in str(err.value) and "mannequin" in str(err.value)
+    assert "reinstall" in str(err.value) and "--model tiny" in str(err.value)
+    code = main(["animate", "--image", str(reference_png), "--prompt", "x", "--model", "mannequin",
+                 "--out", str(tmp_path / "o")])
+    message = capsys.readouterr().err.strip()
+    assert code == 2 and message.startswith("error: ") and "\n" not in message and "--model tiny" in message
+    assert not (tmp_path / "o").exists()
+
+
+def test_demo_animates_the_model_card_reference_with_its_settings(mannequin_stand_in, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from flash_engine.cli import main
+    from flash_engine.models import loading
+
+    folder = tmp_path / "mannequin"
+    shutil.copytree(mannequin_stand_in, folder)
+    draw_scene(64, 64, seed=2).save(folder / "demo_reference.png")
+    demo = {"image": "demo_reference.png", "action": "jump", "prompt": "a person is jumping.", "width": 64,
+            "height": 64, "frames": 3, "steps": 2, "guidance": 7.5, "seed": 7}
+    (folder / "mannequin.json").write_text(json.dumps({"resolution": [64, 64], "frames": 16, "demo": demo}))
+    monkeypatch.setattr(loading, "MANNEQUIN_DIR", folder)
+    monkeypatch.delenv("FLASH_MODEL", raising=False)
+    monkeypatch.setenv("FLASH_WEIGHTS_DIR", str(tmp_path / "no-fetched-weights"))
+    out = tmp_path / "out" / "demo"
+    out.mkdir(parents=True)
+    (out / "stale.txt").write_text("from the last demo")  # the demo's own folder is replaced
+    assert main(["demo", "--out", str(out)]) == 0
+    meta = json.loads((out / "flash.json").read_text())
+    assert meta["model"]["source"] == "mannequin" and meta["reference_image"] == str(folder / "demo_reference.png")
+    assert {k: meta["settings"][k] for k in ("prompt", "num_frames", "steps", "guidance", "seed", "width",
+                                              "height")} == {
+        "prompt": "a person is jumping.", "num_frames": 3, "steps": 2, "guidance": 7.5, "seed": 7, "width": 64,
+        "height": 64}
+    assert sorted(p.name for p in out.iterdir()) == ["flash.json", "flash.mp4", "frame_0001.png", "frame_0002.png",
+                                                    "frame_0003.png", "preview.mp4", "strip.png"]
+    from PIL import Image
+
+    with Image.open(out / "strip.png") as strip, Image.open(out / "frame_0002.png") as frame:
+        assert strip.size == (3 * 256, 256)  # three frames side by side, each ×4 nearest-neighbour
+        enlarged = np.asarray(strip.convert("RGB"))[:, 256:512]
+        assert np.array_equal(enlarged[::4, ::4], np.asarray(frame.convert("RGB")))
+        assert np.array_equal(enlarged[3::4, 3::4], np.asarray(frame.convert("RGB")))
+    assert (out / "preview.mp4").stat().st_size > 0
+    assert not (tmp_path / "out" / "demo_reference.png").exists()  # no drawn reference for mannequin
+
+
+SHIPPED_MANNEQUIN = Path(__file__).resolve().parent.parent / "flash_engine" / "models" / "mannequin"
+
+
+@pytest.mark.skipif(not SHIPPED_MANNEQUIN.is_dir(),
+                    reason="flash_engine/models/mannequin/ is absent (the trained export is not in this checkout)")
+def test_the_shipped_mannequin_card_loads_and_animates():
+    import torch
+    from PIL import Image
+
+    from flash_engine.models.loading import MANNEQUIN_DIR, mannequin_available, mannequin_card
+    from flash_engine.weights import builtin_model
+
+    assert MANNEQUIN_DIR.resolve() == SHIPPED_MANNEQUIN and mannequin_available() and builtin_model() == "mannequin"
+    card = mannequin_card()
+    assert card["resolution"] == [64, 64] and card["frames"] == 16
+    assert card["train_actions"] and not set(card["train_actions"]) & set(card["held_out_actions"])
+    demo = card["demo"]
+    assert demo["prompt"] == card["prompts"][demo["action"]] and demo["action"] in card["train_actions"]
+    assert (demo["width"], demo["height"], demo["frames"]) == (64, 64, 16)
+    base = load_base("mannequin")
+    assert {p.dtype for p in base.unet.parameters()} == {torch.float32} and base.source == "mannequin"
+    assert base.vae.config.latent_channels == card["latent_channels"]
+    with Image.open(MANNEQUIN_DIR / demo["image"]) as image:
+        reference = image.convert("RGB")
+    assert reference.size == (64, 64)
+    frames = FlashPipeline(base)(reference, AnimationSettings(prompt=demo["prompt"], num_frames=demo["frames"],
+                                                              steps=2, width=64, height=64, seed=0)).frames
+    assert frames.shape == (16, 64, 64, 3) and np.isfinite(frames.astype(float)).all()

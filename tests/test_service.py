@@ -183,7 +183,8 @@ def test_train_then_animate_with_the_new_action(engine, reference, tmp_path):
     events = []
     trained = engine.train({"clips": [str(clips)], "action": "disc", "prompt": "a disc is moving.",
                             "out": str(tmp_path / "disc"), "steps": 2, "decoder_steps": 1, "resolution": "64",
-                            "frames": 6, "stride": 1}, timeout=300, on_event=events.append)
+                            "frames": 6, "stride": 1, "model": "tiny"},  # serve's --model is not a train default
+                           timeout=300, on_event=events.append)
     assert Path(trained["action"]) == tmp_path / "disc" and (tmp_path / "disc" / "action.toml").is_file()
     steps = [e for e in events if e["type"] == "progress" and e["phase"] == "unet"]
     assert steps and steps[-1]["step"] == 2 and "loss" in steps[-1]

@@ -1,6 +1,13 @@
-"""Load a base model from its source: ``tiny`` or a local diffusers-layout folder.
+"""Load a base model from its source: a built-in name or a local diffusers-layout folder.
 
-The folder is Stable Diffusion 1.5 in the diffusers layout plus an AnimateDiff motion
+Built in (``BUILT_IN``): ``mannequin``, the small trained default model (64×64, 16 frames),
+whose weights ship in ``MANNEQUIN_DIR`` (this package's ``mannequin/`` folder, written by
+``mannequin/train_base.py``: the layout below plus ``mannequin.json``, its model card, and
+``demo_reference.png``) and load through ``load_folder`` like any folder; ``tiny``, the
+architecture at toy size with random weights, built in code (plumbing checks, tests); and
+``sd15-random`` (benchmarks).
+
+A folder is Stable Diffusion 1.5 in the diffusers layout plus an AnimateDiff motion
 adapter::
 
     DIR/unet/            config.json + diffusion_pytorch_model.safetensors
@@ -27,8 +34,12 @@ from flash_engine.models.base import BaseModel, assemble_base
 WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "motion_adapter")
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 FINGERPRINT_CHUNK = 4 << 20
-# Model sources built in code: name → (module, builder).
+MANNEQUIN = "mannequin"
+MANNEQUIN_DIR = Path(__file__).parent / "mannequin"  # shipped weights of the built-in default model
+MANNEQUIN_CARD = "mannequin.json"
+# Built-in model sources: name → (module, builder). ``mannequin`` loads MANNEQUIN_DIR.
 BUILT_IN = {
+    MANNEQUIN: ("flash_engine.models.loading", "load_mannequin"),
     "tiny": ("flash_engine.models.tiny", "build_tiny"),
     "sd15-random": ("flash_engine.models.sd15_random", "build_sd15_random"),
 }
@@ -137,8 +148,50 @@ def load_folder(model_dir: Path, adapter_dir: Path | None = None, dtype=None) ->
     )
 
 
+def mannequin_problems() -> list[str]:
+    """What is missing from the shipped ``mannequin`` folder (empty when it is complete)."""
+    if not MANNEQUIN_DIR.is_dir():
+        return [f"{MANNEQUIN_DIR} is missing"]
+    return find_problems(MANNEQUIN_DIR, MANNEQUIN_DIR / "motion_adapter")
+
+
+def mannequin_available() -> bool:
+    return not mannequin_problems()
+
+
+def check_mannequin() -> None:
+    """A one-line FlashError naming the fix when the built-in ``mannequin`` cannot load."""
+    problems = mannequin_problems()
+    if problems:
+        raise FlashError(
+            f"the built-in model 'mannequin' is missing or incomplete: {'; '.join(problems)}",
+            "reinstall FLASH Previs, which ships that folder, or pass --model tiny or --model DIR",
+            code="weights_missing",
+        )
+
+
+def mannequin_card() -> dict:
+    """The shipped model card (``mannequin.json``: resolution, frames, actions, prompts, demo settings)."""
+    check_mannequin()
+    card = MANNEQUIN_DIR / MANNEQUIN_CARD
+    if not card.is_file():
+        raise FlashError(f"the built-in model 'mannequin' has no model card ({card} missing)",
+                         "reinstall FLASH Previs, or pass --model tiny", code="weights_incomplete")
+    return json.loads(card.read_text(encoding="utf-8"))
+
+
+def load_mannequin(dtype=None) -> BaseModel:
+    """The built-in default model: MANNEQUIN_DIR through ``load_folder`` (fp16 files, cast to ``dtype``)."""
+    check_mannequin()
+    base = load_folder(MANNEQUIN_DIR, dtype=dtype)
+    base.source = MANNEQUIN  # identity stays the content fingerprint: actions trained on it check it
+    return base
+
+
 def load_base(source: str | Path, adapter_dir: str | Path | None = None, dtype=None) -> BaseModel:
-    """``tiny``, ``sd15-random`` (benchmarks) or a folder path → a ``BaseModel`` on the CPU."""
+    """``mannequin``, ``tiny``, ``sd15-random`` (benchmarks) or a folder path → a ``BaseModel`` on the CPU."""
+    if str(source) == MANNEQUIN:
+        return load_mannequin(dtype)
     if str(source) in BUILT_IN:
         module_name, builder = BUILT_IN[str(source)]
         base = getattr(importlib.import_module(module_name), builder)()
