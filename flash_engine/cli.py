@@ -256,6 +256,7 @@ def quiet_libraries() -> None:
 
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars on every model load
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 

@@ -489,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown action(s) in --actions; known: {', '.join(ACTIONS)}")
     if any(s < 1 for s in config.shots) or config.references < 1:
         parser.error("--shots and --references must be at least 1")
+    from flash_engine.cli import quiet_libraries
+
+    quiet_libraries()
     if args.threads:
         import torch
 
