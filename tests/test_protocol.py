@@ -306,6 +306,10 @@ def test_train_without_the_training_module_is_unavailable(monkeypatch):
     from flash_engine.server import JOB_KINDS
 
     monkeypatch.setitem(sys.modules, "flash_engine.training.job", None)  # as if the module did not exist
+    import flash_engine.training
+
+    # an earlier import leaves `job` on the package, where `from flash_engine.training import job` looks first
+    monkeypatch.delattr(flash_engine.training, "job", raising=False)
     harness = LoopHarness(JOB_KINDS)
     harness.send("train", "t1", {"clips": ["x"], "action": "a", "prompt": "p", "out": "o"})
     error = harness.next_event()
