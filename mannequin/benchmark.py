@@ -324,12 +324,14 @@ def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None =
 
 
 def model_card(model: str) -> dict:
-    from flash_engine.models import loading
+    """The base's model card (held-out actions): the built-in one, or ``mannequin.json`` in a folder."""
+    from flash_engine.models.loading import MANNEQUIN, mannequin_card
 
-    folder = getattr(loading, "MANNEQUIN_DIR", None) if model == "mannequin" else Path(model)
+    if model == MANNEQUIN:
+        return mannequin_card()
     try:
-        return json.loads((Path(folder) / "mannequin.json").read_text())
-    except (OSError, TypeError, ValueError):
+        return json.loads((Path(model) / "mannequin.json").read_text())
+    except (OSError, ValueError):
         return {}
 
 
