@@ -158,7 +158,7 @@ def bench_decode(args, rows, device, pipeline):
     pixels = torch.rand(1, 3, args.size, args.size, device=device, dtype=pipeline.vae_dtype) * 2 - 1
     with torch.no_grad():
         _, features = encode_with_features(vae, pixels, decoder.enhanced_levels)
-        enhance = torch.arange(frames, device=device) > 0
+        enhance = torch.arange(frames) > 0
         stock_s, _ = timed(lambda: vae.decode(latents).sample, device, repeat=2)
         ded_s, _ = timed(lambda: decoder(latents, features, enhance), device, repeat=2)
     rows.append(("decode", "stock VAE decoder, s per frame", f"{stock_s / frames:.3f}"))

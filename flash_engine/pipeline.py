@@ -202,7 +202,7 @@ class FlashPipeline:
         """(1, C, F, h, w) scaled latents → (F, 3, H, W) pixels, every frame after the first enhanced."""
         frames = latents.shape[2]
         video = latents[0].transpose(0, 1).to(self.vae_dtype) / self.base.vae.config.scaling_factor
-        enhance = torch.arange(frames, device=video.device) > 0
+        enhance = torch.arange(frames) > 0
         chunk = 1 if self.vae_slicing else frames
         outputs = []
         with self._on_device(self.decoder):

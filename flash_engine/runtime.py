@@ -34,6 +34,14 @@ def pick_device(name: str = "auto") -> torch.device:
         raise FlashError(f"unknown device {name!r}", "use auto, cpu, cuda or mps", code="bad_device") from err
 
 
+def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Copy a host tensor to ``device`` without stalling the host: on CUDA through pinned
+    memory with ``non_blocking`` (a pageable copy waits for the GPU's queue to drain)."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, dtype, non_blocking=True)
+    return tensor.to(device, dtype, non_blocking=True)
+
+
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         if device.type == "cuda":

@@ -1,10 +1,12 @@
 """FLASH training: each piece must fail these tests if it were wrong."""
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from flash_engine.errors import FlashError
 from flash_engine.training.augment import StrongAugmentConfig, apply_strong, distort, draw_strong, DistortConfig
@@ -236,6 +238,60 @@ def test_resume_reaches_the_same_parameters(clips_dir, tmp_path):
     for name, value in straight.decoder_state().items():
         assert torch.allclose(value, resumed.decoder_state()[name], atol=1e-6), name
     assert straight.losses == resumed.losses
+
+
+# ---------------------------------------------------------------- no waiting on the device
+
+class HostToDeviceCopies(TorchDispatchMode):
+    """Records every copy from the host to another device, with its ``non_blocking`` flag."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocking: list[str] = []
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is torch.ops.aten._to_copy.default and args[0].device.type == "cpu" and out.device.type != "cpu":
+            self.count += 1
+            if not kwargs.get("non_blocking"):
+                self.blocking.append(f"{tuple(args[0].shape)} {args[0].dtype}")
+        return out
+
+
+def test_training_steps_never_wait_for_the_device(clips_dir, tmp_path):
+    """On the meta device every value is unknown to the host, so any read of one (loss.item(),
+    float(loss), a data-dependent shape such as nonzero) raises: the steps must not do that,
+    and each host → device copy must be non-blocking."""
+    trainer = trainer_for(clips_dir, tmp_path, decoder_steps=1, train_decoder=True)
+    trainer.device = torch.device("meta")
+    for module in (trainer.base.unet, trainer.base.vae, trainer.base.text_encoder, trainer.decoder):
+        module.to(trainer.device)
+    trainer.unet_step(), trainer.decoder_step()  # first use: constants move to the device once
+    with HostToDeviceCopies() as copies:
+        losses = [trainer.unet_step(), trainer.decoder_step()]
+    assert all(loss.device.type == "meta" and loss.shape == () for loss in losses)
+    assert copies.count >= 4  # frames, noise, timestep, the decoder's frame indices at least
+    assert copies.blocking == []
+
+
+def test_losses_are_read_in_batches_and_none_is_lost(clips_dir, tmp_path, monkeypatch):
+    import flash_engine.training.trainer as trainer_module
+
+    def run(read_seconds):
+        monkeypatch.setattr(trainer_module, "LOSS_READ_SECONDS", read_seconds)
+        trainer = trainer_for(clips_dir, tmp_path / str(read_seconds), steps=4)
+        reported = []
+        trainer.run(progress=lambda phase, step, total, loss=None, **_: reported.append(loss))
+        return trainer.losses["unet"], reported
+
+    every_step, reported_every_step = run(0.0)
+    rarely, reported_rarely = run(math.inf)
+    assert len(every_step) == 4 and rarely == every_step  # same values, same order
+    assert reported_every_step == every_step
+    # read at the first step (the report needs a value) and at the phase's end only
+    assert reported_rarely == [every_step[0]] * 3 + [every_step[3]]
 
 
 # ---------------------------------------------------------------- the job: clips, artifact, CLI

@@ -39,6 +39,7 @@ from diffusers.models.autoencoders.vae import Decoder
 from diffusers.models.modeling_utils import ModelMixin
 
 from flash_engine.errors import FlashError
+from flash_engine.runtime import to_device
 
 __all__ = [
     "DetailEnhancementBlock",
@@ -403,7 +404,7 @@ class DetailEnhancementDecoder(ModelMixin, ConfigMixin):
         """Indices of the frames to enhance, or ``None`` when the stock decoder path applies."""
         if reference_features is None or enhance is None or len(self.enhancers) == 0:
             return None
-        enhance = torch.as_tensor(enhance, device=device).to(torch.bool)
+        enhance = torch.as_tensor(enhance).to(torch.bool)  # stays where it is: on the host, no sync below
         if enhance.shape != (num_frames,):
             raise FlashError(
                 f"enhance has shape {tuple(enhance.shape)}, expected ({num_frames},)",
@@ -418,7 +419,7 @@ class DetailEnhancementDecoder(ModelMixin, ConfigMixin):
                 f"reference features are missing decoder level(s) {missing}",
                 "compute them with encode_with_features(vae, reference, decoder.enhanced_levels)",
             )
-        return indices
+        return to_device(indices, device)
 
     def _enhance(self, level: int, sample: torch.Tensor, reference: torch.Tensor, indices: torch.Tensor, ckpt):
         num_frames = sample.shape[0]
@@ -455,7 +456,7 @@ class DetailEnhancementDecoder(ModelMixin, ConfigMixin):
                 returned by :func:`encode_with_features` (a batch of F per-frame references is
                 also accepted).
             enhance: bool (F,), which frames get enhanced (the paper: every frame but the
-                reference itself). ``None``/all-False, or no ``reference_features``, gives
+                reference itself); on the host, so choosing the frames never waits for the GPU. ``None``/all-False, or no ``reference_features``, gives
                 exactly the stock decoder output.
 
         Returns:

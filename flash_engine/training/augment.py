@@ -7,8 +7,10 @@
 * Decoder distortions (Detail Enhancement Decoder): blur, colour jitter on a random 80% of
   regions (inconsistent on purpose) and an elastic warp; some samples stay clean.
 
-Videos are float tensors (F, 3, H, W) in [0, 1]. All randomness comes from the
-``torch.Generator`` passed in, so a saved generator state replays a run exactly.
+Videos are float tensors (F, 3, H, W) in [0, 1], on any device: training runs them on its
+own device, because on the host one 16×512² pair takes longer than a GPU's whole step
+(docs/benchmarks.md). All randomness comes from the CPU ``torch.Generator`` passed in, as
+host numbers or tensors copied over, so a saved generator state replays a run exactly.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from flash_engine.runtime import to_device
 
 MIN_CROP_SCALE = 0.8
 
@@ -179,10 +183,12 @@ class DistortConfig:
 def elastic(video: torch.Tensor, strength: float, sigma: float, generator: torch.Generator) -> torch.Tensor:
     """ElasticTransform: a smoothed random displacement field of ``strength`` pixels per frame."""
     frames, _, height, width = video.shape
-    field = torch.rand((frames, 2, height, width), generator=generator) * 2 - 1
+    field = torch.rand((frames, 2, height, width), generator=generator)  # drawn on the host: same on any device
+    field = to_device(field, video.device) * 2 - 1
     kernel = int(4 * sigma) | 1
     field = gaussian_blur(field, kernel, sigma) * strength
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, height, device=video.device),
+                            torch.linspace(-1, 1, width, device=video.device), indexing="ij")
     grid = torch.stack([xs, ys], -1).unsqueeze(0) + torch.stack(
         [field[:, 0] * 2 / max(width - 1, 1), field[:, 1] * 2 / max(height - 1, 1)], -1)
     return F.grid_sample(video, grid.to(video.dtype), mode="bilinear", padding_mode="border", align_corners=True)

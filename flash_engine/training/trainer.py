@@ -8,6 +8,7 @@ Checkpoints hold tensors in safetensors and the rest in JSON: nothing is pickled
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from flash_engine.models.base import BaseModel
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features
 from flash_engine.pipeline import JobCancelled
+from flash_engine.runtime import to_device
 from flash_engine.training.augment import distort, flip_and_crop, strong_augment
 from flash_engine.training.clips import Clip, sample_frames
 from flash_engine.training.config import TrainConfig
@@ -29,6 +31,9 @@ from flash_engine.training.motion_alignment import install_motion_alignment
 
 CHECKPOINT_JSON = "checkpoint.json"
 PHASES = ("unet", "decoder")
+# Reading a step's loss on the host waits for the GPU to finish that step and leaves its queue
+# empty, so the losses stay on the device and are read in one go this often (and at checkpoints).
+LOSS_READ_SECONDS = 1.0
 
 
 def is_trainable_unet_parameter(name: str) -> bool:
@@ -52,6 +57,8 @@ class FlashTrainer:
         self.generator = torch.Generator("cpu").manual_seed(config.seed)
         self.phase, self.step = "unet", 0
         self.losses: dict[str, list[float]] = {"unet": [], "decoder": []}
+        self._unread_losses: list[torch.Tensor] = []  # this phase's newest steps, still on the device
+        self._losses_read_at = -math.inf
         cuda = device.type == "cuda"
         self.autocast_dtype = torch.bfloat16 if config.mixed_precision == "auto" and cuda else (
             {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision))
@@ -97,7 +104,7 @@ class FlashTrainer:
 
     def training_video(self, num_frames: int) -> tuple[Clip, torch.Tensor]:
         clip = self.pick_clip()
-        video = sample_frames(clip, num_frames, self.config.stride, self.generator)
+        video = sample_frames(clip, num_frames, self.config.stride, self.generator, self.device)
         return clip, flip_and_crop(video, (self.config.width, self.config.height), self.generator)
 
     @torch.no_grad()
@@ -107,18 +114,19 @@ class FlashTrainer:
         vae = self.base.vae
         pixels = (videos.flatten(0, 1) * 2 - 1).to(self.device, vae.dtype)
         dist = vae.encode(pixels).latent_dist
-        noise = torch.randn(dist.mean.shape, generator=self.generator).to(self.device, dist.mean.dtype)
+        noise = to_device(torch.randn(dist.mean.shape, generator=self.generator), self.device, dist.mean.dtype)
         latents = (dist.mean + dist.std * noise) * vae.config.scaling_factor
         return latents.unflatten(0, (count, frames)).transpose(1, 2)
 
     def _autocast(self):
         if self.autocast_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
+            return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     # ------------------------------------------------------------------ steps
 
-    def unet_step(self) -> float:
+    def unet_step(self) -> torch.Tensor:
+        """One FLASH step; returns the loss still on the device (reading it would sync)."""
         config, context = self.config, self.base.attention
         clip, video = self.training_video(config.num_frames)
         videos = [video]
@@ -126,10 +134,10 @@ class FlashTrainer:
             videos.append(strong_augment(video, config.strong, self.generator))
         latents = self.encode(torch.stack(videos))
         count = latents.shape[0]
-        noise = torch.randn(latents[:1].shape, generator=self.generator).to(self.device, latents.dtype)
+        noise = to_device(torch.randn(latents[:1].shape, generator=self.generator), self.device, latents.dtype)
         noise = noise.expand_as(latents)  # same noise and t for both videos of the pair
         train_steps = self.base.scheduler.config.num_train_timesteps
-        timestep = sample_timesteps(self.generator, 1, config.timestep_skew, train_steps).to(self.device)
+        timestep = to_device(sample_timesteps(self.generator, 1, config.timestep_skew, train_steps), self.device)
         noisy = self.base.scheduler.add_noise(latents, noise, timestep)
         noisy[:, :, 0] = latents[:, :, 0]  # noise-free first frame
         layers = context.cross_frame_layers
@@ -153,7 +161,7 @@ class FlashTrainer:
         self.unet_optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    def decoder_step(self) -> float:
+    def decoder_step(self) -> torch.Tensor:
         config = self.config
         _, video = self.training_video(config.decoder_frames)
         distorted = distort(video, config.distort, self.generator)
@@ -162,7 +170,7 @@ class FlashTrainer:
             _, features = encode_with_features(vae, (video[:1] * 2 - 1).to(self.device, vae.dtype),
                                                self.decoder.enhanced_levels)
             latents = self.encode(distorted.unsqueeze(0))[0].transpose(0, 1) / vae.config.scaling_factor
-        enhance = torch.arange(latents.shape[0], device=self.device) > 0
+        enhance = torch.arange(latents.shape[0]) > 0
         with self._autocast():
             decoded = self.decoder(latents, features, enhance)
         loss = F.mse_loss(decoded.float(), (video * 2 - 1).to(self.device))
@@ -189,13 +197,15 @@ class FlashTrainer:
                 if should_cancel is not None and should_cancel():
                     self.save_checkpoint()
                     raise JobCancelled()
-                loss = float(step_fn())  # one sync per step, for the progress report
+                self._unread_losses.append(step_fn())
                 self.step += 1
                 done_now += 1
-                self.losses[phase].append(loss)
+                if (self.step == total or not self.losses[phase]
+                        or time.monotonic() - self._losses_read_at >= LOSS_READ_SECONDS):
+                    self.read_losses()
                 rate = (self.step - start_step) / max(time.perf_counter() - started, 1e-9)
-                progress(phase, self.step, total, loss=loss, it_per_s=rate,
-                         eta_s=(total - self.step) / rate if rate else None)
+                progress(phase, self.step, total, loss=self.losses[phase][-1] if self.losses[phase] else None,
+                         it_per_s=rate, eta_s=(total - self.step) / rate if rate else None)
                 if self.step % self.config.checkpoint_every == 0 and self.step < total:
                     self.save_checkpoint()
                 if stop_after is not None and done_now >= stop_after:
@@ -203,6 +213,13 @@ class FlashTrainer:
                     return
         self.phase, self.step = "done", 0
         self.decoder.eval()
+
+    def read_losses(self) -> None:
+        """Bring the unread step losses to ``self.losses`` with one host-device sync."""
+        if self._unread_losses:
+            self.losses[self.phase].extend(torch.stack(self._unread_losses).float().tolist())
+            self._unread_losses.clear()
+        self._losses_read_at = time.monotonic()
 
     # ------------------------------------------------------------------ results
 
@@ -217,6 +234,7 @@ class FlashTrainer:
     def save_checkpoint(self) -> Path:
         """``checkpoint-<phase>-<step>.safetensors`` + ``checkpoint.json`` (replaced atomically, last)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.read_losses()
         tensors = {f"unet.{k}": v for k, v in self.unet_state().items()}
         tensors.update({f"decoder.{k}": v.detach().cpu() for k, v in self.decoder_params.items()})
         tensors["rng.generator"] = self.generator.get_state()
