@@ -9,7 +9,8 @@
 Sections (``--only`` picks some): inference (s/clip, s/step, peak memory, achieved TFLOP/s
 against this device's measured matmul rate), animatediff (diffusers' AnimateDiffPipeline on
 the same weights, steps and size: the cost of FLASH's additions), decode (stock VAE decoder vs
-Detail Enhancement Decoder, per frame), precision (bf16/fp16 UNet output against fp32),
+Detail Enhancement Decoder, per frame), memory (bench/memory_estimate.py's tensor accounting
+for the same settings, beside the measured peak), precision (bf16/fp16 UNet output against fp32),
 training (a FLASH step vs a plain fine-tune step on the same data, and a decoder step),
 engine (the service's cold start to the first frame and a warm second job, via
 bench/bench_service.py). Ratios in one run hold on any machine; absolute figures
@@ -167,7 +168,8 @@ def bench_decode(args, rows, device, pipeline):
 
 
 def bench_training(args, rows, device):
-    from flash_engine.training.clips import Clip
+    from flash_engine.training.augment import flip_and_crop, strong_augment
+    from flash_engine.training.clips import Clip, sample_frames
     from flash_engine.training.config import TrainConfig
     from flash_engine.training.trainer import FlashTrainer
 
@@ -200,6 +202,31 @@ def bench_training(args, rows, device):
         reset_peak(device)
     rows.append(("training", "FLASH step / plain step",
                  f"{results['FLASH (#6)'] / results['plain fine-tune (#1)']:.2f}"))
+    # A FLASH step's data: sampled frames, flip/crop/resize and the strong augmentation. The
+    # trainer runs it on its device; on the host it would be serial work in front of every step.
+    for where in dict.fromkeys([device, torch.device("cpu")]):
+        torch_generator = torch.Generator("cpu").manual_seed(0)
+
+        def prepare_pair():
+            video = flip_and_crop(sample_frames(clip, frames, 1, torch_generator, where), (size, size), torch_generator)
+            return strong_augment(video, config.strong, torch_generator)
+
+        prepare_pair()
+        seconds, _ = timed(lambda: [prepare_pair() for _ in range(3)], where)
+        rows.append(("training", f"data for one FLASH step on {where.type} s", f"{seconds / 3:.3f}"))
+
+
+def bench_memory(args, rows, dtype):
+    """The meta-device estimate (bench/memory_estimate.py) for this run's settings, beside the
+    measured inference peak: on a GPU the two should agree to within the allocator's slack."""
+    from bench.memory_estimate import MemorySettings, estimate_clip_memory
+
+    for offload in dict.fromkeys([args.offload, not args.offload]):
+        settings = MemorySettings(frames=args.frames, width=args.size, height=args.size,
+                                  precision=precision_name(dtype), offload=offload, guided=args.guidance > 1)
+        estimate = estimate_clip_memory(args.model, settings)
+        rows.append(("memory", f"estimated peak, {settings.label} (tensor accounting)",
+                     f"{estimate.peak / 2**30:.2f} GiB ({estimate.peak_phase})"))
 
 
 def bench_precision(args, rows, device):
@@ -234,7 +261,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--offload", action="store_true")
     parser.add_argument("--no-warmup", action="store_true", help="skip warm-up runs (slow CPU runs)")
-    sections = ["inference", "animatediff", "decode", "precision", "training", "engine"]
+    sections = ["inference", "animatediff", "decode", "memory", "precision", "training", "engine"]
     parser.add_argument("--only", nargs="+", choices=sections, default=sections)
     args = parser.parse_args()
     quiet_libraries()
@@ -256,6 +283,8 @@ def main() -> None:
         bench_animatediff(args, rows, device, dtype, pipeline, flash_clip_s)
     if "decode" in args.only:
         bench_decode(args, rows, device, pipeline)
+    if "memory" in args.only:
+        bench_memory(args, rows, dtype)
     if "precision" in args.only:
         bench_precision(args, rows, device)
     if "training" in args.only:

@@ -1,0 +1,61 @@
+"""bench/memory_estimate.py: the per-clip GPU memory estimate (meta device, no compute)."""
+
+import contextlib
+
+import pytest
+import torch
+
+from bench import memory_estimate
+from bench.memory_estimate import MemorySettings, estimate_clip_memory
+
+
+@pytest.fixture(scope="module")
+def tiny_parameter_counts():
+    from flash_engine.models.tiny import build_tiny
+
+    base = build_tiny()
+    return {name: sum(p.numel() for p in getattr(base, name).parameters()) for name in ("unet", "text_encoder")}
+
+
+def small(**overrides) -> MemorySettings:
+    return MemorySettings(**{"frames": 4, "width": 128, "height": 128, "precision": "bf16", **overrides})
+
+
+def test_weights_are_counted_in_the_pipelines_dtypes(tiny_parameter_counts):
+    bf16 = estimate_clip_memory("tiny", small())
+    fp16 = estimate_clip_memory("tiny", small(precision="fp16"))
+    for name, count in tiny_parameter_counts.items():
+        assert bf16.weights[name] >= 2 * count and bf16.weights[name] < 2.1 * count, name  # + buffers
+    assert fp16.weights["vae"] == 2 * bf16.weights["vae"]  # fp16 pipelines keep the VAE in fp32
+    assert fp16.weights["unet"] == bf16.weights["unet"]
+
+
+def test_offload_keeps_only_the_phases_module_resident():
+    resident = estimate_clip_memory("tiny", small())
+    offload = estimate_clip_memory("tiny", small(offload=True))
+    everything = sum(resident.weights.values())
+    assert all(peak >= everything for peak in resident.phases.values())
+    assert offload.phases["text"] < resident.phases["text"]
+    assert offload.phases["denoise"] >= offload.weights["unet"]
+    assert offload.phases["denoise"] - offload.weights["unet"] == pytest.approx(
+        resident.phases["denoise"] - everything, rel=0.05)  # the same activations either way
+
+
+def test_denoising_activations_grow_with_the_frames():
+    weights_and_activations = {}
+    for frames in (4, 8):
+        estimate = estimate_clip_memory("tiny", small(frames=frames, offload=True))
+        weights_and_activations[frames] = estimate.phases["denoise"] - estimate.weights["unet"]
+    assert 1.6 < weights_and_activations[8] / weights_and_activations[4] < 2.4
+
+
+def test_attention_is_modelled_as_a_fused_kernel(monkeypatch):
+    """Without the stand-in, the meta device takes the math path and allocates each L×L score
+    matrix: the fused estimate must be lower by at least one such matrix (and so must be in effect)."""
+    settings = small(frames=4, width=256, height=256, offload=True)
+    fused = estimate_clip_memory("tiny", settings)
+    monkeypatch.setattr(memory_estimate, "fused_attention_model", contextlib.nullcontext)
+    math_path = estimate_clip_memory("tiny", settings)
+    tokens = (256 // 8) ** 2  # latent tokens per frame at the UNet's first level
+    one_score_matrix = 2 * settings.frames * tokens * (2 * tokens) * torch.bfloat16.itemsize  # CFG batch, 2 frames of keys
+    assert math_path.phases["denoise"] - fused.phases["denoise"] >= one_score_matrix
