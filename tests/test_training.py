@@ -276,6 +276,15 @@ def test_training_steps_never_wait_for_the_device(clips_dir, tmp_path):
     assert copies.blocking == []
 
 
+def test_bf16_training_encodes_the_clips_in_bf16_too(clips_dir, tmp_path):
+    trainer = trainer_for(clips_dir, tmp_path, mixed_precision="bf16")
+    seen = []
+    trainer.base.vae.encoder.conv_in.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    latents = trainer.encode(torch.rand(2, 3, 3, 64, 64))
+    assert seen == [torch.bfloat16]
+    assert latents.dtype == torch.float32 and latents.shape == (2, 4, 3, 8, 8)
+
+
 def test_losses_are_read_in_batches_and_none_is_lost(clips_dir, tmp_path, monkeypatch):
     import flash_engine.training.trainer as trainer_module
 

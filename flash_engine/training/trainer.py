@@ -113,9 +113,13 @@ class FlashTrainer:
         count, frames = videos.shape[:2]
         vae = self.base.vae
         pixels = (videos.flatten(0, 1) * 2 - 1).to(self.device, vae.dtype)
-        dist = vae.encode(pixels).latent_dist
-        noise = to_device(torch.randn(dist.mean.shape, generator=self.generator), self.device, dist.mean.dtype)
-        latents = (dist.mean + dist.std * noise) * vae.config.scaling_factor
+        # In bf16 like the UNet: at 512² encoding a clip costs more than a UNet forward (17.9 vs
+        # 15.7 TFLOP for 16 frames). Not in fp16, whose range the VAE can overflow.
+        with self._autocast() if self.autocast_dtype == torch.bfloat16 else contextlib.nullcontext():
+            dist = vae.encode(pixels).latent_dist
+        mean, std = dist.mean.float(), dist.std.float()
+        noise = to_device(torch.randn(mean.shape, generator=self.generator), self.device)
+        latents = (mean + std * noise) * vae.config.scaling_factor
         return latents.unflatten(0, (count, frames)).transpose(1, 2)
 
     def _autocast(self):

@@ -1,4 +1,4 @@
-"""bench/memory_estimate.py: the per-clip GPU memory estimate (meta device, no compute)."""
+"""bench/memory_estimate.py and bench/flop_budget.py: memory and FLOPs on the meta device."""
 
 import contextlib
 
@@ -59,3 +59,16 @@ def test_attention_is_modelled_as_a_fused_kernel(monkeypatch):
     tokens = (256 // 8) ** 2  # latent tokens per frame at the UNet's first level
     one_score_matrix = 2 * settings.frames * tokens * (2 * tokens) * torch.bfloat16.itemsize  # CFG batch, 2 frames of keys
     assert math_path.phases["denoise"] - fused.phases["denoise"] >= one_score_matrix
+
+
+def test_flop_budget_counts_the_trainers_real_work():
+    from bench.flop_budget import clip_flops, training_flops
+
+    train = training_flops("tiny", frames=4, size=64)
+    flash, plain = train["FLASH step (#6), checkpointing"], train["plain fine-tune step (#1), checkpointing"]
+    assert 1.8 < flash / plain < 2.2  # two videos per FLASH step
+    assert train["FLASH step (#6), no checkpointing"] < flash  # checkpointing recomputes the forward
+    assert 0 < train["of which VAE encodes (2 videos)"] < flash
+    five, ten = clip_flops("tiny", 4, 64, steps=5), clip_flops("tiny", 4, 64, steps=10)
+    assert ten["UNet, 10 guided steps"] == pytest.approx(2 * five["UNet, 5 guided steps"])
+    assert five["decode (enhanced)"] > 0 and five["reference encode"] > 0
