@@ -19,6 +19,7 @@ from flash_engine.errors import FlashError
 from flash_engine.images import check_size, fit_reference, to_model_pixels, to_uint8_frames
 from flash_engine.models.base import BaseModel
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features
+from flash_engine.runtime import to_device
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -171,22 +172,10 @@ class FlashPipeline:
         generator = torch.Generator("cpu").manual_seed(settings.seed)
         channels, height, width = reference_latent.shape[1:]
         latents = torch.randn((1, channels, frames, height, width), generator=generator, dtype=torch.float32)
-        latents = (latents * scheduler.init_noise_sigma).to(self.device, self.dtype)
-        scheduler.set_timesteps(settings.steps, device=self.device)
-        total = len(scheduler.timesteps)
-        progress("denoise", 0, total)
+        latents = to_device(latents * scheduler.init_noise_sigma, self.device, self.dtype)
         with self._on_device(unet):
-            for step, timestep in enumerate(scheduler.timesteps):
-                latents[:, :, 0] = reference_latent
-                model_input = torch.cat([latents, latents]) if guided else latents
-                model_input = scheduler.scale_model_input(model_input, timestep)
-                noise = unet(model_input, timestep, encoder_hidden_states=encoder_hidden_states).sample
-                if guided:
-                    uncond, cond = noise.chunk(2)
-                    noise = uncond + settings.guidance * (cond - uncond)
-                latents = scheduler.step(noise, timestep, latents).prev_sample
-                progress("denoise", step + 1, total)
-                check_cancel()
+            latents = self.denoise(latents, reference_latent, encoder_hidden_states, settings,
+                                   lambda step, total: progress("denoise", step, total), check_cancel)
         latents[:, :, 0] = reference_latent
         if settings.adain:
             latents = adain_latents(latents.float()).to(self.dtype)
@@ -197,6 +186,33 @@ class FlashPipeline:
         pixels_out = self.decode(latents, reference_features, progress)
         lap("decode")
         return AnimationResult(frames=to_uint8_frames(pixels_out), latents=latents.float().cpu(), timings=timings)
+
+    def denoise(self, latents: torch.Tensor, reference_latent: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                settings: AnimationSettings, progress: Callable[[int, int], None],
+                check_cancel: Callable[[], None]) -> torch.Tensor:
+        """DDIM from noise to the clip's latents, frame 0 held clean, guided when guidance > 1.
+
+        Nothing here waits for the device: the scheduler keeps its timesteps on the host (its
+        step indexes its tables with them and compares them with 0), and the UNet reads copies
+        made once, before the loop."""
+        scheduler, unet = self.base.scheduler, self.base.unet
+        guided = settings.guidance > 1.0
+        scheduler.set_timesteps(settings.steps)
+        unet_timesteps = to_device(scheduler.timesteps, self.device)
+        total = len(scheduler.timesteps)
+        progress(0, total)
+        for step, timestep in enumerate(scheduler.timesteps):
+            latents[:, :, 0] = reference_latent
+            model_input = torch.cat([latents, latents]) if guided else latents
+            model_input = scheduler.scale_model_input(model_input, timestep)
+            noise = unet(model_input, unet_timesteps[step], encoder_hidden_states=encoder_hidden_states).sample
+            if guided:
+                uncond, cond = noise.chunk(2)
+                noise = uncond + settings.guidance * (cond - uncond)
+            latents = scheduler.step(noise, timestep, latents).prev_sample
+            progress(step + 1, total)
+            check_cancel()
+        return latents
 
     def decode(self, latents: torch.Tensor, reference_features: dict, progress: ProgressFn) -> torch.Tensor:
         """(1, C, F, h, w) scaled latents → (F, 3, H, W) pixels, every frame after the first enhanced."""

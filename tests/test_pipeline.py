@@ -117,3 +117,25 @@ def test_bad_settings_are_refused(tiny_pipeline, bad, code):
     with pytest.raises(FlashError) as err:
         tiny_pipeline(draw_scene(), AnimationSettings(**values))
     assert err.value.code == code
+
+
+def test_denoising_never_waits_for_the_device():
+    """The whole DDIM loop on the meta device (see tests/devicecheck.py): no host read of a
+    device value, no blocking copy, at any step, with guidance."""
+    from flash_engine.models.tiny import build_tiny
+    from flash_engine.pipeline import FlashPipeline
+    from tests.devicecheck import HostToDeviceCopies
+
+    pipeline = FlashPipeline(build_tiny())
+    pipeline.device = torch.device("meta")
+    pipeline.base.unet.to(pipeline.device)
+    settings = AnimationSettings(prompt="p", num_frames=3, steps=4, guidance=7.5, width=64, height=64)
+    latents = torch.empty(1, 4, 3, 8, 8, device="meta")
+    text = torch.empty(2 * 3, 77, pipeline.base.unet.config.cross_attention_dim, device="meta")
+    steps = []
+    with HostToDeviceCopies() as copies:
+        out = pipeline.denoise(latents, latents[:, :, 0], text, settings, lambda step, total: steps.append(step),
+                               lambda: None)
+    assert out.device.type == "meta" and out.shape == latents.shape
+    assert steps == [0, 1, 2, 3, 4]
+    assert copies.count >= 1 and copies.blocking == []  # the timesteps, once

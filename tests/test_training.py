@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from flash_engine.errors import FlashError
 from flash_engine.training.augment import StrongAugmentConfig, apply_strong, distort, draw_strong, DistortConfig
@@ -15,6 +14,7 @@ from flash_engine.training.config import TrainConfig
 from flash_engine.training.motion_alignment import align_motion, motion_channels
 from flash_engine.training.trainer import FlashTrainer, is_trainable_unet_parameter, sample_timesteps
 from tests.clipgen import make_clips, moving_disc, write_mp4
+from tests.devicecheck import HostToDeviceCopies
 
 SMALL = dict(num_frames=6, stride=1, width=64, height=64, checkpoint_every=1000)
 
@@ -241,24 +241,6 @@ def test_resume_reaches_the_same_parameters(clips_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- no waiting on the device
-
-class HostToDeviceCopies(TorchDispatchMode):
-    """Records every copy from the host to another device, with its ``non_blocking`` flag."""
-
-    def __init__(self):
-        super().__init__()
-        self.blocking: list[str] = []
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if func is torch.ops.aten._to_copy.default and args[0].device.type == "cpu" and out.device.type != "cpu":
-            self.count += 1
-            if not kwargs.get("non_blocking"):
-                self.blocking.append(f"{tuple(args[0].shape)} {args[0].dtype}")
-        return out
-
 
 def test_training_steps_never_wait_for_the_device(clips_dir, tmp_path):
     """On the meta device every value is unknown to the host, so any read of one (loss.item(),
