@@ -9,7 +9,8 @@
 Sections (``--only`` picks some): inference (s/clip, s/step, peak memory, achieved TFLOP/s
 against this device's measured matmul rate), animatediff (diffusers' AnimateDiffPipeline on
 the same weights, steps and size: the cost of FLASH's additions), decode (stock VAE decoder vs
-Detail Enhancement Decoder, per frame), memory (bench/memory_estimate.py's tensor accounting
+Detail Enhancement Decoder, per frame), options (channels_last and torch.compile of the UNet
+against eager, compile cost apart), memory (bench/memory_estimate.py's tensor accounting
 for the same settings, beside the measured peak), precision (bf16/fp16 UNet output against fp32),
 training (a FLASH step vs a plain fine-tune step on the same data, and a decoder step),
 engine (the service's cold start to the first frame and a warm second job, via
@@ -120,6 +121,36 @@ def bench_inference(args, rows, device, dtype, pipeline):
     rows.append(("inference", "achieved TFLOP/s / measured matmul TFLOP/s",
                  f"{achieved:.3f} / {ceiling:.3f} = {achieved / ceiling:.1%}"))
     return clip_s
+
+
+def bench_options(args, rows, device, dtype):
+    """The opt-in UNet switches, each in a fresh pipeline against eager in the same run: seconds
+    per denoising step, the compile cost apart (the first clip), and agreement with eager."""
+    from PIL import Image
+
+    reference = Image.new("RGB", (args.size, args.size), (120, 140, 160))
+    settings = AnimationSettings(prompt=PROMPT, num_frames=args.frames, steps=args.steps, guidance=args.guidance,
+                                 width=args.size, height=args.size, seed=0)
+    first_clip = AnimationSettings(**{**settings.__dict__, "steps": 1})
+    eager_latents = eager_step = None
+    for label, switches in (("eager", {}), ("channels_last", {"channels_last": True}),
+                            ("torch.compile", {"compile_unet": True}),
+                            ("channels_last + torch.compile", {"channels_last": True, "compile_unet": True})):
+        pipeline = FlashPipeline(load_base(args.model), device=device, dtype=dtype, offload=args.offload, **switches)
+        first_s, _ = timed(lambda: pipeline(reference, first_clip), device)
+        _, result = timed(lambda: pipeline(reference, settings), device)
+        step_s = result.timings["denoise"] / args.steps
+        if eager_latents is None:
+            eager_latents, eager_step = result.latents, step_s
+            rows.append(("options", "eager: s per denoising step", f"{step_s:.3f}"))
+        else:
+            error = ((result.latents - eager_latents).norm() / eager_latents.norm()).item()
+            rows.append(("options", f"{label}: s per denoising step (vs eager)",
+                         f"{step_s:.3f} ({eager_step / step_s:.2f}× faster), clip latents differ by {error:.1e}"))
+        if "compile_unet" in switches:
+            rows.append(("options", f"{label}: first 1-step clip, compile included (s)", f"{first_s:.1f}"))
+        del pipeline
+        reset_peak(device)
 
 
 def bench_animatediff(args, rows, device, dtype, pipeline, flash_clip_s):
@@ -261,7 +292,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--offload", action="store_true")
     parser.add_argument("--no-warmup", action="store_true", help="skip warm-up runs (slow CPU runs)")
-    sections = ["inference", "animatediff", "decode", "memory", "precision", "training", "engine"]
+    sections = ["inference", "animatediff", "decode", "options", "memory", "precision", "training", "engine"]
     parser.add_argument("--only", nargs="+", choices=sections, default=sections)
     args = parser.parse_args()
     quiet_libraries()
@@ -283,6 +314,8 @@ def main() -> None:
         bench_animatediff(args, rows, device, dtype, pipeline, flash_clip_s)
     if "decode" in args.only:
         bench_decode(args, rows, device, pipeline)
+    if "options" in args.only:
+        bench_options(args, rows, device, dtype)
     if "memory" in args.only:
         bench_memory(args, rows, dtype)
     if "precision" in args.only:

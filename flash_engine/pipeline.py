@@ -8,6 +8,7 @@ every UNet call, so the first frame is never noised (spec: "Noise-free first fra
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,8 +21,12 @@ from flash_engine.images import check_size, fit_reference, to_model_pixels, to_u
 from flash_engine.models.base import BaseModel
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features
 from flash_engine.runtime import to_device
+from flash_engine.weights import default_weights_dir
 
 ProgressFn = Callable[[str, int, int], None]
+# FLASH's UNet, cross-frame processors included, traces as one graph: a break is a bug, and
+# one graph is what CUDA graphs ("reduce-overhead") need.
+COMPILE_OPTIONS: dict = {"fullgraph": True}
 
 
 class JobCancelled(Exception):
@@ -82,7 +87,11 @@ class FlashPipeline:
         dtype: torch.dtype = torch.float32,
         offload: bool = False,
         vae_slicing: bool = True,
+        channels_last: bool = False,
+        compile_unet: bool = False,
     ):
+        """``channels_last`` and ``compile_unet`` are off until a GPU measurement shows they pay
+        (docs/benchmarks.md); the first compiled call compiles, later processes reuse the cache."""
         self.base = base
         self.device = torch.device(device)
         self.dtype = dtype
@@ -100,6 +109,11 @@ class FlashPipeline:
         }
         for module, module_dtype in placements.items():
             module.to(device="cpu" if self.offload else self.device, dtype=module_dtype)
+        if channels_last:
+            base.unet.to(memory_format=torch.channels_last)
+        if compile_unet:
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_weights_dir().parent / "compiled"))
+            base.unet.compile(**COMPILE_OPTIONS)
 
     @property
     def max_frames(self) -> int:

@@ -38,8 +38,10 @@ def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | N
     """Copy a host tensor to ``device`` without stalling the host: on CUDA through pinned
     memory with ``non_blocking`` (a pageable copy waits for the GPU's queue to drain)."""
     if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, dtype, non_blocking=True)
-    return tensor.to(device, dtype, non_blocking=True)
+        tensor = tensor.pin_memory()  # the caching host allocator keeps it until the copy is done
+    # Non-blocking only where that is known safe: CUDA from pinned memory, and meta (no data:
+    # the device tests/devicecheck.py checks the loops on). MPS copies stay ordinary.
+    return tensor.to(device, dtype, non_blocking=device.type in ("cuda", "meta"))
 
 
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:

@@ -139,3 +139,23 @@ def test_denoising_never_waits_for_the_device():
     assert out.device.type == "meta" and out.shape == latents.shape
     assert steps == [0, 1, 2, 3, 4]
     assert copies.count >= 1 and copies.blocking == []  # the timesteps, once
+
+
+def test_channels_last_and_compiled_unet_give_the_same_clip(monkeypatch, tmp_path):
+    """The opt-in speed switches change no output; the compile is one graph (``fullgraph``:
+    a graph break in FLASH's processors fails here). ``aot_eager`` traces exactly what
+    inductor would compile, without the minute of C++ code generation."""
+    import flash_engine.pipeline as pipeline_module
+    from flash_engine.models.tiny import build_tiny
+    from flash_engine.pipeline import FlashPipeline
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(pipeline_module, "COMPILE_OPTIONS", {**pipeline_module.COMPILE_OPTIONS, "backend": "aot_eager"})
+    settings = AnimationSettings(prompt="a disc moves", num_frames=3, steps=2, width=32, height=32)
+    reference = draw_scene(32, 32)
+    eager = FlashPipeline(build_tiny())(reference, settings).latents
+    fast = FlashPipeline(build_tiny(), channels_last=True, compile_unet=True)
+    assert fast.base.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.base.unet._compiled_call_impl is not None  # nn.Module.compile took
+    latents = fast(reference, settings).latents
+    assert ((latents - eager).norm() / eager.norm()).item() < 1e-5

@@ -456,8 +456,9 @@ class DetailEnhancementDecoder(ModelMixin, ConfigMixin):
                 returned by :func:`encode_with_features` (a batch of F per-frame references is
                 also accepted).
             enhance: bool (F,), which frames get enhanced (the paper: every frame but the
-                reference itself); on the host, so choosing the frames never waits for the GPU. ``None``/all-False, or no ``reference_features``, gives
-                exactly the stock decoder output.
+                reference itself); pass it on the host, so that choosing the frames never waits
+                for the GPU. ``None``/all-False, or no ``reference_features``, gives exactly the
+                stock decoder output.
 
         Returns:
             images (F, out_channels, H, W), roughly in [-1, 1], like ``vae.decode(z).sample``.

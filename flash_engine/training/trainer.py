@@ -113,8 +113,8 @@ class FlashTrainer:
         count, frames = videos.shape[:2]
         vae = self.base.vae
         pixels = (videos.flatten(0, 1) * 2 - 1).to(self.device, vae.dtype)
-        # In bf16 like the UNet: at 512² encoding a clip costs more than a UNet forward (17.9 vs
-        # 15.7 TFLOP for 16 frames). Not in fp16, whose range the VAE can overflow.
+        # In bf16 like the UNet: at 512² encoding a 16-frame clip costs almost a UNet forward (17.9
+        # vs 19.7 TFLOP, bench/flop_budget.py). Not in fp16, whose range the VAE can overflow.
         with self._autocast() if self.autocast_dtype == torch.bfloat16 else contextlib.nullcontext():
             dist = vae.encode(pixels).latent_dist
         mean, std = dist.mean.float(), dist.std.float()
