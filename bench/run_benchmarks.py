@@ -146,7 +146,7 @@ def bench_options(args, rows, device, dtype):
         else:
             error = ((result.latents - eager_latents).norm() / eager_latents.norm()).item()
             rows.append(("options", f"{label}: s per denoising step (vs eager)",
-                         f"{step_s:.3f} ({eager_step / step_s:.2f}× faster), clip latents differ by {error:.1e}"))
+                         f"{step_s:.3f} (speed-up {eager_step / step_s:.2f}×), clip latents differ by {error:.1e}"))
         if "compile_unet" in switches:
             rows.append(("options", f"{label}: first 1-step clip, compile included (s)", f"{first_s:.1f}"))
         del pipeline
