@@ -132,7 +132,8 @@ def estimate_clip_memory(model: str, settings: MemorySettings) -> MemoryEstimate
         _, carried["features"] = encode_with_features(modules["vae"], pixels, decoder.enhanced_levels)
 
     def denoise(_tracker):
-        latents = torch.empty((1, 4, frames, latent_h, latent_w), dtype=dtype, device=META)
+        channels = modules["unet"].config.in_channels
+        latents = torch.empty((1, channels, frames, latent_h, latent_w), dtype=dtype, device=META)
         model_input = torch.cat([latents] * batch)
         timestep = torch.full((), 500, dtype=torch.long, device=META)
         noise = modules["unet"](model_input, timestep, encoder_hidden_states=carried["text"]).sample
@@ -162,16 +163,6 @@ def estimate_clip_memory(model: str, settings: MemorySettings) -> MemoryEstimate
     return MemoryEstimate(settings, weights, phases)
 
 
-def table(model: str, grid: list[MemorySettings]) -> list[str]:
-    lines = ["| settings | weights on the GPU (GiB) | peak phase | estimated peak (GiB) |", "|---|---|---|---|"]
-    for settings in grid:
-        estimate = estimate_clip_memory(model, settings)
-        resident = sum(estimate.weights.values()) if not settings.offload else max(estimate.weights.values())
-        lines.append(f"| {settings.label} | {resident / GIB:.2f} | {estimate.peak_phase} | {estimate.peak / GIB:.2f} |")
-        print(lines[-1], flush=True)
-    return lines
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sd15-random", help="tiny, sd15-random or a weights folder")
@@ -184,8 +175,13 @@ def main() -> None:
             for frames in args.frames for size in args.size for precision in args.precision
             for offload in (False, True)]
     print(f"# {args.model}: estimated peak GPU memory per clip (tensor accounting, fused attention)\n")
-    print("| settings | weights on the GPU (GiB) | peak phase | estimated peak (GiB) |\n|---|---|---|---|", flush=True)
-    table(args.model, grid)
+    print("| settings | weights on the GPU, most at once (GiB) | peak phase | estimated peak (GiB) |\n"
+          "|---|---|---|---|", flush=True)
+    for settings in grid:
+        estimate = estimate_clip_memory(args.model, settings)
+        resident = max(estimate.weights.values()) if settings.offload else sum(estimate.weights.values())
+        print(f"| {settings.label} | {resident / GIB:.2f} | {estimate.peak_phase} | {estimate.peak / GIB:.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

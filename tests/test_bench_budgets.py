@@ -57,7 +57,8 @@ def test_attention_is_modelled_as_a_fused_kernel(monkeypatch):
     monkeypatch.setattr(memory_estimate, "fused_attention_model", contextlib.nullcontext)
     math_path = estimate_clip_memory("tiny", settings)
     tokens = (256 // 8) ** 2  # latent tokens per frame at the UNet's first level
-    one_score_matrix = 2 * settings.frames * tokens * (2 * tokens) * torch.bfloat16.itemsize  # CFG batch, 2 frames of keys
+    # one head's scores: CFG batch × frames × queries × keys from two frames, in bf16
+    one_score_matrix = 2 * settings.frames * tokens * (2 * tokens) * torch.bfloat16.itemsize
     assert math_path.phases["denoise"] - fused.phases["denoise"] >= one_score_matrix
 
 
