@@ -65,13 +65,13 @@ class MemorySettings:
     height: int = 512
     precision: str = "bf16"
     offload: bool = False
-    vae_slicing: bool = True
+    decode_chunk: int = 1
     guided: bool = True
 
     @property
     def label(self) -> str:
         return (f"{self.frames}×{self.width}×{self.height} {self.precision}"
-                f"{' offload' if self.offload else ''}{'' if self.vae_slicing else ' no-slicing'}")
+                f"{' offload' if self.offload else ''}{f' decode {self.decode_chunk} at once' if self.decode_chunk > 1 else ''}")
 
 
 @dataclass
@@ -141,7 +141,7 @@ def estimate_clip_memory(model: str, settings: MemorySettings) -> MemoryEstimate
 
     def decode(tracker):
         video = carried["latents"][0].transpose(0, 1).to(vae_dtype)
-        chunk = 1 if settings.vae_slicing else frames
+        chunk = settings.decode_chunk
         enhance = torch.arange(frames) > 0
         for start in range(0, frames, chunk):
             tracker.reset_mod_stats()  # per-module stats only; the device's peak stays

@@ -133,9 +133,12 @@ def bench_options(args, rows, device, dtype):
                                  width=args.size, height=args.size, seed=0)
     first_clip = AnimationSettings(**{**settings.__dict__, "steps": 1})
     eager_latents = eager_step = None
-    for label, switches in (("eager", {}), ("channels_last", {"channels_last": True}),
-                            ("torch.compile", {"compile_unet": True}),
-                            ("channels_last + torch.compile", {"channels_last": True, "compile_unet": True})):
+    variants = [("eager", {}), ("channels_last", {"channels_last": True}), ("torch.compile", {"compile_unet": True}),
+                ("channels_last + torch.compile", {"channels_last": True, "compile_unet": True})]
+    if device.type == "cuda":  # CUDA graphs: the UNet is one graph of static shapes
+        variants.append(("channels_last + torch.compile, CUDA graphs",
+                         {"channels_last": True, "compile_unet": "reduce-overhead"}))
+    for label, switches in variants:
         pipeline = FlashPipeline(load_base(args.model), device=device, dtype=dtype, offload=args.offload, **switches)
         first_s, _ = timed(lambda: pipeline(reference, first_clip), device)
         _, result = timed(lambda: pipeline(reference, settings), device)
@@ -147,7 +150,7 @@ def bench_options(args, rows, device, dtype):
             error = ((result.latents - eager_latents).norm() / eager_latents.norm()).item()
             rows.append(("options", f"{label}: s per denoising step (vs eager)",
                          f"{step_s:.3f} (speed-up {eager_step / step_s:.2f}×), clip latents differ by {error:.1e}"))
-        if "compile_unet" in switches:
+        if switches.get("compile_unet"):
             rows.append(("options", f"{label}: first 1-step clip, compile included (s)", f"{first_s:.1f}"))
         del pipeline
         reset_peak(device)
@@ -196,6 +199,16 @@ def bench_decode(args, rows, device, pipeline):
     rows.append(("decode", "stock VAE decoder, s per frame", f"{stock_s / frames:.3f}"))
     rows.append(("decode", "Detail Enhancement Decoder, s per frame", f"{ded_s / frames:.3f}"))
     rows.append(("decode", "DED / stock", f"{ded_s / stock_s:.3f}"))
+    # The pipeline's decode of a whole clip per chunk size: bigger chunks, fewer and larger calls
+    # (faster where launches matter) for more memory (the memory section estimates it).
+    clip = torch.randn(1, vae.config.latent_channels, args.frames, latent_size, latent_size, device=device)
+    for chunk in dict.fromkeys([1, 4, args.frames]):
+        pipeline.decode_chunk = chunk
+        with torch.no_grad():
+            seconds, _ = timed(lambda: pipeline.decode(clip, features, lambda *_: None), device)
+        rows.append(("decode", f"{args.frames}-frame clip, {chunk} frame(s) per decoder call, s",
+                     f"{seconds:.2f}"))
+    pipeline.decode_chunk = 1
 
 
 def bench_training(args, rows, device):
@@ -252,9 +265,9 @@ def bench_memory(args, rows, dtype):
     measured inference peak: on a GPU the two should agree to within the allocator's slack."""
     from bench.memory_estimate import MemorySettings, estimate_clip_memory
 
-    for offload in dict.fromkeys([args.offload, not args.offload]):
-        settings = MemorySettings(frames=args.frames, width=args.size, height=args.size,
-                                  precision=precision_name(dtype), offload=offload, guided=args.guidance > 1)
+    for offload, chunk in dict.fromkeys([(args.offload, 1), (not args.offload, 1), (args.offload, args.frames)]):
+        settings = MemorySettings(frames=args.frames, width=args.size, height=args.size, precision=precision_name(dtype),
+                                  offload=offload, guided=args.guidance > 1, decode_chunk=chunk)
         estimate = estimate_clip_memory(args.model, settings)
         rows.append(("memory", f"estimated peak, {settings.label} (tensor accounting)",
                      f"{estimate.peak / 2**30:.2f} GiB ({estimate.peak_phase})"))

@@ -86,19 +86,21 @@ class FlashPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         offload: bool = False,
-        vae_slicing: bool = True,
+        decode_chunk: int = 1,
         channels_last: bool = False,
-        compile_unet: bool = False,
+        compile_unet: bool | str = False,
     ):
-        """``channels_last`` and ``compile_unet`` are off until a GPU measurement shows they pay
-        (docs/benchmarks.md); the first compiled call compiles, later processes reuse the cache."""
+        """``decode_chunk``: frames per decoder call (1 needs the least memory). ``channels_last``
+        and ``compile_unet`` (True, or a ``torch.compile`` mode such as ``"reduce-overhead"``
+        for CUDA graphs) are off until a GPU measurement shows they pay (docs/benchmarks.md);
+        the first compiled call compiles, later processes reuse the cache."""
         self.base = base
         self.device = torch.device(device)
         self.dtype = dtype
         # fp16 VAEs overflow on bright images; bf16 and fp32 are safe.
         self.vae_dtype = torch.float32 if dtype == torch.float16 else dtype
         self.offload = offload and self.device.type != "cpu"
-        self.vae_slicing = vae_slicing
+        self.decode_chunk = decode_chunk
         self.decoder = decoder if decoder is not None else DetailEnhancementDecoder.from_vae(base.vae)
         self.decoder.requires_grad_(False).eval()
         placements = {
@@ -113,7 +115,8 @@ class FlashPipeline:
             base.unet.to(memory_format=torch.channels_last)
         if compile_unet:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_weights_dir().parent / "compiled"))
-            base.unet.compile(**COMPILE_OPTIONS)
+            mode = {"mode": compile_unet} if isinstance(compile_unet, str) else {}
+            base.unet.compile(**COMPILE_OPTIONS, **mode)
 
     @property
     def max_frames(self) -> int:
@@ -233,11 +236,10 @@ class FlashPipeline:
         frames = latents.shape[2]
         video = latents[0].transpose(0, 1).to(self.vae_dtype) / self.base.vae.config.scaling_factor
         enhance = torch.arange(frames) > 0
-        chunk = 1 if self.vae_slicing else frames
         outputs = []
         with self._on_device(self.decoder):
-            for start in range(0, frames, chunk):
-                stop = min(frames, start + chunk)
+            for start in range(0, frames, self.decode_chunk):
+                stop = min(frames, start + self.decode_chunk)
                 outputs.append(self.decoder(video[start:stop], reference_features, enhance[start:stop]).float().cpu())
                 progress("decode", stop, frames)
         return torch.cat(outputs)

@@ -159,3 +159,24 @@ def test_channels_last_and_compiled_unet_give_the_same_clip(monkeypatch, tmp_pat
     assert fast.base.unet._compiled_call_impl is not None  # nn.Module.compile took
     latents = fast(reference, settings).latents
     assert ((latents - eager).norm() / eager.norm()).item() < 1e-5
+
+
+def test_decode_chunks_change_memory_not_pixels(tiny_pipeline):
+    """Frames decode independently given the reference, so any chunking gives the same clip."""
+    latents = torch.randn(1, 4, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    from flash_engine.models.decoder import encode_with_features
+
+    _, features = encode_with_features(tiny_pipeline.base.vae, torch.rand(1, 3, 32, 32) * 2 - 1,
+                                       tiny_pipeline.decoder.enhanced_levels)
+    decoded, reports = {}, {}
+    try:
+        for chunk in (1, 2, 5):
+            tiny_pipeline.decode_chunk = chunk
+            reports[chunk] = []
+            with torch.no_grad():
+                decoded[chunk] = tiny_pipeline.decode(latents, features,
+                                                      lambda phase, step, total: reports[chunk].append(step))
+    finally:
+        tiny_pipeline.decode_chunk = 1
+    assert torch.allclose(decoded[1], decoded[2], atol=1e-5) and torch.allclose(decoded[1], decoded[5], atol=1e-5)
+    assert reports == {1: [1, 2, 3, 4, 5], 2: [2, 4, 5], 5: [5]}
