@@ -281,7 +281,11 @@ def _training_module():
 def prepare_train(engine: Engine, args: dict, report=None):
     training_job = _training_module()
     request_class = training_job.TrainRequest
-    if hasattr(request_class, "__dataclass_fields__"):
+    # The serve command line's model, device and precision are training's defaults too, so a
+    # trained action matches the base that animate uses (offload has no meaning for training).
+    fields = getattr(request_class, "__dataclass_fields__", {})
+    args = {name: value for name, value in engine.with_defaults(args).items() if name in args or name in fields}
+    if fields:
         check_argument_types(request_class, args)
     return training_job.resolve_train(request_class.from_dict(args), report=report or (lambda line: None))
 

@@ -183,7 +183,7 @@ def test_train_then_animate_with_the_new_action(engine, reference, tmp_path):
     events = []
     trained = engine.train({"clips": [str(clips)], "action": "disc", "prompt": "a disc is moving.",
                             "out": str(tmp_path / "disc"), "steps": 2, "decoder_steps": 1, "resolution": "64",
-                            "frames": 6, "stride": 1, "model": "tiny"},  # serve's --model is not a train default
+                            "frames": 6, "stride": 1},  # serve's --model tiny is the default: animate's base
                            timeout=300, on_event=events.append)
     assert Path(trained["action"]) == tmp_path / "disc" and (tmp_path / "disc" / "action.toml").is_file()
     steps = [e for e in events if e["type"] == "progress" and e["phase"] == "unet"]
@@ -191,6 +191,19 @@ def test_train_then_animate_with_the_new_action(engine, reference, tmp_path):
     result = engine.animate(clip(reference, tmp_path / "with-action", weights=str(tmp_path / "disc"), prompt=None),
                             timeout=300)
     assert result["metadata"]["action"]["base_model_only"] is False
+
+
+def test_serve_defaults_reach_training_requests(tmp_path):
+    from flash_engine.server import Engine, prepare_train
+    from tests.clipgen import make_clips
+
+    clips = make_clips(tmp_path / "clips", count=1, frames=8)
+    args = {"clips": [str(clips)], "action": "disc", "prompt": "a disc", "out": str(tmp_path / "disc"), "frames": 6,
+            "stride": 1}
+    engine = Engine({"model": "tiny", "device": "cpu", "precision": "fp32", "offload": True})
+    job = prepare_train(engine, args)
+    assert job.model == "tiny" and (job.request.device, job.request.precision) == ("cpu", "fp32")
+    assert prepare_train(engine, {**args, "model": "sd15-random"}).model == "sd15-random"  # a request's own wins
 
 
 def test_kill_9_mid_job_is_reported_and_a_restart_works(reference, tmp_path):
