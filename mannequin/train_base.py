@@ -303,29 +303,6 @@ def to_pixels(frames) -> "torch.Tensor":
 
 # ====================================================================== checkpoints
 
-def pack_optimizer(optimizer, prefix: str, tensors: dict) -> list:
-    import torch
-
-    state = optimizer.state_dict()
-    for index, slots in state["state"].items():
-        for slot, value in slots.items():
-            tensors[f"{prefix}.{index}.{slot}"] = torch.as_tensor(value).detach().cpu().clone()
-    return state["param_groups"]
-
-
-def unpack_optimizer(optimizer, prefix: str, tensors: dict, groups: list) -> None:
-    state: dict = {}
-    for key, value in tensors.items():
-        if key.startswith(prefix + "."):
-            index, slot = key[len(prefix) + 1:].split(".", 1)
-            state.setdefault(int(index), {})[slot] = value
-    groups = [dict(group) for group in groups]
-    for group in groups:
-        if "betas" in group:
-            group["betas"] = tuple(group["betas"])
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
 def save_checkpoint(folder: Path, step: int, tensors: dict, meta: dict) -> None:
     """``checkpoint-<step>.safetensors`` + ``checkpoint.json`` (replaced atomically, last)."""
     from safetensors.torch import save_file
@@ -376,7 +353,37 @@ def vae_loss(vae, pixels, generator, config: BaseConfig) -> tuple["torch.Tensor"
                   "kl": float(kl.detach())}
 
 
-class VaeStage:
+class CheckpointedStage:
+    """What a stage's checkpoint holds: its parameters (and EMA copies, if it keeps them), its
+    optimizer, its generator and its counters. Subclasses set those attributes."""
+
+    ema: dict | None = None
+
+    def checkpoint_tensors(self) -> tuple[dict, dict]:
+        from flash_engine.training.checkpoint import optimizer_tensors
+
+        tensors = {f"param.{k}": v for k, v in self.params.items()}
+        tensors.update({f"ema.{k}": v for k, v in (self.ema or {}).items()})
+        groups = optimizer_tensors(self.optimizer, "optim", tensors)
+        tensors["rng"] = self.generator.get_state()
+        return tensors, {"optimizer": groups}
+
+    def restore(self, meta: dict, tensors: dict) -> None:
+        import torch
+
+        from flash_engine.training.checkpoint import load_optimizer
+
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(tensors[f"param.{name}"])
+            for name, average in (self.ema or {}).items():
+                average.copy_(tensors[f"ema.{name}"])
+        load_optimizer(self.optimizer, "optim", tensors, meta["optimizer"])
+        self.generator.set_state(tensors["rng"])
+        self.step, self.losses, self.elapsed = meta["step"], meta["losses"], meta["elapsed_s"]
+
+
+class VaeStage(CheckpointedStage):
     name = "vae"
 
     def __init__(self, config: BaseConfig, vae, frames: np.ndarray | None):
@@ -429,22 +436,6 @@ class VaeStage:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return float(loss.detach())
-
-    def checkpoint_tensors(self) -> tuple[dict, dict]:
-        tensors = {f"param.{k}": v for k, v in self.params.items()}
-        groups = pack_optimizer(self.optimizer, "optim", tensors)
-        tensors["rng"] = self.generator.get_state()
-        return tensors, {"optimizer": groups}
-
-    def restore(self, meta: dict, tensors: dict) -> None:
-        import torch
-
-        with torch.no_grad():
-            for name, param in self.params.items():
-                param.copy_(tensors[f"param.{name}"])
-        unpack_optimizer(self.optimizer, "optim", tensors, meta["optimizer"])
-        self.generator.set_state(tensors["rng"])
-        self.step, self.losses, self.elapsed = meta["step"], meta["losses"], meta["elapsed_s"]
 
 
 def latent_scale(vae, frames: np.ndarray, count: int, seed: int) -> float:
@@ -506,7 +497,7 @@ def unet_loss(unet, text_encoder, scheduler, batch: dict) -> "torch.Tensor":
     return F.mse_loss(prediction[:, :, 1:].float(), noise[:, :, 1:].float())
 
 
-class UnetStage:
+class UnetStage(CheckpointedStage):
     name = "unet"
 
     def __init__(self, config: BaseConfig, base, latent_mean, latent_std, action_ids: np.ndarray):
@@ -566,24 +557,6 @@ class UnetStage:
             torch._foreach_lerp_(list(self.ema.values()), [p.detach() for p in self.params.values()], 1 - decay)
         self.step += 1
         return float(loss.detach())
-
-    def checkpoint_tensors(self) -> tuple[dict, dict]:
-        tensors = {f"param.{k}": v for k, v in self.params.items()}
-        tensors.update({f"ema.{k}": v for k, v in self.ema.items()})
-        groups = pack_optimizer(self.optimizer, "optim", tensors)
-        tensors["rng"] = self.generator.get_state()
-        return tensors, {"optimizer": groups}
-
-    def restore(self, meta: dict, tensors: dict) -> None:
-        import torch
-
-        with torch.no_grad():
-            for name, param in self.params.items():
-                param.copy_(tensors[f"param.{name}"])
-                self.ema[name].copy_(tensors[f"ema.{name}"])
-        unpack_optimizer(self.optimizer, "optim", tensors, meta["optimizer"])
-        self.generator.set_state(tensors["rng"])
-        self.step, self.losses, self.elapsed = meta["step"], meta["losses"], meta["elapsed_s"]
 
     def use_ema(self) -> None:
         import torch

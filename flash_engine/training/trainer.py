@@ -25,6 +25,7 @@ from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_fe
 from flash_engine.pipeline import JobCancelled
 from flash_engine.runtime import to_device
 from flash_engine.training.augment import distort, flip_and_crop, strong_augment
+from flash_engine.training.checkpoint import load_optimizer, optimizer_tensors
 from flash_engine.training.clips import Clip, sample_frames
 from flash_engine.training.config import TrainConfig
 from flash_engine.training.motion_alignment import install_motion_alignment
@@ -242,13 +243,8 @@ class FlashTrainer:
         tensors = {f"unet.{k}": v for k, v in self.unet_state().items()}
         tensors.update({f"decoder.{k}": v.detach().cpu() for k, v in self.decoder_params.items()})
         tensors["rng.generator"] = self.generator.get_state()
-        optimizers = {}
-        for name, optimizer in (("unet", self.unet_optimizer), ("decoder", self.decoder_optimizer)):
-            state = optimizer.state_dict()
-            for index, slots in state["state"].items():
-                for slot, value in slots.items():
-                    tensors[f"optim.{name}.{index}.{slot}"] = torch.as_tensor(value).detach().cpu()
-            optimizers[name] = state["param_groups"]
+        optimizers = {name: optimizer_tensors(optimizer, f"optim.{name}", tensors)
+                      for name, optimizer in (("unet", self.unet_optimizer), ("decoder", self.decoder_optimizer))}
         tensor_file = f"checkpoint-{self.phase}-{self.step}.safetensors"
         save_file({k: v.contiguous() for k, v in tensors.items()}, self.work_dir / tensor_file)
         meta = {"tensors": tensor_file, "phase": self.phase, "step": self.step, "losses": self.losses,
@@ -271,16 +267,7 @@ class FlashTrainer:
                 param.copy_(tensors[f"decoder.{name}"])
         self.generator.set_state(tensors["rng.generator"])
         for name, optimizer in (("unet", self.unet_optimizer), ("decoder", self.decoder_optimizer)):
-            state: dict = {}
-            prefix = f"optim.{name}."
-            for key, value in tensors.items():
-                if key.startswith(prefix):
-                    index, slot = key[len(prefix):].split(".", 1)
-                    state.setdefault(int(index), {})[slot] = value  # load_state_dict places it
-            groups = meta["optimizers"][name]
-            for group in groups:
-                group["betas"] = tuple(group["betas"])
-            optimizer.load_state_dict({"state": state, "param_groups": groups})
+            load_optimizer(optimizer, f"optim.{name}", tensors, meta["optimizers"][name])
         self.phase, self.step, self.losses = meta["phase"], meta["step"], meta["losses"]
         return meta
 
