@@ -24,7 +24,11 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
                                 reason="needs the bpy 5.0.1 wheel (the test extra)")
 
 REPO = Path(__file__).resolve().parent.parent
-MODULE = "bl_ext.user_default.flash_previs"
+sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
+from tests.blender_harness import (  # noqa: E402
+    MODULE, Drawer, Layout, build_extension_zip, isolated_env, layout_problems,
+)
+
 SMALL = {"frames": 3, "steps": 2, "long_side": 64}  # 64x48 from the 4:3 shot: a second per job
 
 
@@ -32,29 +36,13 @@ SMALL = {"frames": 3, "steps": 2, "long_side": 64}  # 64x48 from the 4:3 shot: a
 # pytest side
 
 
-def _isolated_env(tmp: Path) -> dict:
-    env = dict(os.environ)
-    for name in ("BLENDER_USER_CONFIG", "BLENDER_USER_SCRIPTS", "BLENDER_USER_DATAFILES",
-                 "BLENDER_USER_EXTENSIONS"):
-        env.pop(name, None)
-    env["BLENDER_USER_RESOURCES"] = str(tmp / "blender-user")  # nothing touches ~/.config/blender
-    env["FLASH_WEIGHTS_DIR"] = str(tmp / "no-weights")
-    env.pop("FLASH_MODEL", None)
-    return env
-
-
 @pytest.fixture(scope="module")
 def record(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("blender")
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        from build_extension import build
-    finally:
-        sys.path.remove(str(REPO / "tools"))
-    zip_path = build(tmp / "dist")
+    zip_path = build_extension_zip(tmp / "dist")
     out = tmp / "record.json"
     proc = subprocess.run([sys.executable, __file__, str(zip_path), str(tmp / "work"), str(out)],
-                          env=_isolated_env(tmp), cwd=tmp, capture_output=True, text=True, timeout=600)
+                          env=isolated_env(tmp), cwd=tmp, capture_output=True, text=True, timeout=600)
     log = proc.stdout[-6000:] + proc.stderr[-6000:]
     assert out.is_file(), f"the Blender scenario wrote no record (exit {proc.returncode}):\n{log}"
     data = json.loads(out.read_text())
@@ -191,54 +179,16 @@ def test_disabling_ends_the_engine_and_leaves_nothing_registered(record):
 # Blender side (runs as a script with the bpy module)
 
 
-class Layout:
-    """Stands in for UILayout (background mode draws nothing): records calls, returns itself."""
-
-    def __init__(self, calls):
-        self.__dict__["calls"] = calls
-
-    def __getattr__(self, name):
-        def method(*args, **kwargs):
-            self.calls.append((name, args, kwargs))
-            return self
-        return method
-
-    def __setattr__(self, name, value):
-        pass  # use_property_split, scale_y, ...
-
-
 def check_drawing(bpy, addon, prefs) -> list[str]:  # pragma: no cover - runs in Blender
     """Draw the panels and preferences in several states; returns what would fail in a real
     layout: unknown properties, operators, icons."""
-    icons = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
-    progress_types = set(bpy.types.UILayout.bl_rna.functions["progress"].parameters["type"].enum_items.keys())
     panels, progress = addon("panels"), addon("progress")
     status, problems = progress.STATUS, []
-
-    class Drawer:  # ``self`` for a draw function: our layout, the rest from the real owner
-        def __init__(self, layout, owner):
-            self.layout, self.owner = layout, owner
-
-        def __getattr__(self, name):
-            return getattr(self.owner, name)
 
     def draw(function, owner):
         calls: list = []
         function(Drawer(Layout(calls), owner), bpy.context)
-        for name, args, kwargs in calls:
-            icon = kwargs.get("icon")
-            if icon and icon not in icons:
-                problems.append(f"{function.__qualname__}: unknown icon {icon}")
-            if name == "prop" and args[1] not in args[0].bl_rna.properties:
-                problems.append(f"{function.__qualname__}: unknown property {args[1]}")
-            if name == "operator":
-                group, op = args[0].split(".")
-                try:
-                    getattr(getattr(bpy.ops, group), op).get_rna_type()
-                except (AttributeError, KeyError):
-                    problems.append(f"{function.__qualname__}: unknown operator {args[0]}")
-            if name == "progress" and kwargs.get("type") not in progress_types:
-                problems.append(f"{function.__qualname__}: bad progress type")
+        problems.extend(layout_problems(bpy, calls, where=function.__qualname__))
         return calls
 
     def both_panels():

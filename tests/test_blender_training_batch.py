@@ -31,7 +31,11 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
                                 reason="needs the bpy 5.0.1 wheel (the test extra)")
 
 REPO = Path(__file__).resolve().parent.parent
-MODULE = "bl_ext.user_default.flash_previs"
+sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
+from tests.blender_harness import (  # noqa: E402
+    MODULE, Drawer, Layout, build_extension_zip, isolated_env, layout_problems,
+)
+
 SMALL = {"frames": 3, "steps": 1, "long_side": 64}
 TRAIN = {"steps": 2, "decoder_steps": 1, "resolution": 64, "frames": 4, "stride": 1}
 BROKEN = b"this is not a video, whatever its name says\n" * 4
@@ -39,17 +43,6 @@ BROKEN = b"this is not a video, whatever its name says\n" * 4
 
 # ---------------------------------------------------------------------------------------
 # pytest side
-
-
-def _isolated_env(tmp: Path) -> dict:
-    env = dict(os.environ)
-    for name in ("BLENDER_USER_CONFIG", "BLENDER_USER_SCRIPTS", "BLENDER_USER_DATAFILES",
-                 "BLENDER_USER_EXTENSIONS"):
-        env.pop(name, None)
-    env["BLENDER_USER_RESOURCES"] = str(tmp / "blender-user")  # nothing touches ~/.config/blender
-    env["FLASH_WEIGHTS_DIR"] = str(tmp / "no-weights")
-    env.pop("FLASH_MODEL", None)
-    return env
 
 
 def _run(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
@@ -62,16 +55,11 @@ def world(tmp_path_factory) -> dict:
     from tests.clipgen import make_clips
 
     tmp = tmp_path_factory.mktemp("blender-train")
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        from build_extension import build
-    finally:
-        sys.path.remove(str(REPO / "tools"))
-    zip_path = build(tmp / "dist")
+    zip_path = build_extension_zip(tmp / "dist")
     clips = make_clips(tmp / "clips", count=3, frames=8)  # clip0.mp4, clip1/ (frames), clip2.mp4
     (clips / "broken.mp4").write_bytes(BROKEN)
     (clips / "notes.txt").write_text("not a clip\n")
-    env, work = _isolated_env(tmp), tmp / "work"
+    env, work = isolated_env(tmp), tmp / "work"
     out = tmp / "record.json"
     proc = _run(["scenario", zip_path, work, out, clips], env, tmp)
     log = proc.stdout[-8000:] + proc.stderr[-6000:]
@@ -225,40 +213,6 @@ def test_a_batch_with_a_bad_shot_reports_it_exits_1_and_keeps_the_good_one(world
 
 # ---------------------------------------------------------------------------------------
 # Blender side
-
-
-class Layout:
-    """Stands in for UILayout (background mode draws nothing): records calls, returns itself."""
-
-    def __init__(self, calls):
-        self.__dict__["calls"] = calls
-
-    def __getattr__(self, name):
-        def method(*args, **kwargs):
-            self.calls.append((name, args, kwargs))
-            return self
-        return method
-
-    def __setattr__(self, name, value):
-        pass
-
-
-def draw_problems(bpy, calls) -> list[str]:  # pragma: no cover - runs in Blender
-    icons = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
-    problems = []
-    for name, args, kwargs in calls:
-        icon = kwargs.get("icon")
-        if icon and icon not in icons:
-            problems.append(f"unknown icon {icon}")
-        if name == "prop" and args[1] not in args[0].bl_rna.properties:
-            problems.append(f"unknown property {args[1]}")
-        if name == "operator":
-            group, op = args[0].split(".")
-            try:
-                getattr(getattr(bpy.ops, group), op).get_rna_type()
-            except (AttributeError, KeyError):
-                problems.append(f"unknown operator {args[0]}")
-    return problems
 
 
 def emulate_blender(argv: list[str]) -> None:  # pragma: no cover - runs in Blender
@@ -477,17 +431,10 @@ def scenario(zip_path: str, work: str, out: str, clips: str) -> None:  # pragma:
 
         # 3. the preferences draw: idle (files chosen), while training, with both lists
         prefs.train_source = 'FILES'
-        class Drawer:  # ``self`` for a draw function: our layout, the rest from the real owner
-            def __init__(self, layout, owner):
-                self.layout, self.owner = layout, owner
-
-            def __getattr__(self, name):
-                return getattr(self.owner, name)
-
         calls: list = []
         type(prefs).draw(Drawer(Layout(calls), prefs), bpy.context)
         idle_labels = [kw.get("text", "") for name, _, kw in calls if name == "label"]
-        problems = draw_problems(bpy, calls)
+        problems = layout_problems(bpy, calls)
         fake = addon("training").TrainJob.__new__(addon("training").TrainJob)
         fake.state, fake.meta = "running", {"name": "Disc Roll", "folder": "x"}
         fake.progress = addon("training").TrainProgress("unet", 3, 20, 42.0, 0.125, 20, 10)
@@ -498,10 +445,10 @@ def scenario(zip_path: str, work: str, out: str, clips: str) -> None:  # pragma:
                                                                "config": {"steps": 5, "decoder_steps": 3}}))
         calls = []
         type(prefs).draw(Drawer(Layout(calls), prefs), bpy.context)
-        problems += draw_problems(bpy, calls)
+        problems += layout_problems(bpy, calls)
         panel_calls: list = []
         addon("panels").FLASH_PT_animate.draw(Drawer(Layout(panel_calls), None), bpy.context)
-        problems += draw_problems(bpy, panel_calls)
+        problems += layout_problems(bpy, panel_calls)
         status.training = None
         work_fake.joinpath("checkpoint.json").unlink()
         work_fake.rmdir()

@@ -1,0 +1,84 @@
+"""What the Blender tests share, on both of their sides: on the pytest side an isolated
+Blender user directory and the built extension zip; on the Blender side (the test files run
+as scripts in a bpy process) a stand-in UILayout whose recorded calls are checked against
+Blender's own RNA, since background mode draws nothing."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MODULE = "bl_ext.user_default.flash_previs"  # the installed extension's module name
+
+
+def isolated_env(tmp: Path) -> dict:
+    """The environment for a Blender process that touches nothing of the user's."""
+    env = dict(os.environ)
+    for name in ("BLENDER_USER_CONFIG", "BLENDER_USER_SCRIPTS", "BLENDER_USER_DATAFILES",
+                 "BLENDER_USER_EXTENSIONS"):
+        env.pop(name, None)
+    env["BLENDER_USER_RESOURCES"] = str(tmp / "blender-user")  # nothing touches ~/.config/blender
+    env["FLASH_WEIGHTS_DIR"] = str(tmp / "no-weights")
+    env.pop("FLASH_MODEL", None)
+    return env
+
+
+def build_extension_zip(dest: Path) -> Path:
+    """The installable zip, built by tools/build_extension.py as users get it."""
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        from build_extension import build
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    return build(dest)
+
+
+class Layout:
+    """Stands in for UILayout: records calls, returns itself."""
+
+    def __init__(self, calls):
+        self.__dict__["calls"] = calls
+
+    def __getattr__(self, name):
+        def method(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return self
+        return method
+
+    def __setattr__(self, name, value):
+        pass  # use_property_split, scale_y, ...
+
+
+class Drawer:
+    """``self`` for a draw function: our layout, everything else from the real owner."""
+
+    def __init__(self, layout, owner):
+        self.layout, self.owner = layout, owner
+
+    def __getattr__(self, name):
+        return getattr(self.owner, name)
+
+
+def layout_problems(bpy, calls, where: str = "") -> list[str]:  # pragma: no cover - runs in Blender
+    """What a real layout would reject: unknown icons, properties, operators, progress types."""
+    icons = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
+    progress_types = set(bpy.types.UILayout.bl_rna.functions["progress"].parameters["type"].enum_items.keys())
+    prefix = f"{where}: " if where else ""
+    problems = []
+    for name, args, kwargs in calls:
+        icon = kwargs.get("icon")
+        if icon and icon not in icons:
+            problems.append(f"{prefix}unknown icon {icon}")
+        if name == "prop" and args[1] not in args[0].bl_rna.properties:
+            problems.append(f"{prefix}unknown property {args[1]}")
+        if name == "operator":
+            group, op = args[0].split(".")
+            try:
+                getattr(getattr(bpy.ops, group), op).get_rna_type()
+            except (AttributeError, KeyError):
+                problems.append(f"{prefix}unknown operator {args[0]}")
+        if name == "progress" and kwargs.get("type") not in progress_types:
+            problems.append(f"{prefix}bad progress type")
+    return problems
