@@ -22,7 +22,8 @@ from flash_blender.catalog import Catalog, read_trained_action
 from flash_blender.engine import EngineConfig, EngineGone, EngineManager, serve_args
 from flash_blender.installer import SetupRun, child_environment, setup_command
 from flash_blender.progress import AnimateJob, Progress, format_eta, one_line
-from flash_engine.client import EngineDeath, EngineDied, EngineError, JobState
+from flash_engine.client import EngineError
+from tests.fake_client import FakeClient
 from flash_engine.presets import PRESETS_DIR, load_preset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -319,56 +320,6 @@ def test_progress_text_and_overall_factor():
     assert Progress("mystery", 1, 2).text == "Mystery 1/2"
     assert format_eta(None) == "" and format_eta(75) == "1:15" and format_eta(3725) == "1:02:05"
     assert one_line(EngineError("out of memory", "try fewer frames")) == "out of memory (try fewer frames)"
-
-
-class FakeClient:
-    """EngineClient's polling API, driven by the test."""
-
-    def __init__(self, config=None):
-        self.config, self.alive, self.pid, self.death = config, False, 4242, None
-        self.hello_info = {"device": "cpu"}
-        self.jobs: dict[str, JobState] = {}
-        self.events: list[dict] = []
-        self.submitted, self.cancelled, self.closed = [], [], 0
-        self.start_delay, self.start_error = 0.0, None
-
-    def start(self, timeout=None):
-        time.sleep(self.start_delay)
-        if self.start_error:
-            raise self.start_error
-        self.alive = True
-
-    def submit(self, kind, args):
-        job_id = f"c{len(self.jobs) + 1}"
-        self.jobs[job_id] = JobState(id=job_id, type=kind)
-        self.submitted.append((kind, args))
-        return job_id
-
-    def poll_events(self, timeout=0.0):
-        events, self.events = self.events, []
-        return events
-
-    def job(self, job_id):
-        return self.jobs[job_id]
-
-    def cancel(self, job_id, timeout=None):
-        self.cancelled.append(job_id)
-        state = self.jobs[job_id]
-        state.state, state.error = "cancelled", EngineError("job cancelled", code="cancelled")
-
-    def close(self, timeout=None):
-        self.closed += 1
-        self.alive = False
-
-    def kill(self):
-        self.alive = False
-
-    def die(self):
-        self.alive = False
-        self.death = EngineDeath(-9, "SIGKILL", ("loading",), expected=False)
-        for state in self.jobs.values():
-            if not state.finished:
-                state.state, state.error = "failed", EngineDied(self.death, job=state.id)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ import pytest
 from flash_blender import batch, clipcheck, training
 from flash_blender.engine import EngineConfig, EngineManager
 from flash_blender.jobs import PlanError
-from flash_engine.client import EngineError, JobState
+from flash_engine.client import EngineError
+from tests.fake_client import FakeClient
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
@@ -196,41 +197,6 @@ def test_training_progress_spans_both_phases():
     assert decoder.factor == pytest.approx(25000 / 30000)
     assert training.TrainProgress("submitted", steps=1).text == "Reading clips"
     assert training.TrainProgress("start").factor == 0.0
-
-
-class FakeClient:
-    """EngineClient's polling API, driven by the test."""
-
-    def __init__(self, config=None):
-        self.alive, self.pid, self.death, self.hello_info = False, 7, None, {"device": "cpu"}
-        self.jobs: dict[str, JobState] = {}
-        self.events: list[dict] = []
-        self.submitted, self.cancelled = [], []
-
-    def start(self, timeout=None):
-        self.alive = True
-
-    def submit(self, kind, args):
-        job_id = f"c{len(self.jobs) + 1}"
-        self.jobs[job_id] = JobState(id=job_id, type=kind)
-        self.submitted.append((kind, args))
-        return job_id
-
-    def poll_events(self, timeout=0.0):
-        events, self.events = self.events, []
-        return events
-
-    def job(self, job_id):
-        return self.jobs[job_id]
-
-    def cancel(self, job_id, timeout=None):
-        self.cancelled.append(job_id)
-
-    def close(self, timeout=None):
-        self.alive = False
-
-    def kill(self):
-        self.alive = False
 
 
 @pytest.fixture
