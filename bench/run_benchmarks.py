@@ -248,12 +248,13 @@ def bench_training(args, rows, device):
                  f"{results['FLASH (#6)'] / results['plain fine-tune (#1)']:.2f}"))
     # A FLASH step's data: sampled frames, flip/crop/resize and the strong augmentation. The
     # trainer runs it on its device; on the host it would be serial work in front of every step.
+    strong = TrainConfig().strong  # the default strong augmentation, not a leftover loop variable
     for where in dict.fromkeys([device, torch.device("cpu")]):
         torch_generator = torch.Generator("cpu").manual_seed(0)
 
         def prepare_pair():
             video = flip_and_crop(sample_frames(clip, frames, 1, torch_generator, where), (size, size), torch_generator)
-            return strong_augment(video, config.strong, torch_generator)
+            return strong_augment(video, strong, torch_generator)
 
         prepare_pair()
         seconds, _ = timed(lambda: [prepare_pair() for _ in range(3)], where)
