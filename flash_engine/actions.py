@@ -161,3 +161,15 @@ class ActionSlot:
         if self._saved_decoder is not None:
             self.pipeline.decoder.load_enhancement_state_dict(self._saved_decoder)
         self._saved_unet, self._saved_decoder, self.current = {}, None, None
+
+
+def written_action_files(folder: Path) -> set[str] | None:
+    """The names the engine wrote into an action folder; None when it has no readable
+    ``action.toml`` of ours (then ``--force`` does not replace it)."""
+    try:
+        data = tomllib.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    if data.get("format") != FORMAT_VERSION:
+        return None
+    return {MANIFEST, UNET_FILE, DECODER_FILE}

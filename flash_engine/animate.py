@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import random
 import time
@@ -19,13 +20,44 @@ from flash_engine import __version__
 from flash_engine.actions import Action, read_action
 from flash_engine.arguments import check_arguments
 from flash_engine.errors import FlashError
-from flash_engine.images import load_reference, resolve_size, save_frames, write_mp4
-from flash_engine.output import check_destination, staged_folder
+from flash_engine.images import fit_reference, load_reference, resolve_size, save_frames, write_mp4
+from flash_engine.output import check_destination, normalise, os_error, staged_folder
 from flash_engine.presets import Preset, find_preset
-from flash_engine.models.loading import BUILT_IN, MANNEQUIN, check_mannequin, check_weights_folder
+from flash_engine.models.loading import BUILT_IN, MANNEQUIN, check_mannequin, check_weights_folder, max_frames
 from flash_engine.weights import resolve_model_source
 
 METADATA_FILE = "flash.json"
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes up to 64 bits
+MAX_FPS = 240
+# ExtraFiles(folder, frames) writes more files into a take before it is put in place and
+# returns their names (the demo's preview): flash.json lists them with the frames.
+ExtraFiles = Callable[[Path, object], list]
+
+
+def written_take_files(folder: Path) -> set[str] | None:
+    """The names the engine wrote into a take folder, from its ``flash.json``; None when the
+    folder has no engine manifest (then it is not a take, and never replaced)."""
+    try:
+        metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metadata, dict) or "engine_version" not in metadata:
+        return None
+    files = metadata.get("files")
+    if not isinstance(files, list):  # takes written before "files" existed
+        files = list(metadata.get("frames") or []) + ([metadata["mp4"]] if metadata.get("mp4") else [])
+    names = {name for name in files if isinstance(name, str) and name and "/" not in name and name not in (".", "..")}
+    return names | {METADATA_FILE}
+
+
+def _check_number(name: str, value, low, high, hint: str, code: str) -> None:
+    """Whole numbers stay whole, every number is finite and inside its range."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FlashError(f"{name} must be a finite number (got {value})", hint, code=code)
+    if value < low:
+        raise FlashError(f"{name} must be at least {low} (got {value})", hint, code=code)
+    if value > high:
+        raise FlashError(f"{name} must be at most {high} (got {value})", hint, code=code)
 
 
 @dataclass
@@ -73,10 +105,15 @@ class ResolvedAnimate:
     width: int
     height: int
     model: str
-    reference: object  # PIL image
+    reference: object  # PIL image, already at width×height
+    out: Path  # normalised: `x/.` is `x`
+    key: object  # runtime.PipelineKey: the warm pipeline this job runs on
 
 
 def resolve(request: AnimateRequest) -> ResolvedAnimate:
+    """Check every input and fill every default, before any model is loaded."""
+    from flash_engine import runtime
+
     if not request.action and not request.weights and not (request.prompt and request.prompt.strip()):
         raise FlashError("nothing to animate: no action and no prompt",
                          "pass --action PRESET (see `python -m flash_engine info`) or --prompt TEXT",
@@ -85,10 +122,6 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
     weights = request.weights or (str(preset.weights) if preset and preset.weights else None)
     action = read_action(weights) if weights else None
     prompt = request.prompt or (action.prompt if action and not preset else None) or (preset.prompt if preset else "")
-    out = Path(request.out).expanduser()
-    check_destination(out, request.overwrite)
-    reference = load_reference(request.image)
-    width, height = resolve_size(reference.size, request.width, request.height, request.long_side)
     model = resolve_model_source(request.model)
     if model == MANNEQUIN:
         check_mannequin()
@@ -97,26 +130,56 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
         adapter = Path(request.motion_adapter).expanduser() if request.motion_adapter else model_dir / "motion_adapter"
         check_weights_folder(model_dir, adapter)
     frames = request.frames if request.frames is not None else (preset.frames if preset else 16)
-    if frames < 2:
-        raise FlashError(f"frames must be at least 2 (got {frames})", "use --frames 16", code="bad_frames")
+    steps = request.steps if request.steps is not None else (preset.steps if preset else 25)
+    guidance = request.guidance if request.guidance is not None else (preset.guidance if preset else 7.5)
+    most_frames = max_frames(model, request.motion_adapter)
+    _check_number("frames", frames, 2, most_frames, f"use --frames {min(16, most_frames)}; this model takes "
+                  f"2 to {most_frames}", "bad_frames")
+    _check_number("steps", steps, 1, 1000, "use --steps 25", "bad_steps")
+    _check_number("guidance", guidance, 0, math.inf, "use --guidance 7.5", "bad_guidance")
+    _check_number("fps", request.fps, 1, MAX_FPS, "use --fps 8", "bad_fps")
+    if request.seed is not None:
+        _check_number("seed", request.seed, 0, MAX_SEED, "use a seed from 0 to 2^64-1, e.g. --seed 42", "bad_seed")
+    device = runtime.pick_device(request.device)
+    dtype = runtime.pick_dtype(request.precision, device)
+    reference = load_reference(request.image)
+    width, height = resolve_size(reference.size, request.width, request.height, request.long_side)
+    runtime.check_clip_fits(device, dtype, frames, width, height, guided=guidance > 1.0,
+                            weights_bytes=_weights_bytes(model))
+    check_destination(request.out, request.overwrite, written_take_files, needed_bytes=frames * width * height * 3)
     return ResolvedAnimate(
         request=request,
         preset=preset,
         action=action,
         prompt=prompt,
         frames=frames,
-        steps=request.steps if request.steps is not None else (preset.steps if preset else 25),
-        guidance=request.guidance if request.guidance is not None else (preset.guidance if preset else 7.5),
+        steps=steps,
+        guidance=float(guidance),
         seed=request.seed if request.seed is not None else random.SystemRandom().randrange(2**31),
         width=width,
         height=height,
         model=model,
-        reference=reference,
+        # Only what the job needs: the reference at the clip's size (a queued job must not
+        # hold a 10000² decode), the normalised destination, and the pipeline it runs on.
+        reference=fit_reference(reference, width, height),
+        out=normalise(request.out),
+        key=runtime.PipelineKey(model, request.motion_adapter, str(device), runtime.precision_name(dtype),
+                                request.offload),
     )
 
 
+def _weights_bytes(model: str) -> int:
+    if model in BUILT_IN and model != MANNEQUIN:
+        return 0
+    from flash_engine.models.loading import MANNEQUIN_DIR
+
+    folder = MANNEQUIN_DIR if model == MANNEQUIN else Path(model).expanduser()
+    return sum(f.stat().st_size for f in folder.glob("*/*.safetensors"))
+
+
 def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, int], None] | None = None,
-                should_cancel: Callable[[], bool] | None = None, action_slot=None) -> dict:
+                should_cancel: Callable[[], bool] | None = None, action_slot=None,
+                extra_files: ExtraFiles | None = None) -> dict:
     """Animate into the request's folder; returns the metadata written to ``flash.json``."""
     from flash_engine.actions import ActionSlot
     from flash_engine.pipeline import AnimationSettings
@@ -129,13 +192,18 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
         guidance=job.guidance, seed=job.seed, width=job.width, height=job.height,
     )
     started = time.perf_counter()
-    out = Path(request.out).expanduser()
-    with staged_folder(out, overwrite=request.overwrite) as staging:
+    with staged_folder(job.out, overwrite=request.overwrite, written_files=written_take_files,
+                       needed_bytes=job.frames * job.width * job.height * 3) as staging:
         result = pipeline(job.reference, settings, progress=progress, should_cancel=should_cancel)
         write_started = time.perf_counter()
-        files = [p.name for p in save_frames(result.frames, staging)]
-        if request.mp4:
-            files.append(write_mp4(result.frames, staging / "flash.mp4", fps=request.fps).name)
+        try:
+            files = [p.name for p in save_frames(result.frames, staging)]
+            if request.mp4:
+                files.append(write_mp4(result.frames, staging / "flash.mp4", fps=request.fps).name)
+            if extra_files is not None:
+                files += extra_files(staging, result.frames)
+        except OSError as err:  # disk full, read-only, ...: one line, and the staging folder goes
+            raise os_error(err, job.out) from err
         timings = {**result.timings, "write": round(time.perf_counter() - write_started, 4)}
         timings["total"] = round(time.perf_counter() - started, 4)
         metadata = {
@@ -159,7 +227,14 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
             },
             "frames": files[: job.frames],
             "mp4": "flash.mp4" if request.mp4 else None,
+            # Every file the engine wrote here: --overwrite replaces this folder only while it
+            # holds nothing else, and removes only these.
+            "files": files,
             "timings_s": timings,
         }
-        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        try:
+            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n",
+                                                 encoding="utf-8")
+        except OSError as err:
+            raise os_error(err, job.out) from err
     return metadata

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 
+from flash_engine import protocol as P
 from flash_engine.errors import FlashError
 
 
@@ -111,7 +113,7 @@ def stderr_progress():
 
 def animate_command(args) -> int:
     from flash_engine.animate import AnimateRequest, resolve, run_animate
-    from flash_engine.runtime import PipelineCache, PipelineKey, pick_device, pick_dtype, precision_name
+    from flash_engine.runtime import PipelineCache
 
     request = AnimateRequest(
         image=args.image, out=args.out, action=args.action, prompt=args.prompt,
@@ -122,14 +124,11 @@ def animate_command(args) -> int:
         offload=args.offload,
     )
     job = resolve(request)
-    device = pick_device(args.device)
-    dtype = pick_dtype(args.precision, device)
     print(f"flash: {job.frames} frames at {job.width}x{job.height}, {job.steps} steps, seed {job.seed}, "
-          f"model {job.model} on {device}", file=sys.stderr)
-    key = PipelineKey(job.model, args.motion_adapter, str(device), precision_name(dtype), args.offload)
-    pipeline = PipelineCache().get(key)
+          f"model {job.model} on {job.key.device}", file=sys.stderr)
+    pipeline = PipelineCache().get(job.key)
     metadata = run_animate(job, pipeline, progress=stderr_progress())
-    print(f"flash: wrote {len(metadata['frames'])} frames to {Path(args.out)}", file=sys.stderr)
+    print(f"flash: wrote {len(metadata['frames'])} frames to {job.out}", file=sys.stderr)
     if metadata["action"]["base_model_only"]:
         print("flash: no trained weights for this action: the base model animated the prompt", file=sys.stderr)
     return 0
@@ -143,7 +142,8 @@ def train_command(args) -> int:
     from flash_engine.training.job import TrainRequest, resolve_train, run_train
 
     def emit(event: dict) -> None:
-        print(json.dumps(event), flush=True)
+        sys.stdout.write(P.encode(event).decode("ascii"))  # strict JSON, as the service writes
+        sys.stdout.flush()
 
     def report(line: str) -> None:
         emit({"type": "log", "message": line}) if args.json else print(f"flash: {line}", file=sys.stderr)
@@ -158,8 +158,10 @@ def train_command(args) -> int:
     job = resolve_train(request, report=report)
     last_line = [0.0]
     interrupted = []
-    # Ctrl-C finishes the current step and saves a checkpoint instead of losing the run.
-    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    # Ctrl-C (or a SIGTERM from a farm or a shell) finishes the current step and saves a
+    # checkpoint instead of losing the run.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: interrupted.append(True))
 
     def progress(phase, step, total, loss=None, it_per_s=None, eta_s=None):
         if args.json:
@@ -260,10 +262,19 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def _terminate(signum, frame):
+    # SIGTERM ends a job like Ctrl-C: staged folders are removed on the way out.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
     if args.command not in ("info", "serve"):  # serve quiets them itself, after taking over stdout
         quiet_libraries()
+    if args.command != "serve" and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[args.command](args)
     except FlashError as err:

@@ -44,62 +44,62 @@ def draw_reference(width: int = 384, height: int = 256) -> Image.Image:
 PREVIEW_SCALE = 4  # mannequin frames are 64×64: too small to look at as they are
 
 
-def write_preview(out: Path, scale: int = PREVIEW_SCALE, fps: int = 8) -> list[Path]:
+def write_preview(out: Path, frames, scale: int = PREVIEW_SCALE, fps: int = 8) -> list[str]:
     """``preview.mp4`` + ``strip.png`` (the frames side by side), enlarged ``scale``× without smoothing."""
     import numpy as np
 
     from flash_engine.images import write_mp4
 
-    frames = []
-    for path in sorted(out.glob("frame_*.png")):
-        with Image.open(path) as frame:
-            frames.append(np.asarray(frame.convert("RGB").resize((frame.width * scale, frame.height * scale),
-                                                                  Image.NEAREST)))
-    stack = np.stack(frames)
-    strip = out / "strip.png"
-    Image.fromarray(np.concatenate(list(stack), axis=1)).save(strip)
-    return [write_mp4(stack, out / "preview.mp4", fps=fps), strip]
+    stack = np.stack([np.asarray(Image.fromarray(frame).resize((frame.shape[1] * scale, frame.shape[0] * scale),
+                                                                Image.NEAREST)) for frame in frames])
+    Image.fromarray(np.concatenate(list(stack), axis=1)).save(out / "strip.png")
+    write_mp4(stack, out / "preview.mp4", fps=fps)
+    return ["preview.mp4", "strip.png"]
+
+
+def _animate(request, extra_files=None) -> Path:
+    """The demo's take through the same path as ``animate``: its folder is replaced on the next
+    run only while it holds just what the demo wrote (a user's folder never is)."""
+    from flash_engine.animate import resolve, run_animate
+    from flash_engine.cli import stderr_progress
+    from flash_engine.runtime import PipelineCache
+
+    job = resolve(request)
+    run_animate(job, PipelineCache().get(job.key), progress=stderr_progress(), extra_files=extra_files)
+    return job.out
 
 
 def run_demo(out: Path, model: str = "default") -> None:
-    from flash_engine.cli import main
+    from flash_engine.animate import AnimateRequest
     from flash_engine.models.loading import MANNEQUIN
-    from flash_engine.weights import resolve_model_source
+    from flash_engine.weights import default_weights_dir, resolve_model_source
 
     if resolve_model_source(model) == MANNEQUIN:
         run_mannequin_demo(out)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    reference = out.parent / "demo_reference.png"
+    # Drawn into the engine's own data folder, never beside the user's --out.
+    reference = default_weights_dir().parent / "demo_reference.png"
+    reference.parent.mkdir(parents=True, exist_ok=True)
     draw_reference().save(reference)
-    print(f"demo: reference frame drawn to {reference}", file=sys.stderr)
-    # The demo's own folder is replaced on each run; user outputs never are.
-    code = main(["animate", "--image", str(reference), "--action", DEMO_ACTION, "--model", model,
-                 "--long-side", "256", "--frames", "16", "--steps", "25", "--seed", "7",
-                 "--out", str(out), "--overwrite", "--mp4"])
-    if code:
-        raise SystemExit(code)
-    print(f"demo: frames and flash.mp4 in {out}", file=sys.stderr)
+    request = AnimateRequest(image=str(reference), out=str(out), action=DEMO_ACTION, model=model, long_side=256,
+                             frames=16, steps=25, seed=7, overwrite=True, mp4=True)
+    print(f"demo: frames and flash.mp4 in {_animate(request)} (reference: {reference})", file=sys.stderr)
 
 
 def run_mannequin_demo(out: Path) -> None:
     """Animate the model card's demo reference with its demo settings, then write the enlarged preview."""
-    from flash_engine.cli import main
+    from flash_engine.animate import AnimateRequest
     from flash_engine.models.loading import MANNEQUIN, MANNEQUIN_DIR, mannequin_card
 
     demo = mannequin_card()["demo"]
     reference = MANNEQUIN_DIR / demo.get("image", "demo_reference.png")
     print(f"demo: model 'mannequin', reference {reference} ({demo.get('source', 'from the model card')})",
           file=sys.stderr)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # The card names a prompt (the model's training sentence), not a FLASH preset: pass --prompt.
-    # The demo's own folder is replaced on each run; user outputs never are.
-    code = main(["animate", "--image", str(reference), "--prompt", demo["prompt"], "--model", MANNEQUIN,
-                 "--width", str(demo["width"]), "--height", str(demo["height"]), "--frames", str(demo["frames"]),
-                 "--steps", str(demo.get("steps", 25)), "--guidance", str(demo.get("guidance", 7.5)),
-                 "--seed", str(demo.get("seed", 7)), "--out", str(out), "--overwrite", "--mp4"])
-    if code:
-        raise SystemExit(code)
-    write_preview(out)
-    print(f"demo: frames and flash.mp4 in {out}; enlarged ×{PREVIEW_SCALE}: preview.mp4 and strip.png",
+    # The card names a prompt (the model's training sentence), not a FLASH preset.
+    request = AnimateRequest(image=str(reference), out=str(out), prompt=demo["prompt"], model=MANNEQUIN,
+                             width=demo["width"], height=demo["height"], frames=demo["frames"],
+                             steps=demo.get("steps", 25), guidance=demo.get("guidance", 7.5), seed=demo.get("seed", 7),
+                             overwrite=True, mp4=True)
+    done = _animate(request, lambda folder, frames: write_preview(folder, frames))
+    print(f"demo: frames and flash.mp4 in {done}; enlarged ×{PREVIEW_SCALE}: preview.mp4 and strip.png",
           file=sys.stderr)

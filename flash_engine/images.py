@@ -13,16 +13,40 @@ DEFAULT_LONG_SIDE = 512
 SIZE_MULTIPLE = 8
 
 
+# The most pixels a reference may have: Pillow's own decompression-bomb bound (89.5 MP, e.g.
+# 9459²); the engine scales every reference down to the clip's size anyway.
+MAX_REFERENCE_PIXELS = Image.MAX_IMAGE_PIXELS
+# Integer modes whose values run to 65535 (16-bit PNGs, TIFFs): Pillow's convert("RGB") clips
+# them at 255, which turns a 16-bit render nearly white.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(values / 257.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":  # float images: 0..1
+        values = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(values * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")
+
+
 def load_reference(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.exists():
         raise FlashError(f"reference image not found: {path}", "check the --image path", code="bad_image")
     if not path.is_file():
         raise FlashError(f"reference is not a file: {path}", "pass an image file (PNG, JPEG, ...)", code="bad_image")
+    too_large = FlashError(f"reference image {path} is larger than {MAX_REFERENCE_PIXELS / 1e6:.0f} megapixels",
+                           "render the reference at most 4096 pixels on the long side", code="bad_image")
     try:
         with Image.open(path) as image:
+            if image.width * image.height > MAX_REFERENCE_PIXELS:
+                raise too_large
             image.load()
-            return image.convert("RGB")
+            return _to_rgb(image)
+    except Image.DecompressionBombError as err:
+        raise too_large from err
     except PermissionError as err:
         raise FlashError(f"cannot read reference image {path}: permission denied",
                          "fix the file's permissions", code="bad_image") from err

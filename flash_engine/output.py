@@ -1,61 +1,299 @@
-"""Output folders that never look complete until they are.
+"""Output folders that never look complete until they are, and never cost a user a file.
 
-A job writes into a hidden temporary sibling and renames it into place at the end, so a
-failed, killed or cancelled job leaves no folder under the requested name.
+A job writes into a hidden sibling (``.NAME.partial-XXXXXXXX``, holding an owner file that
+names the process) and renames it into place at the end, so a failed, killed or cancelled
+job leaves no folder under the requested name.
+
+``overwrite`` replaces an existing folder only when the engine wrote it: the caller's
+``written_files`` reads the folder's manifest (a take's ``flash.json``, an action's
+``action.toml``) and returns the names the engine wrote there; a folder without one, or
+holding anything else, is refused before any work starts. The old folder is moved aside and
+only the names it claims are removed from it.
+
+Hidden folders of killed jobs are removed by the next job into the same parent, when their
+owner file shows that the process that made them is gone (same host, pid not running or
+running a different program start), and then only files with the names the engine writes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from flash_engine.errors import FlashError
 
+WrittenFiles = Callable[[Path], "set[str] | None"]
 
-def check_destination(dest: Path, overwrite: bool) -> None:
-    """Refuse early (before any model is loaded) when the destination is taken."""
-    if dest.exists() and not overwrite:
-        raise FlashError(f"output folder already exists: {dest}",
-                         "choose another --out or pass --overwrite", code="output_exists")
-    if dest.exists() and not dest.is_dir():
-        raise FlashError(f"output path is a file: {dest}", "choose a folder path for --out", code="output_exists")
-    parent = dest.parent
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise FlashError(f"cannot write into {parent}", "choose a writable --out folder", code="output_unwritable")
+PARTIAL_MARK = ".partial-"
+OLD_MARK = ".old-"
+OWNER_FILE = ".flash-owner.json"
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4096
+# mkdtemp adds 8 random characters; with the leading dot and the mark this is the most a
+# staging name adds to the folder's own name.
+_STAGING_EXTRA_BYTES = 1 + max(len(PARTIAL_MARK), len(OLD_MARK)) + 8
+# The longest name the engine writes inside a folder (frame_0001.png, decoder.safetensors, ...).
+_LONGEST_CHILD_BYTES = 32
+# Every name the engine writes into a staged folder (takes, actions, the demo's extras).
+# Only these are removed from a dead job's leftovers; anything else stays.
+ENGINE_FILE_NAMES = re.compile(
+    r"(frame_\d{4,}\.png|flash\.json|flash\.mp4|strip\.png|preview\.mp4"
+    r"|action\.toml|unet\.safetensors|decoder\.safetensors|" + re.escape(OWNER_FILE) + r")"
+)
 
 
-@contextlib.contextmanager
-def staged_folder(dest: Path, overwrite: bool = False):
-    """Yield a temporary folder beside ``dest``; on success it becomes ``dest``.
+def normalise(dest: str | Path) -> Path:
+    """Absolute, with ``~``, ``.``, ``..`` and trailing dots resolved lexically, so that
+    ``x/.`` is ``x`` in every check and rename below."""
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(dest))))
 
-    On any exception the temporary folder is removed and ``dest`` is untouched. With
-    ``overwrite`` an existing ``dest`` is replaced only after the new one is complete.
-    """
-    dest = Path(dest)
-    check_destination(dest, overwrite)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+
+def os_error(err: OSError, path: Path, what: str = "write") -> FlashError:
+    """A filesystem failure as one line with the fix."""
+    where = err.filename or path
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FlashError(f"the disk is full: could not {what} {where}",
+                          "free some space or choose --out on another disk", code="disk_full")
+    if err.errno == errno.EROFS:
+        return FlashError(f"read-only filesystem: could not {what} {where}", "choose a writable --out folder",
+                          code="output_unwritable")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return FlashError(f"permission denied: could not {what} {where}", "choose a writable --out folder",
+                          code="output_unwritable")
+    if err.errno == errno.ENAMETOOLONG:
+        return FlashError(f"path too long: could not {what} {where}", "choose a shorter --out path",
+                          code="bad_output")
+    if err.errno == errno.ENOTDIR:
+        return FlashError(f"a part of the output path is a file: could not {what} {where}",
+                          "choose an --out whose parent folders are folders", code="bad_output")
+    return FlashError(f"could not {what} {where}: {os.strerror(err.errno) if err.errno else err}",
+                      "check the --out folder", code="output_unwritable")
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable_parent(dest: Path, needed_bytes: int) -> None:
+    base = _nearest_existing(dest.parent)
+    if not base.is_dir():
+        raise FlashError(f"{base} is a file, not a folder", "choose an --out whose parent folders are folders",
+                         code="bad_output")
+    try:
+        read_only = bool(os.statvfs(base).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows): the write itself will tell
+        read_only = False
+    if read_only:
+        raise FlashError(f"{base} is on a read-only filesystem", "choose a writable --out folder",
+                         code="output_unwritable")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise FlashError(f"cannot write into {base}", "choose a writable --out folder", code="output_unwritable")
+    if needed_bytes:
+        free = shutil.disk_usage(base).free
+        if free < needed_bytes:
+            raise FlashError(f"not enough disk space in {base}: about {needed_bytes / 2**20:.0f} MiB needed, "
+                             f"{free / 2**20:.0f} MiB free", "free some space or choose --out on another disk",
+                             code="disk_full")
+
+
+def check_destination(dest: str | Path, overwrite: bool, written_files: WrittenFiles, needed_bytes: int = 0) -> Path:
+    """Refuse early (before any model is loaded) what cannot or must not be written; returns
+    the normalised destination."""
+    dest = normalise(dest)
+    if not dest.name:
+        raise FlashError(f"cannot write a folder at {dest}", "choose an --out folder inside a folder",
+                         code="bad_output")
+    name_bytes = len(os.fsencode(dest.name))
+    if name_bytes > NAME_MAX_BYTES:
+        raise FlashError(f"the output folder's name is {name_bytes} bytes long; at most {NAME_MAX_BYTES} fit",
+                         "choose a shorter --out name", code="bad_output")
+    path_bytes = len(os.fsencode(str(dest))) + 1 + _LONGEST_CHILD_BYTES
+    if path_bytes > PATH_MAX_BYTES:
+        raise FlashError(f"the output path is {len(str(dest))} characters long; its files would not fit the "
+                         f"system's {PATH_MAX_BYTES}-byte path limit", "choose a shorter --out path",
+                         code="bad_output")
+    if os.path.lexists(dest):
+        if not dest.is_dir():
+            raise FlashError(f"output path is a file: {dest}", "choose a folder path for --out", code="output_exists")
+        if not overwrite:
+            raise FlashError(f"output folder already exists: {dest}",
+                             "choose another --out, or pass --overwrite to replace a take the engine wrote there",
+                             code="output_exists")
+        check_replaceable(dest, written_files)
+    _check_writable_parent(dest, needed_bytes)
+    return dest
+
+
+def check_replaceable(folder: Path, written_files: WrittenFiles) -> set[str]:
+    """The names to remove when ``folder`` is replaced; a FlashError unless the engine wrote
+    every entry in it."""
+    claimed = written_files(folder)
+    if claimed is None:
+        raise FlashError(f"{folder} was not written by the engine (no manifest): --overwrite replaces only "
+                         "the engine's own output", "choose another --out", code="output_exists")
+    try:
+        entries = set(os.listdir(folder))
+    except OSError as err:
+        raise os_error(err, folder, "read") from err
+    others = sorted(entries - claimed)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise FlashError(f"{folder} holds files the engine did not write ({shown}): not replacing it",
+                         "move those files out or choose another --out", code="output_exists")
+    return claimed
+
+
+# ---------------------------------------------------------------------------------------
+# Owner files and leftovers of killed jobs
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _owner_record() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid())}
+
+
+def _owner_is_gone(owner: dict) -> bool:
+    """True only when it is certain that the owning process no longer runs."""
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False  # another machine's job (shared storage): not ours to judge
+    pid = owner["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False
+    start = _process_start(pid)
+    return start is not None and owner.get("start") is not None and start != owner["start"]
+
+
+def _remove_engine_files(folder: Path) -> bool:
+    """Remove the engine's own names from ``folder`` (and it, when that empties it)."""
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            _remove_engine_files(child)
+        elif ENGINE_FILE_NAMES.fullmatch(child.name) and (child.is_file() or child.is_symlink()):
+            child.unlink()
+    try:
+        folder.rmdir()
+        return True
+    except OSError:  # something else is in there: leave it
+        return False
+
+
+def remove_stale_partials(parent: Path) -> list[Path]:
+    """Remove hidden staging folders in ``parent`` whose owner process is gone; returns them."""
+    removed = []
+    try:
+        candidates = [p for p in parent.iterdir() if p.name.startswith(".")
+                      and (PARTIAL_MARK in p.name or OLD_MARK in p.name)]
+    except OSError:
+        return removed
+    for folder in candidates:
+        try:
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            owner_file = folder / OWNER_FILE
+            if owner_file.is_file():
+                owner = json.loads(owner_file.read_text(encoding="utf-8"))
+                if not isinstance(owner, dict) or not _owner_is_gone(owner):
+                    continue
+                if _remove_engine_files(folder):
+                    removed.append(folder)
+            elif not any(folder.iterdir()):  # an empty one (older engines left those): nothing to lose
+                folder.rmdir()
+                removed.append(folder)
+        except (OSError, ValueError):
+            continue
+    return removed
+
+
+def _hidden_sibling(dest: Path, mark: str) -> Path:
+    """``.NAME<mark>XXXXXXXX`` beside ``dest``, NAME shortened so the whole name fits."""
+    room = NAME_MAX_BYTES - _STAGING_EXTRA_BYTES
+    short = os.fsencode(dest.name)[:room].decode("utf-8", "ignore") if len(os.fsencode(dest.name)) > room else dest.name
+    folder = Path(tempfile.mkdtemp(prefix=f".{short}{mark}", dir=dest.parent))
+    (folder / OWNER_FILE).write_text(json.dumps({**_owner_record(), "dest": dest.name}), encoding="utf-8")
+    return folder
+
+
+def _usual_permissions(folder: Path) -> None:
     # mkdtemp makes it private (0700); the finished folder gets the user's usual permissions,
     # so shared project storage can read the frames.
     umask = os.umask(0)
     os.umask(umask)
-    staging.chmod(0o777 & ~umask)
+    folder.chmod(0o777 & ~umask)
+
+
+@contextlib.contextmanager
+def staged_folder(dest: str | Path, overwrite: bool = False, written_files: WrittenFiles | None = None,
+                  needed_bytes: int = 0):
+    """Yield a hidden folder beside ``dest``; on success it becomes ``dest``.
+
+    On any exception the hidden folder is removed and ``dest`` is untouched. With
+    ``overwrite`` an existing ``dest`` the engine wrote is replaced only after the new one is
+    complete. Filesystem failures become one-line FlashErrors.
+    """
+    written_files = written_files or (lambda folder: None)
+    dest = check_destination(dest, overwrite, written_files, needed_bytes)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(dest.parent)
+        staging = _hidden_sibling(dest, PARTIAL_MARK)
+        _usual_permissions(staging)
+    except OSError as err:
+        raise os_error(err, dest, "create") from err
     try:
         yield staging
-    except BaseException:
+        (staging / OWNER_FILE).unlink()
+        _put_in_place(staging, dest, overwrite, written_files)
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise os_error(err, dest) from err
         raise
-    if dest.exists():
-        if not overwrite:  # appeared while we worked: keep both, never clobber
-            shutil.rmtree(staging, ignore_errors=True)
-            raise FlashError(f"output folder appeared while working: {dest}", "run again with another --out",
-                             code="output_exists")
-        trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-        os.replace(dest, trash / dest.name)
-        os.replace(staging, dest)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, dest)
+
+
+def _put_in_place(staging: Path, dest: Path, overwrite: bool, written_files: WrittenFiles) -> None:
+    if not os.path.lexists(dest):
+        try:
+            os.rename(staging, dest)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    if not overwrite:  # appeared while we worked: keep theirs, never clobber
+        raise FlashError(f"output folder appeared while working: {dest}", "run again with another --out",
+                         code="output_exists")
+    claimed = check_replaceable(dest, written_files)  # again: a user may have added a file meanwhile
+    trash = _hidden_sibling(dest, OLD_MARK)
+    os.replace(dest, trash / dest.name)
+    os.replace(staging, dest)
+    old = trash / dest.name
+    for name in claimed:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            (old / name).unlink()
+    # Not empty: a file arrived after the check. It stays, and without the owner file no later
+    # job takes the folder for a dead job's leftovers.
+    (trash / OWNER_FILE).unlink()
+    with contextlib.suppress(OSError):
+        old.rmdir()
+        trash.rmdir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import platform
 from dataclasses import dataclass
 
@@ -69,6 +71,51 @@ def device_report() -> dict:
         report["gpu"] = props.name
         report["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
     return report
+
+
+# Peak activation bytes per pixel of the clip, per byte of the compute dtype, for Stable
+# Diffusion 1.5-sized models with fused attention (docs/benchmarks.md, memory section):
+# the UNet's per frame and batch item (2.1 GiB for 16×512² bf16 with guidance), the enhanced
+# decoder's per decoded frame (one frame per call). The smaller built-in models need less.
+UNET_BYTES_PER_PIXEL = 135
+DECODE_BYTES_PER_PIXEL = 2300
+USABLE_MEMORY_FRACTION = 0.8  # the rest: the runtime's own context, fragmentation, other programs
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """The device's memory (the host's for the CPU); None where it cannot be told (MPS)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def clip_memory_bytes(frames: int, width: int, height: int, dtype: torch.dtype, guided: bool) -> int:
+    element = torch.empty((), dtype=dtype).element_size()
+    unet = UNET_BYTES_PER_PIXEL * element * frames * width * height * (2 if guided else 1)
+    decode = DECODE_BYTES_PER_PIXEL * element * width * height
+    return max(unet, decode)
+
+
+def check_clip_fits(device: torch.device, dtype: torch.dtype, frames: int, width: int, height: int,
+                    guided: bool, weights_bytes: int = 0) -> None:
+    """Refuse, before anything loads, a clip the device cannot hold; the error names a size that fits."""
+    total = device_memory_bytes(device)
+    if total is None:
+        return
+    budget = total * USABLE_MEMORY_FRACTION - weights_bytes
+    needed = clip_memory_bytes(frames, width, height, dtype, guided)
+    if needed <= budget:
+        return
+    scale = math.sqrt(max(budget, 0) / needed)
+    fit_w, fit_h = (max(8, int(side * scale) // 8 * 8) for side in (width, height))
+    raise FlashError(f"{frames} frames at {width}x{height} need about {needed / 2**30:.1f} GiB on {device}, "
+                     f"which has {total / 2**30:.1f} GiB", f"use at most {fit_w}x{fit_h} (--width {fit_w} "
+                     f"--height {fit_h}) or a device with more memory", code="too_large")
 
 
 @dataclass(frozen=True)

@@ -133,8 +133,13 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(tmp_path, capsy
             "--long-side", "64", "--out", str(out)]
     expect_error(capsys, args, "already exists", "--overwrite")
     assert (out / "keep.txt").read_text() == "mine"
+    expect_error(capsys, args + ["--overwrite"], "not written by the engine")  # not a take: never replaced
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    assert main(args) == 0
     assert main(args + ["--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "flash.json").exists()
+    assert (out / "flash.json").exists()
 
 
 def test_no_prompt_and_no_action(tmp_path, capsys, reference_png):

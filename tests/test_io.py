@@ -46,11 +46,15 @@ def test_staged_folder_overwrite_keeps_old_until_success(tmp_path):
     dest = tmp_path / "clip"
     dest.mkdir()
     (dest / "old.txt").write_text("old")
+
+    def written(folder):  # the folder's manifest claims old.txt (and new.txt, once written)
+        return {"old.txt", "new.txt"}
+
     with pytest.raises(RuntimeError):
-        with staged_folder(dest, overwrite=True):
+        with staged_folder(dest, overwrite=True, written_files=written):
             raise RuntimeError("boom")
     assert (dest / "old.txt").read_text() == "old"
-    with staged_folder(dest, overwrite=True) as staging:
+    with staged_folder(dest, overwrite=True, written_files=written) as staging:
         (staging / "new.txt").write_text("new")
     assert sorted(p.name for p in dest.iterdir()) == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["clip"]

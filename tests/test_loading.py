@@ -174,9 +174,8 @@ def test_demo_animates_the_model_card_reference_with_its_settings(mannequin_stan
     monkeypatch.delenv("FLASH_MODEL", raising=False)
     monkeypatch.setenv("FLASH_WEIGHTS_DIR", str(tmp_path / "no-fetched-weights"))
     out = tmp_path / "out" / "demo"
-    out.mkdir(parents=True)
-    (out / "stale.txt").write_text("from the last demo")  # the demo's own folder is replaced
     assert main(["demo", "--out", str(out)]) == 0
+    assert main(["demo", "--out", str(out)]) == 0  # the demo's own take is replaced on the next run
     meta = json.loads((out / "flash.json").read_text())
     assert meta["model"]["source"] == "mannequin" and meta["reference_image"] == str(folder / "demo_reference.png")
     assert {k: meta["settings"][k] for k in ("prompt", "num_frames", "steps", "guidance", "seed", "width",

@@ -214,3 +214,22 @@ def save_folder(parts: dict, dest: Path, scheduler_config: dict | None = None) -
     parts["motion_adapter"].save_pretrained(dest / "motion_adapter", safe_serialization=True)
     animatediff_scheduler(scheduler_config).save_pretrained(dest / "scheduler")
     return dest
+
+
+DIFFUSERS_DEFAULT_MAX_FRAMES = 32  # MotionAdapter's motion_max_seq_length when its config leaves it out
+
+
+def max_frames(source: str | Path, adapter_dir: str | Path | None = None) -> int:
+    """The most frames the model's motion modules take, read without loading any weights."""
+    if str(source) in BUILT_IN and str(source) != MANNEQUIN:
+        module_name, _ = BUILT_IN[str(source)]
+        return int(importlib.import_module(module_name).MOTION_MAX_SEQ_LENGTH)
+    model_dir = MANNEQUIN_DIR if str(source) == MANNEQUIN else Path(source).expanduser()
+    config_path = (Path(adapter_dir).expanduser() if adapter_dir else model_dir / "motion_adapter") / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        return int(config.get("motion_max_seq_length", DIFFUSERS_DEFAULT_MAX_FRAMES))
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise FlashError(f"unreadable motion adapter config {config_path}: {err}",
+                         "re-run `python -m flash_engine weights fetch` or fix the folder",
+                         code="weights_incomplete") from err

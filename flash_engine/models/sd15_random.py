@@ -15,6 +15,9 @@ from flash_engine.models.tiny import tiny_tokenizer
 SEED = 15
 
 
+# The most frames its motion modules take (read before loading: loading.max_frames).
+MOTION_MAX_SEQ_LENGTH = 32
+
 def sd15_random_parts() -> dict:
     tokenizer = tiny_tokenizer()  # ids only index the embedding table; vocabulary size is irrelevant to speed
     with torch.random.fork_rng(devices=[]):
@@ -33,7 +36,7 @@ def sd15_random_parts() -> dict:
         motion_adapter = MotionAdapter(
             block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2,
             motion_mid_block_layers_per_block=1, motion_num_attention_heads=8, motion_norm_num_groups=32,
-            motion_max_seq_length=32, use_motion_mid_block=True)
+            motion_max_seq_length=MOTION_MAX_SEQ_LENGTH, use_motion_mid_block=True)
     return dict(unet2d=unet2d, motion_adapter=motion_adapter, vae=vae, text_encoder=text_encoder,
                 tokenizer=tokenizer)
 

@@ -23,6 +23,9 @@ TEXT_WIDTH = 32
 MAX_TOKENS = 77
 
 
+# The most frames its motion modules take (read before loading: loading.max_frames).
+MOTION_MAX_SEQ_LENGTH = 32
+
 def tiny_tokenizer() -> CLIPTokenizer:
     """A real CLIP tokenizer with a byte-level vocabulary and no merges (one token per byte)."""
     vocab: dict[str, int] = {}
@@ -82,7 +85,7 @@ def tiny_parts() -> dict:
             motion_mid_block_layers_per_block=1,
             motion_num_attention_heads=2,
             motion_norm_num_groups=8,
-            motion_max_seq_length=32,
+            motion_max_seq_length=MOTION_MAX_SEQ_LENGTH,
             use_motion_mid_block=True,
         )
     return dict(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from flash_engine.actions import write_action
+from flash_engine.actions import write_action, written_action_files
 from flash_engine.arguments import check_arguments
 from flash_engine.errors import FlashError
 from flash_engine.output import check_destination, staged_folder
@@ -117,7 +117,7 @@ def resolve_train(request: TrainRequest, report: Callable[[str], None] = lambda 
                          code="bad_argument")
     config = build_config(request)
     out = Path(request.out).expanduser()
-    check_destination(out, request.force)
+    out = check_destination(out, request.force, written_action_files)
     work_dir = work_dir_for(out)
     resume_from = read_checkpoint_meta(work_dir)
     if request.resume and resume_from is None:
@@ -180,7 +180,7 @@ def run_train(job: ResolvedTrain, progress: Callable | None = None, should_cance
         "loss": {"unet_first": unet_first, "unet_last": unet_last},
         "config": {k: v for k, v in config.to_dict().items() if not isinstance(v, dict)},
     }
-    with staged_folder(job.out, overwrite=request.force) as staging:
+    with staged_folder(job.out, overwrite=request.force, written_files=written_action_files) as staging:
         write_action(staging, name=request.action, prompt=request.prompt[0].strip(),
                      base_model=base.identity, unet_state=trainer.unet_state(),
                      decoder_state=trainer.decoder_state(), meta=meta)
