@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from flash_engine.errors import FlashError
+from flash_engine.tensorfiles import safetensors_problem
 
 MANIFEST = "action.toml"
 UNET_FILE = "unet.safetensors"
@@ -100,6 +101,11 @@ def read_action(folder: str | Path) -> Action:
         if not isinstance(data.get(key), str):
             raise FlashError(f"{folder / MANIFEST} has no {key}", "re-run the training to rewrite it",
                              code="weights_incomplete")
+    for name in (UNET_FILE, DECODER_FILE):  # headers only: a damaged file is refused before a model loads
+        problem = safetensors_problem(folder / name) if (folder / name).is_file() else None
+        if problem:
+            raise FlashError(f"damaged action file {folder / name}: {problem}",
+                             "re-run the training to rewrite it, or pick another action", code="weights_incomplete")
     return Action(folder=folder, name=data["name"], prompt=data["prompt"], base_model=data["base_model"],
                   meta=data)
 
