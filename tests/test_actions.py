@@ -158,3 +158,24 @@ def test_damaged_action_fails_before_any_model_loads(tmp_path, reference_png, ca
     err = capsys.readouterr().err.strip()
     assert code != 0 and "unet.safetensors" in err and "Traceback" not in err and len(err.splitlines()) == 1
     assert not (tmp_path / "clip").exists()
+
+
+TOML_HOSTILE = "".join(map(chr, range(0x20))) + "\x7f" + '\\ " \' """ \\u0041 #x [t] é ß 漢字 🎬 \u2028 \ufeff'
+
+
+def test_toml_strings_round_trip_every_control_character():
+    import tomllib
+
+    from flash_engine.actions import dump_toml
+
+    data = {"name": TOML_HOSTILE, "chars": [chr(c) for c in (*range(0x20), 0x7f)], "plain": "wave",
+            "steps": 3, "loss": 0.25, "ok": True, "table": {"prompt": TOML_HOSTILE, "key with space": "x"}}
+    assert tomllib.loads(dump_toml(data)) == data
+
+
+def test_action_named_with_a_control_character_loads(tmp_path):
+    folder = write_action(tmp_path / "a", name="bad\rname", prompt="a person\tis\x1bwaving.", base_model="b",
+                          unet_state={"w": torch.zeros(2)}, meta={"clips": ["c\x00lip.mp4"]})
+    action = read_action(folder)
+    assert (action.name, action.prompt, action.meta["clips"]) == ("bad\rname", "a person\tis\x1bwaving.",
+                                                                  ["c\x00lip.mp4"])
