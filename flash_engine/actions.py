@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from flash_engine.errors import FlashError
-from flash_engine.tensorfiles import safetensors_problem
+from flash_engine.tensorfiles import safetensors_problem, save_tensors
 
 MANIFEST = "action.toml"
 UNET_FILE = "unet.safetensors"
@@ -82,9 +82,9 @@ def write_action(folder: Path, *, name: str, prompt: str, base_model: str,
                  meta: dict | None = None) -> Path:
     """Write the three files into ``folder`` (callers stage it: see ``output.staged_folder``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in unet_state.items()}, folder / UNET_FILE)
+    save_tensors(unet_state, folder / UNET_FILE)
     if decoder_state is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in decoder_state.items()}, folder / DECODER_FILE)
+        save_tensors(decoder_state, folder / DECODER_FILE)
     manifest = {
         "format": FORMAT_VERSION,
         "name": name,
