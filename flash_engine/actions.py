@@ -36,11 +36,26 @@ class Action:
     meta: dict = field(default_factory=dict)
 
     def unet_state(self) -> dict[str, torch.Tensor]:
-        return load_file(self.folder / UNET_FILE)
+        return _load_tensors(self.folder / UNET_FILE)
 
     def decoder_state(self) -> dict[str, torch.Tensor] | None:
         path = self.folder / DECODER_FILE
-        return load_file(path) if path.is_file() else None
+        return _load_tensors(path) if path.is_file() else None
+
+
+def _damaged(path: Path, problem: str) -> FlashError:
+    return FlashError(f"damaged action file {path}: {problem}",
+                      "re-run the training to rewrite it, or pick another action", code="weights_incomplete")
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors; damage that appeared after ``read_action`` checked it is still a FlashError."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise _damaged(path, safetensors_problem(path) or " ".join(str(err).split()) or type(err).__name__) from err
 
 
 # TOML basic strings: quote, backslash and every control character but tab must be escaped
@@ -119,8 +134,7 @@ def read_action(folder: str | Path) -> Action:
     for name in (UNET_FILE, DECODER_FILE):  # headers only: a damaged file is refused before a model loads
         problem = safetensors_problem(folder / name) if (folder / name).is_file() else None
         if problem:
-            raise FlashError(f"damaged action file {folder / name}: {problem}",
-                             "re-run the training to rewrite it, or pick another action", code="weights_incomplete")
+            raise _damaged(folder / name, problem)
     return Action(folder=folder, name=data["name"], prompt=data["prompt"], base_model=data["base_model"],
                   meta=data)
 

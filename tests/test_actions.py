@@ -179,3 +179,14 @@ def test_action_named_with_a_control_character_loads(tmp_path):
     action = read_action(folder)
     assert (action.name, action.prompt, action.meta["clips"]) == ("bad\rname", "a person\tis\x1bwaving.",
                                                                   ["c\x00lip.mp4"])
+
+
+def test_damage_after_the_action_was_read_is_still_a_one_line_error(tiny_pipeline, tmp_path):
+    folder = write_action(tmp_path / "a", name="a", prompt="p", base_model=tiny_pipeline.base.identity,
+                          unet_state=trained_like_state(tiny_pipeline.base.unet))
+    action = read_action(folder)
+    _truncated(folder / "unet.safetensors")  # e.g. a sync client rewriting it meanwhile
+    slot = ActionSlot(tiny_pipeline)
+    with pytest.raises(FlashError) as err:
+        slot.apply(action)
+    assert err.value.code == "weights_incomplete" and "\n" not in str(err.value) and slot.current is None
