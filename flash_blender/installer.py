@@ -32,6 +32,7 @@ def child_environment(engine_path: Path | None) -> dict:
         env["PYTHONPATH"] = str(engine_path)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # the installer runs from the extension folder: leave it as installed
     return env
 
 

@@ -10,14 +10,16 @@ Layout::
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from flash_engine.errors import FlashError
+from flash_engine.tensorfiles import safetensors_problem, save_tensors
 
 MANIFEST = "action.toml"
 UNET_FILE = "unet.safetensors"
@@ -34,11 +36,40 @@ class Action:
     meta: dict = field(default_factory=dict)
 
     def unet_state(self) -> dict[str, torch.Tensor]:
-        return load_file(self.folder / UNET_FILE)
+        return _load_tensors(self.folder / UNET_FILE)
 
     def decoder_state(self) -> dict[str, torch.Tensor] | None:
         path = self.folder / DECODER_FILE
-        return load_file(path) if path.is_file() else None
+        return _load_tensors(path) if path.is_file() else None
+
+
+def _damaged(path: Path, problem: str) -> FlashError:
+    return FlashError(f"damaged action file {path}: {problem}",
+                      "re-run the training to rewrite it, or pick another action", code="weights_incomplete")
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors; damage that appeared after ``read_action`` checked it is still a FlashError."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise _damaged(path, safetensors_problem(path) or " ".join(str(err).split()) or type(err).__name__) from err
+
+
+# TOML basic strings: quote, backslash and every control character but tab must be escaped
+TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+TOML_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_string(text: str) -> str:
+    return '"' + "".join(TOML_ESCAPES.get(c) or (f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                         for c in text) + '"'
+
+
+def _toml_key(key) -> str:
+    return key if TOML_BARE_KEY.fullmatch(str(key)) else _toml_string(str(key))
 
 
 def _toml_value(value) -> str:
@@ -48,16 +79,16 @@ def _toml_value(value) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{text}"'
+    return _toml_string(str(value))
 
 
 def dump_toml(data: dict) -> str:
     """Enough TOML for our manifests: scalars and lists at the top, one level of tables."""
-    lines = [f"{key} = {_toml_value(value)}" for key, value in data.items() if not isinstance(value, dict)]
+    lines = [f"{_toml_key(key)} = {_toml_value(value)}" for key, value in data.items() if not isinstance(value, dict)]
     for key, table in data.items():
         if isinstance(table, dict):
-            lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+            lines += ["", f"[{_toml_key(key)}]"]
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None]
     return "\n".join(lines) + "\n"
 
 
@@ -66,9 +97,9 @@ def write_action(folder: Path, *, name: str, prompt: str, base_model: str,
                  meta: dict | None = None) -> Path:
     """Write the three files into ``folder`` (callers stage it: see ``output.staged_folder``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in unet_state.items()}, folder / UNET_FILE)
+    save_tensors(unet_state, folder / UNET_FILE)
     if decoder_state is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in decoder_state.items()}, folder / DECODER_FILE)
+        save_tensors(decoder_state, folder / DECODER_FILE)
     manifest = {
         "format": FORMAT_VERSION,
         "name": name,
@@ -100,6 +131,10 @@ def read_action(folder: str | Path) -> Action:
         if not isinstance(data.get(key), str):
             raise FlashError(f"{folder / MANIFEST} has no {key}", "re-run the training to rewrite it",
                              code="weights_incomplete")
+    for name in (UNET_FILE, DECODER_FILE):  # headers only: a damaged file is refused before a model loads
+        problem = safetensors_problem(folder / name) if (folder / name).is_file() else None
+        if problem:
+            raise _damaged(folder / name, problem)
     return Action(folder=folder, name=data["name"], prompt=data["prompt"], base_model=data["base_model"],
                   meta=data)
 

@@ -135,7 +135,8 @@ def engine_environment(engine_path: str | os.PathLike | None = None, extra: dict
 
     Blender's own Python settings must not leak into another interpreter: PYTHONHOME would
     make it load Blender's standard library. ``engine_path`` is the folder that holds the
-    ``flash_engine`` package (the add-on ships it inside the extension folder).
+    ``flash_engine`` package (the add-on ships it inside the extension folder), which the
+    engine never writes into: no bytecode caches there.
     """
     env = dict(os.environ if base is None else base)
     for name in ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__"):
@@ -144,6 +145,7 @@ def engine_environment(engine_path: str | os.PathLike | None = None, extra: dict
         env["PYTHONPATH"] = str(Path(engine_path))
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ inside the installed extension
     env.update(extra or {})
     return env
 

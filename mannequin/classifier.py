@@ -114,10 +114,10 @@ def frame_embeddings(model: ActionClassifier, clip: np.ndarray) -> torch.Tensor:
 
 
 def save_classifier(model: ActionClassifier, config: ClassifierConfig, folder: Path, meta: dict) -> None:
-    from safetensors.torch import save_file
+    from flash_engine.tensorfiles import save_tensors
 
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "classifier.safetensors")
+    save_tensors(model.state_dict(), folder / "classifier.safetensors")
     (folder / "classifier.json").write_text(json.dumps({"config": asdict(config), **meta}, indent=1) + "\n")
 
 

@@ -305,11 +305,11 @@ def to_pixels(frames) -> "torch.Tensor":
 
 def save_checkpoint(folder: Path, step: int, tensors: dict, meta: dict) -> None:
     """``checkpoint-<step>.safetensors`` + ``checkpoint.json`` (replaced atomically, last)."""
-    from safetensors.torch import save_file
+    from flash_engine.tensorfiles import save_tensors
 
     folder.mkdir(parents=True, exist_ok=True)
     name = f"checkpoint-{step:07d}.safetensors"
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, folder / name)
+    save_tensors(tensors, folder / name)
     _write_json(folder / CHECKPOINT_JSON, {**meta, "tensors": name, "step": step})
     for old in folder.glob("checkpoint-*.safetensors"):
         if old.name != name:
@@ -865,7 +865,9 @@ def _run(config: BaseConfig, out: Path, *, work: Path | None = None, cache: Path
 
     # ---------------------------------------------------------------- latents
     def latents():
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
+
+        from flash_engine.tensorfiles import save_tensors
 
         path = work / LATENTS_FILE
         key = {"vae": vae_digest, "clips": train_set.fingerprint(), "flips": str(2 if config.hflip else 1)}
@@ -883,7 +885,7 @@ def _run(config: BaseConfig, out: Path, *, work: Path | None = None, cache: Path
         mean, std = encode_latents(parts["vae"], train_set.frames, 2 if config.hflip else 1)
         log(f"latents: {mean.shape[0]} clips x {mean.shape[1]} in {time.perf_counter() - started:.1f} s")
         tmp = work / f".{LATENTS_FILE}.tmp-{os.getpid()}"
-        save_file({"mean": mean, "std": std}, tmp, metadata=key)
+        save_tensors({"mean": mean, "std": std}, tmp, metadata=key)
         os.replace(tmp, path)
         return mean, std
 

@@ -520,6 +520,18 @@ def test_setup_command_and_environment(tmp_path, monkeypatch):
     assert "PYTHONHOME" not in env and env["PYTHONPATH"] == str(tmp_path)
 
 
+def test_the_installer_never_writes_into_the_extension_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)  # Blender's environment does not set it
+    extension = tmp_path / "flash_previs"
+    shutil.copytree(REPO / "flash_engine", extension / "flash_engine",
+                    ignore=shutil.ignore_patterns("__pycache__", "mannequin"))
+    command = [*setup_command(tmp_path / "env", sys.executable)[:3], "--help"]  # imports the installer only
+    proc = subprocess.run(command, env=child_environment(extension), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and "--env" in proc.stdout, proc.stderr
+    assert [p.name for p in extension.rglob("__pycache__")] == []
+
+
 # ---------------------------------------------------------------------------------------
 # the bundled engine
 

@@ -223,3 +223,68 @@ def test_the_shipped_mannequin_card_loads_and_animates():
     frames = FlashPipeline(base)(reference, AnimationSettings(prompt=demo["prompt"], num_frames=demo["frames"],
                                                               steps=2, width=64, height=64, seed=0)).frames
     assert frames.shape == (16, 64, 64, 3) and np.isfinite(frames.astype(float)).all()
+
+
+# ---------------------------------------------------------------- weights never run code
+
+EVIL_MODULE = '''
+import os
+from pathlib import Path
+Path(os.environ["FLASH_TEST_MARKER"]).write_text("custom code ran")
+from transformers import CLIPTokenizer
+class EvilTokenizer(CLIPTokenizer):
+    pass
+'''
+
+
+def custom_code_folder(saved_tiny, dest):
+    """A copy of the tiny weights whose tokenizer names a local ``.py`` file to run (``auto_map``)."""
+    import json
+    import shutil
+
+    shutil.copytree(saved_tiny, dest)
+    config_path = dest / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+    config["tokenizer_class"] = "EvilTokenizer"  # no class of that name in transformers: only the file has it
+    config_path.write_text(json.dumps(config))
+    (dest / "tokenizer" / "evil.py").write_text(EVIL_MODULE)
+    return dest
+
+
+@pytest.fixture
+def custom_code_env(tmp_path, monkeypatch):
+    """Where the custom code would leave its marker, and a private module cache should it be copied."""
+    import transformers.dynamic_module_utils as dynamic
+
+    marker = tmp_path / "ran.txt"
+    monkeypatch.setenv("FLASH_TEST_MARKER", str(marker))
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    return marker
+
+
+@pytest.mark.parametrize("user", ["answers y at a terminal", "no terminal"])
+@pytest.mark.parametrize("precheck", ["folder check", "loader alone"])
+def test_weights_with_custom_code_are_refused_and_never_run(saved_tiny, tmp_path, monkeypatch, custom_code_env,
+                                                             user, precheck):
+    import io
+    import sys
+
+    from flash_engine.models import loading
+
+    folder = custom_code_folder(saved_tiny, tmp_path / "custom")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal("y\ny\ny\n") if user.startswith("answers") else io.StringIO(""))
+    if precheck == "loader alone":  # the loaders themselves must refuse too, should a check miss a case
+        monkeypatch.setattr(loading, "find_problems", lambda *_: [])
+    with pytest.raises(FlashError) as err:
+        load_base(folder)
+    assert not custom_code_env.exists(), "the weights folder's own code ran"
+    message = str(err.value)
+    assert "\n" not in message and "custom code" in message and err.value.code == "weights_unsafe"
+    if precheck == "folder check":
+        assert "tokenizer/tokenizer_config.json" in message and "auto_map" in message

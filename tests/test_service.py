@@ -315,3 +315,23 @@ def test_an_engine_python_without_the_requirements_gets_a_clear_error(tmp_path):
     assert error.code in (P.ENVIRONMENT, P.ENGINE_DIED)
     assert "No module named" in f"{error.message} {error.hint}"
     assert not client.alive  # not left running
+
+
+def test_the_engine_never_writes_into_its_install_folder(reference, tmp_path, monkeypatch):
+    """As installed: the engine's code in a folder of its own, started from an environment like
+    Blender's (which does not ask Python to skip bytecode caches)."""
+    import shutil
+
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    installed = tmp_path / "extension"
+    shutil.copytree(REPO / "flash_engine", installed / "flash_engine", ignore=shutil.ignore_patterns("__pycache__"))
+    client = EngineClient(sys.executable, SERVE_ARGS, engine_path=installed, cwd=tmp_path)
+    client.start()
+    try:
+        client.animate(clip(reference, tmp_path / "take"), timeout=120)  # imports the pipeline and the model
+    finally:
+        assert client.close() == 0, client.stderr_tail()
+    assert (tmp_path / "take" / "flash.json").is_file()
+    written = sorted(str(p.relative_to(installed)) for p in installed.rglob("*")
+                     if p.name == "__pycache__" or p.suffix == ".pyc")
+    assert written == []

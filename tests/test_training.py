@@ -421,3 +421,29 @@ def test_kill_9_then_resume_finishes(clips_dir, tmp_path):
     from flash_engine.actions import read_action
 
     assert read_action(out).meta["steps_done"] == 10
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_trained_files_follow_the_umask(clips_dir, tmp_path, umask):
+    import os
+    import stat
+
+    from flash_engine.training.job import TrainRequest, resolve_train, run_train
+
+    def modes(folder):
+        return {path.name: stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()}
+
+    previous = os.umask(umask)
+    try:
+        request = TrainRequest(clips=[str(clips_dir)], action="disc", prompt=["a disc is moving."],
+                               out=str(tmp_path / "disc"), model="tiny", steps=1, decoder_steps=1, resolution="64",
+                               frames=6, stride=1)
+        action = Path(run_train(resolve_train(request))["action"])
+        trainer = trainer_for(clips_dir, tmp_path / "work")
+        trainer.save_checkpoint()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(action.stat().st_mode) == 0o777 & ~umask
+    assert modes(action) == dict.fromkeys(["action.toml", "unet.safetensors", "decoder.safetensors"],
+                                          0o666 & ~umask)
+    assert set(modes(tmp_path / "work").values()) == {0o666 & ~umask}  # the checkpoint, while training

@@ -18,7 +18,10 @@ adapter::
     DIR/motion_adapter/  config.json + diffusion_pytorch_model.safetensors
 
 (the adapter may live elsewhere: ``motion_adapter=`` overrides it). Everything loads with
-``local_files_only`` and safetensors only: pickle checkpoints are refused, never run.
+``local_files_only`` and safetensors only: pickle checkpoints are refused, never run. A
+weights folder never runs code either: a config that names its own code (``auto_map``) is
+refused before anything loads, and every loader is told ``trust_remote_code=False`` (without
+it transformers asks "run the custom code? [y/N]" on stdin, which in ``serve`` is the protocol).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from flash_engine.errors import FlashError
 from flash_engine.models.base import BaseModel, assemble_base
 
 WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "motion_adapter")
+LOADED_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")  # under the model folder
+CUSTOM_CODE_KEY = "auto_map"  # how transformers/diffusers configs name code shipped with the weights
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 FINGERPRINT_CHUNK = 4 << 20
 MANNEQUIN = "mannequin"
@@ -49,12 +54,28 @@ def _has_safetensors(folder: Path) -> bool:
     return any(folder.glob("*.safetensors"))
 
 
+def _loaded_folders(model_dir: Path, adapter_dir: Path) -> dict[str, Path]:
+    return {**{name: model_dir / name for name in LOADED_FOLDERS}, "motion_adapter": adapter_dir}
+
+
+def find_custom_code(model_dir: Path, adapter_dir: Path) -> list[str]:
+    """The config files (``FOLDER/FILE``) that name code of their own to run: none may load."""
+    found = []
+    for name, folder in _loaded_folders(model_dir, adapter_dir).items():
+        for config in sorted(folder.glob("*config*.json")) if folder.is_dir() else ():
+            try:
+                data = json.loads(config.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # unreadable: the loader reports it
+            if isinstance(data, dict) and CUSTOM_CODE_KEY in data:
+                found.append(f"{name}/{config.name}")
+    return found
+
+
 def find_problems(model_dir: Path, adapter_dir: Path) -> list[str]:
     """Everything missing from a weights folder, as short phrases (empty when complete)."""
     problems = []
-    folders = {name: model_dir / name for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
-    folders["motion_adapter"] = adapter_dir
-    for name, folder in folders.items():
+    for name, folder in _loaded_folders(model_dir, adapter_dir).items():
         if not folder.is_dir():
             problems.append(f"no {name}/ folder")
             continue
@@ -82,6 +103,14 @@ def check_weights_folder(model_dir: Path, adapter_dir: Path) -> None:
             f"weights folder not found: {model_dir}",
             "run `python -m flash_engine weights fetch` or pass --model tiny",
             code="weights_missing",
+        )
+    custom = find_custom_code(model_dir, adapter_dir)
+    if custom:
+        raise FlashError(
+            f"weights folder {model_dir} asks to run custom code ({CUSTOM_CODE_KEY} in {', '.join(custom)}), "
+            "which FLASH never does",
+            f"delete the {CUSTOM_CODE_KEY} entry from those files, or use weights without custom code",
+            code="weights_unsafe",
         )
     problems = find_problems(model_dir, adapter_dir)
     if problems:
@@ -119,14 +148,21 @@ def load_folder(model_dir: Path, adapter_dir: Path | None = None, dtype=None) ->
     adapter_dir = Path(adapter_dir).expanduser().resolve() if adapter_dir else model_dir / "motion_adapter"
     check_weights_folder(model_dir, adapter_dir)
     dtype = dtype or torch.float32
-    common = dict(use_safetensors=True, local_files_only=True)
+    never_run_code = dict(local_files_only=True, trust_remote_code=False)
+    common = dict(use_safetensors=True, **never_run_code)
     try:
         unet2d = UNet2DConditionModel.from_pretrained(model_dir / "unet", torch_dtype=dtype, **common)
         motion_adapter = MotionAdapter.from_pretrained(adapter_dir, torch_dtype=dtype, **common)
         vae = AutoencoderKL.from_pretrained(model_dir / "vae", torch_dtype=dtype, **common)
         text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder", dtype=dtype, **common)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer", local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer", **never_run_code)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
+        if "trust_remote_code" in str(err):  # a custom-code case find_custom_code does not know
+            raise FlashError(
+                f"weights folder {model_dir} asks to run custom code, which FLASH never does",
+                f"delete the {CUSTOM_CODE_KEY} entries from its config files, or use weights without custom code",
+                code="weights_unsafe",
+            ) from err
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FlashError(
             f"could not load weights from {model_dir}: {first_line}",

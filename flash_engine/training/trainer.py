@@ -18,12 +18,13 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from flash_engine.models.base import BaseModel
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features
 from flash_engine.pipeline import JobCancelled
 from flash_engine.runtime import to_device
+from flash_engine.tensorfiles import save_tensors
 from flash_engine.training.augment import distort, flip_and_crop, strong_augment
 from flash_engine.training.checkpoint import load_optimizer, optimizer_tensors
 from flash_engine.training.clips import Clip, sample_frames
@@ -246,7 +247,7 @@ class FlashTrainer:
         optimizers = {name: optimizer_tensors(optimizer, f"optim.{name}", tensors)
                       for name, optimizer in (("unet", self.unet_optimizer), ("decoder", self.decoder_optimizer))}
         tensor_file = f"checkpoint-{self.phase}-{self.step}.safetensors"
-        save_file({k: v.contiguous() for k, v in tensors.items()}, self.work_dir / tensor_file)
+        save_tensors(tensors, self.work_dir / tensor_file)
         meta = {"tensors": tensor_file, "phase": self.phase, "step": self.step, "losses": self.losses,
                 "optimizers": optimizers, "config": self.config.to_dict(), "base_model": self.base.identity}
         temporary = self.work_dir / (CHECKPOINT_JSON + ".tmp")
