@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from flash_engine.errors import FlashError
+from flash_engine.tensorfiles import current_umask
 
 WrittenFiles = Callable[[Path], "set[str] | None"]
 
@@ -238,9 +239,7 @@ def _hidden_sibling(dest: Path, mark: str) -> Path:
 def _usual_permissions(folder: Path) -> None:
     # mkdtemp makes it private (0700); the finished folder gets the user's usual permissions,
     # so shared project storage can read the frames.
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
+    folder.chmod(0o777 & ~current_umask())
 
 
 @contextlib.contextmanager
