@@ -25,13 +25,14 @@ ACTIONS = "actions"
 _catalog: Catalog | None = None
 
 
-def user_dir(*parts: str) -> Path:
-    """The extension's user directory (kept across updates), or a sub-folder of it, created."""
+def user_dir(*parts: str, create: bool = True) -> Path:
+    """The extension's user directory (kept across updates), or a sub-folder of it (created
+    unless ``create`` is false)."""
     path = "/".join(parts)
     try:
-        base = bpy.utils.extension_path_user(ADDON, path=path, create=True)
+        base = bpy.utils.extension_path_user(ADDON, path=path, create=create)
     except ValueError:  # loaded as a plain add-on from a source checkout (development)
-        base = bpy.utils.user_resource('DATAFILES', path="/".join(("flash_previs",) + parts), create=True)
+        base = bpy.utils.user_resource('DATAFILES', path="/".join(("flash_previs",) + parts), create=create)
     return Path(base)
 
 
@@ -84,7 +85,8 @@ def _absolute(path: str) -> str:
 
 
 def managed_env_dir() -> Path:
-    return user_dir(ENGINE_ENV)
+    """Never created here: only the setup makes it, so "not set up" stays true until it runs."""
+    return user_dir(ENGINE_ENV, create=False)
 
 
 def engine_python(prefs) -> str:
