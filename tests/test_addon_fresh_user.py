@@ -141,3 +141,64 @@ def test_a_named_save_path_that_exists_needs_overwrite(tmp_path):
     options = batch.parse_args(["--save", "//v2.blend", "--overwrite"])
     assert options.overwrite and options.save_path == "//v2.blend"
     assert not batch.parse_args(["--save"]).overwrite
+
+
+# -- the base weights download ---------------------------------------------------------
+
+
+def _fake_downloader(script: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-c", script]
+
+
+def test_download_run_shows_size_and_progress_then_done():
+    from flash_blender.downloads import DownloadRun
+
+    script = ("import json,time\n"
+              "for done in (0, 2_500_000, 5_000_000):\n"
+              "    print(json.dumps({'event': 'progress', 'done': done, 'total': 5_000_000, 'file': 'unet/x'}))\n"
+              "print('a warning that is not an event')\n"
+              "print(json.dumps({'event': 'done', 'done': 5_000_000, 'total': 5_000_000}))\n")
+    run = DownloadRun(_fake_downloader(script))
+    wait_until(lambda: run.finished)
+    assert run.ok and run.factor == 1.0 and run.text == "Base weights downloaded"
+    assert (run.done, run.total) == (5_000_000, 5_000_000)
+
+
+def test_download_run_text_while_running_and_after_cancel():
+    from flash_blender.downloads import DownloadRun
+
+    script = ("import json,time\n"
+              "print(json.dumps({'event': 'progress', 'done': 1_200_000, 'total': 4_000_000_000}), flush=True)\n"
+              "time.sleep(60)\n")
+    run = DownloadRun(_fake_downloader(script))
+    wait_until(lambda: run.total is not None)
+    assert run.text.startswith("1.2 MB of 4.0 GB") and 0 < run.factor < 0.01
+    run.cancel()
+    assert run.finished and run.cancelled and not run.ok
+    assert run.text == "Download cancelled at 1.2 MB of 4.0 GB (Resume continues)"
+
+
+def test_download_run_reports_the_downloaders_error_with_its_fix():
+    from flash_blender.downloads import DownloadRun
+
+    script = ("import json,sys\n"
+              "print(json.dumps({'event': 'error', 'message': 'could not download the weights: refused', "
+              "'hint': 'check the network'}))\nsys.exit(1)\n")
+    run = DownloadRun(_fake_downloader(script))
+    wait_until(lambda: run.finished)
+    assert run.text == "Download failed: could not download the weights: refused (check the network)"
+    crashed = DownloadRun(_fake_downloader("raise SystemExit('boom')"))
+    wait_until(lambda: crashed.finished)
+    assert crashed.text == "Download failed: the download stopped with code 1: boom"
+
+
+def test_weights_state_lines():
+    from flash_blender.downloads import state_text
+
+    assert state_text({"state": "none", "done": 0, "total": None}).startswith("Base weights: not downloaded")
+    assert state_text({"state": "partial", "done": 1_500_000_000, "total": 5_600_000_000}) == \
+        "Base weights: 1.5 GB of 5.6 GB downloaded (Resume continues)"
+    assert state_text({"state": "complete", "done": 5_600_000_000, "total": 5_600_000_000}) == \
+        "Base weights: downloaded (5.6 GB)"

@@ -16,6 +16,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import traceback
@@ -33,6 +34,8 @@ from tests.blender_harness import (  # noqa: E402
 )
 
 UNWRITABLE = "/sys/flash-takes"  # mkdir there fails with EPERM, even for root
+UNET = "unet/diffusion_pytorch_model.safetensors"
+ADAPTER = "motion_adapter/diffusion_pytorch_model.safetensors"
 
 
 # ---------------------------------------------------------------------------------------
@@ -41,19 +44,35 @@ UNWRITABLE = "/sys/flash-takes"  # mkdir there fails with EPERM, even for root
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory) -> dict:
+    from tests.hub_standin import ADAPTER_REPO, SD15_REPO, Hub, tiny_repos
+
     tmp = tmp_path_factory.mktemp("blender-fresh")
     zip_path = build_extension_zip(tmp / "dist")
+    repos = tiny_repos(tmp / "repos")
+    hub = Hub(repos).start()
+    unet_size = (repos[SD15_REPO] / UNET).stat().st_size
+    adapter_size = (repos[ADAPTER_REPO] / "diffusion_pytorch_model.safetensors").stat().st_size
+    hub.stall_after[f"{SD15_REPO}/{UNET}"] = unet_size // 3  # the first try hangs there: the user cancels
+    hub.drop_after[f"{ADAPTER_REPO}/diffusion_pytorch_model.safetensors"] = adapter_size // 2
     no_torch = tmp / "python-without-torch"  # this interpreter without its site-packages: no torch
     no_torch.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
     no_torch.chmod(0o755)
     out = tmp / "record.json"
-    env = isolated_env(tmp)
-    proc = subprocess.run([sys.executable, __file__, str(zip_path), str(tmp / "work"), str(out), str(no_torch)],
-                          env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
+    env = {**isolated_env(tmp), "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp / "hf-home"),
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    try:
+        proc = subprocess.run([sys.executable, __file__, str(zip_path), str(tmp / "work"), str(out), str(no_torch),
+                               str(unet_size // 3)], env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
+    finally:
+        hub.stop()
     log = proc.stdout[-6000:] + proc.stderr[-6000:]
     assert out.is_file(), f"the Blender scenario wrote no record (exit {proc.returncode}):\n{log}"
     data = json.loads(out.read_text())
     data["_log"], data["_stdout"] = log, proc.stdout + proc.stderr
+    data["_hub"] = {"requests": hub.requests, "unet_size": unet_size, "adapter_size": adapter_size,
+                    "served": {UNET: str(repos[SD15_REPO] / UNET),
+                               ADAPTER: str(repos[ADAPTER_REPO] / "diffusion_pytorch_model.safetensors"),
+                               "vae/config.json": str(repos[SD15_REPO] / "vae" / "config.json")}}
     return data
 
 
@@ -71,6 +90,7 @@ def test_a_fresh_user_is_told_to_set_up_and_nothing_is_created(record):
     assert "Environment: not set up" in fresh["labels"]
     assert ["flash.setup_engine", "Set up engine"] in fresh["operators"]
     assert fresh["starts"] == 0 and fresh["problems"] == []
+    assert fresh["download_error"].startswith("Error: FLASH: the engine is not set up"), fresh["download_error"]
 
 
 def test_an_engine_without_torch_says_so_everywhere(record):
@@ -121,11 +141,50 @@ def test_save_never_replaces_an_existing_copy(record):
     assert saving["overwrite"]["code"] == 1 and saving["overwritten_is_blend"]
 
 
+def test_the_preferences_download_base_weights_with_size_progress_cancel_and_resume(record):
+    download = part(record, "download")
+    hub = record["_hub"]
+    before = download["before"]
+    assert before["state"] == "none" and ["flash.download_weights", "Download base weights"] in before["operators"]
+    assert any(text.startswith("Base weights: not downloaded") for text in before["labels"])
+    # while it runs: the size, a progress bar and Cancel
+    running = download["running"]
+    assert running["progress"] and 0 < running["progress"][0]["factor"] < 1, running
+    assert " of " in running["progress"][0]["text"] and ["flash.cancel_download", "Cancel"] in running["operators"]
+    assert running["problems"] == []
+    # cancelled: partial, never complete; the button resumes
+    cancelled = download["cancelled"]
+    assert cancelled["result"] == ["CANCELLED"] and cancelled["state"]["state"] == "partial", cancelled
+    assert 0 < cancelled["state"]["done"] < cancelled["state"]["total"]
+    assert ["flash.download_weights", "Resume download"] in cancelled["operators"]
+    assert any(text.startswith("Download cancelled at") for text in cancelled["labels"])
+    assert not cancelled["unet_in_place"]  # nothing half-written where the engine looks
+    assert cancelled["model"] == "default"  # the engine is not pointed at an unfinished folder
+    # resumed: the unet continues from where the cancel left it; the dropped adapter resumes by itself
+    resumed = download["resumed"]
+    assert resumed["result"] == ["FINISHED"] and resumed["state"]["state"] == "complete", resumed
+    unet_gets = [r for m, p, r in hub["requests"] if m == "GET" and p.endswith("/" + UNET)]
+    assert unet_gets == [None, f"bytes={hub['unet_size'] // 3}-"], unet_gets
+    adapter_file = re.compile(r"/guoyww/animatediff-motion-adapter-v1-5-2/resolve/[^/]+/"
+                              r"diffusion_pytorch_model\.safetensors")
+    adapter_gets = [r for m, p, r in hub["requests"] if m == "GET" and adapter_file.fullmatch(p)]
+    assert adapter_gets == [None, f"bytes={hub['adapter_size'] // 2}-"], adapter_gets
+    dest = Path(resumed["folder"])
+    for path, source in hub["served"].items():
+        assert (dest / path).read_bytes() == Path(source).read_bytes(), path
+    assert resumed["model"] == str(dest) and str(dest).startswith(record["fresh"]["user_dir"])
+    assert any(text.startswith("Base weights: downloaded") for text in resumed["labels"])
+    assert not any(op == "flash.download_weights" for op, _ in resumed["operators"])
+
+
 # ---------------------------------------------------------------------------------------
 # Blender side (runs as a script with the bpy module)
 
 
-def scenario(zip_path: str, work: str, out: str, no_torch: str) -> None:  # pragma: no cover - runs in Blender
+def scenario(zip_path: str, work: str, out: str, no_torch: str, stall: str) -> None:  # pragma: no cover
+    import threading
+    import time
+
     import bpy
 
     record: dict = {}
@@ -177,8 +236,14 @@ def scenario(zip_path: str, work: str, out: str, no_torch: str) -> None:  # prag
         # 1. never set up: Animate says so, the preferences offer the button, nothing is made
         error = animate(frames=3, steps=1, long_side=64)
         labels, operators, problems = draw(type(prefs).draw, prefs)
+        try:
+            bpy.ops.flash.download_weights()
+            download_error = ""
+        except RuntimeError as err:
+            download_error = str(err)
         record["fresh"] = {"error": error, "env_exists": env_dir.exists(), "labels": labels,
-                           "operators": operators, "starts": manager.starts, "problems": problems}
+                           "operators": operators, "starts": manager.starts, "problems": problems,
+                           "download_error": download_error, "user_dir": bpy.utils.extension_path_user(MODULE)}
         save()
 
         # 2. an engine Python without torch
@@ -234,10 +299,52 @@ def scenario(zip_path: str, work: str, out: str, no_torch: str) -> None:  # prag
         overwrite = batch_main("--camera", "Nope", "--save", "//shot_flash_2.blend", "--overwrite")
         record["save"].update(overwrite=overwrite, overwritten_is_blend=is_blend(numbered))
         save()
+
+        # 6. base weights from the preferences, against the stand-in hub: cancelled, then resumed
+        preferences = addon("preferences")
+        prefs.model_source = 'DEFAULT'
+        labels, operators, problems = draw(type(prefs).draw, prefs)
+        download = record["download"] = {"before": {"state": preferences.weights_state()["state"], "labels": labels,
+                                                    "operators": operators, "problems": problems}}
+        part_file = preferences.weights_dir() / ".flash-download" / (UNET + ".part")
+        running: dict = {"progress": []}
+
+        def cancel_when_stalled():  # the user watches the bar, then presses Cancel
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                run = status.download
+                if run is not None and part_file.is_file() and part_file.stat().st_size >= int(stall) \
+                        and run.file == UNET:
+                    calls: list = []
+                    type(prefs).draw(Drawer(Layout(calls), prefs), bpy.context)
+                    running["progress"] = [c[2] for c in calls if c[0] == "progress"]
+                    running["operators"] = [(c[1][0], c[2].get("text")) for c in calls if c[0] == "operator"]
+                    running["problems"] = layout_problems(bpy, calls, where="running")
+                    run.cancel()  # what the Cancel button does
+                    return
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=cancel_when_stalled, daemon=True)
+        thread.start()
+        result = sorted(bpy.ops.flash.download_weights())
+        thread.join(10)
+        download["running"] = running
+        labels, operators, problems = draw(type(prefs).draw, prefs)
+        download["cancelled"] = {"result": result, "state": preferences.weights_state(), "labels": labels,
+                                 "operators": operators, "problems": problems,
+                                 "unet_in_place": (preferences.weights_dir() / UNET).exists(),
+                                 "model": preferences.model_argument(prefs)}
+        save()
+        result = sorted(bpy.ops.flash.download_weights())  # the same button: resumes
+        labels, operators, problems = draw(type(prefs).draw, prefs)
+        download["resumed"] = {"result": result, "state": preferences.weights_state(), "labels": labels,
+                               "operators": operators, "problems": problems,
+                               "folder": str(preferences.weights_dir()), "model": preferences.model_argument(prefs)}
+        save()
     except Exception:
         record["error"] = traceback.format_exc()
     save()
 
 
 if __name__ == "__main__":
-    scenario(*sys.argv[1:5])
+    scenario(*sys.argv[1:6])
