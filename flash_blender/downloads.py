@@ -49,7 +49,8 @@ class DownloadRun:
         self.returncode: int | None = None
         self.error, self.cancelled = "", False
         self.output: list[str] = []  # what was not an event (tracebacks, warnings): for the error
-        self._clock, self._rate = clock, (clock(), 0, 0.0)  # (when, bytes then, bytes/s)
+        self._clock = clock
+        self._rate: tuple | None = None  # (when, bytes then, bytes/s), from the first event on
         self._lock = threading.Lock()
         try:
             self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -89,7 +90,9 @@ class DownloadRun:
 
     def _progress(self, done: int, total, file: str) -> None:
         now = self._clock()
-        when, before, rate = self._rate
+        if self._rate is None:  # a resumed download starts with bytes it did not fetch now
+            self._rate = (now, done, 0.0)
+        when, before, _ = self._rate
         if now - when >= 1.0:  # a rate over the last second or so, not per event
             self._rate = (now, done, max(done - before, 0) / (now - when))
         self.done, self.total, self.file = done, total, file
@@ -111,7 +114,8 @@ class DownloadRun:
     @property
     def text(self) -> str:
         with self._lock:
-            done, total, rate, error = self.done, self.total, self._rate[2], self.error
+            done, total, error = self.done, self.total, self.error
+            rate = self._rate[2] if self._rate else 0.0
         if self.finished:
             if self.cancelled:
                 return f"Download cancelled at {format_size(done)} of {format_size(total)} (Resume continues)"

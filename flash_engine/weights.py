@@ -269,7 +269,14 @@ def fetch(dest: Path | None = None, packs=BASE_WEIGHTS, progress=None) -> Path:
             report(counted[0], total, _path)
 
         report(start, total, remote.path)
-        _fetch_file(remote, part, on_bytes)
+        try:
+            _fetch_file(remote, part, on_bytes)
+        except FlashError:
+            raise
+        except Exception as err:  # the HEAD request, an HTTP error status, the disk
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise FlashError(f"could not download {remote.repo}/{remote.name}: {first}", FETCH_HINT,
+                             code="download_failed") from err
         if not _file_hash_ok(part, remote):
             part.unlink()
             raise FlashError(f"{remote.repo}/{remote.name} arrived damaged (its hash does not match the hub's)",

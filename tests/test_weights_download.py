@@ -88,7 +88,7 @@ def test_an_interrupted_download_is_partial_and_the_next_run_finishes_it(hub, re
     dest, size = tmp_path / "weights", len(served(repos, ADAPTER))
     hub.drop_after[f"{ADAPTER_REPO}/diffusion_pytorch_model.safetensors"] = size // 2
 
-    class Stop(Exception):
+    class Stop(BaseException):  # as the SIGTERM of Cancel ends the downloader (SystemExit)
         pass
 
     def stop_mid_adapter(done, total, path):  # a cancel (or a crash) during the adapter's file
