@@ -23,6 +23,7 @@ from pathlib import Path
 MODES = ("active", "all", "markers", "named")
 OUTPUTS = ("plane", "vse", "both")
 SAVE_SUFFIX = "_flash"
+OUTPUT_FIX = "pass --out DIR with a writable folder, or fix the Output Folder in Preferences > Add-ons > FLASH Previs"
 SUMMARY_PREFIX = "FLASH batch:"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -49,6 +50,7 @@ class BatchOptions:
     save: bool = False
     save_path: str = ""  # empty: <name>_flash.blend beside the opened file
     save_over_input: bool = False
+    overwrite: bool = False  # --save may replace an existing file
 
 
 # ---------------------------------------------------------------------------------------
@@ -96,7 +98,9 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--mp4", action="store_true", help="also write flash.mp4 next to each take's frames")
     out.add_argument("--save", nargs="?", const="", default=None, metavar="PATH",
                      help="save the .blend with the imported planes/strips to a new file (default "
-                          "NAME_flash.blend beside the opened file; // means beside it)")
+                          "NAME_flash.blend beside the opened file, NAME_flash_2.blend and so on when that exists; "
+                          "// means beside it). An existing PATH is refused unless --overwrite")
+    out.add_argument("--overwrite", action="store_true", help="allow --save PATH to replace an existing file")
     out.add_argument("--save-over-input", action="store_true",
                      help="allow --save to write over the opened .blend itself")
     return p
@@ -115,7 +119,7 @@ def parse_args(argv: list[str]) -> BatchOptions:
     return BatchOptions(scene=args.scene, mode="named" if args.camera else (args.cameras or "active"),
                         cameras=list(args.camera), overrides=overrides, output_root=args.out, mp4=args.mp4,
                         save=args.save is not None or args.save_over_input, save_path=args.save or "",
-                        save_over_input=args.save_over_input)
+                        save_over_input=args.save_over_input, overwrite=args.overwrite)
 
 
 def split_names(text: str) -> list[str]:
@@ -191,8 +195,10 @@ def select_shots(mode: str, scene: str, *, active: str | None, cameras: list[str
 # Saving and reporting
 
 
-def save_target(blend_path: str, requested: str, over_input: bool) -> Path:
-    """Where the copy with the results goes. Never the opened file unless ``over_input``."""
+def save_target(blend_path: str, requested: str, over_input: bool, overwrite: bool = False) -> Path:
+    """Where the copy with the results goes. Never the opened file unless ``over_input``, never
+    another existing file unless ``overwrite``: the default name is numbered past existing
+    ones (NAME_flash_2.blend, ...), a named one that exists is refused."""
     blend = Path(blend_path).resolve() if blend_path else None
     requested = (requested or "").strip()
     if requested.startswith("//"):
@@ -214,6 +220,13 @@ def save_target(blend_path: str, requested: str, over_input: bool) -> Path:
     target = target.resolve()
     if blend is not None and target == blend and not over_input:
         raise BatchError(f"--save {target} is the opened file", "save elsewhere, or pass --save-over-input")
+    if target.exists() and not overwrite and target != blend:
+        if requested:
+            raise BatchError(f"--save {target} exists", "pass --overwrite to replace it, or save elsewhere")
+        stem, number = target.stem, 2
+        while target.exists():
+            target = target.with_name(f"{stem}_{number}.blend")
+            number += 1
     return target
 
 

@@ -147,12 +147,21 @@ class Catalog:
         hint = f"did you mean {', '.join(near)}?" if near else "pick one from the FLASH panel's Action list"
         raise KeyError(f"unknown action {key!r} ({hint})")
 
-    def enum_items(self) -> list[tuple[str, str, str, int]]:
-        """``(identifier, label, description, number)`` for a bpy EnumProperty."""
-        return [(a.id, a.label, a.description, i) for i, a in enumerate(self.refresh())]
+    def enum_items(self, current: str | None = None) -> list[tuple[str, str, str, int]]:
+        """``(identifier, label, description, number)`` for a bpy EnumProperty. A ``current``
+        choice that no longer exists (a deleted trained action) stays listed, last, as
+        missing: the dropdown shows what the scene asks for, not some other action."""
+        actions = self.refresh()
+        items = [(a.id, a.label, a.description, i) for i, a in enumerate(actions)]
+        if current and not any(a.id == current for a in actions):
+            items.append((current, f"{current.removeprefix(TRAINED_PREFIX)} (missing)",
+                          "this action is gone (deleted or renamed): pick another", len(actions)))
+        return items
 
     def index(self, action_id: str) -> int:
-        for i, action in enumerate(self.refresh()):
+        """The enum number of ``action_id``; a missing one is the extra item ``enum_items`` adds."""
+        actions = self.refresh()
+        for i, action in enumerate(actions):
             if action.id == action_id:
                 return i
-        return 0
+        return len(actions)

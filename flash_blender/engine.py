@@ -61,6 +61,7 @@ class EngineManager:
         self._config: EngineConfig | None = None
         self._thread: threading.Thread | None = None
         self._start_error: BaseException | None = None
+        self._start_failure = ""  # why the last start failed, until the next start (what describe() says)
         self.starts = 0  # how many engine processes this session started
 
     # -- state ---------------------------------------------------------------------------
@@ -88,8 +89,17 @@ class EngineManager:
         if client.alive:
             hello = client.hello_info or {}
             return f"running (pid {client.pid}, {hello.get('device', '?')})"
+        return self._stopped_text(client)
+
+    def _stopped_text(self, client) -> str:
+        """Why a client that is not alive stopped. A failed start ends with the client killing
+        the engine itself: that kill is not news, the start's error is."""
+        if self._start_failure:
+            return f"could not start: {self._start_failure}"
         death = client.death
-        return death.describe() if death is not None else "stopped"
+        if death is None or death.expected:
+            return "stopped"
+        return death.describe()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -115,7 +125,7 @@ class EngineManager:
             if client is not None and client.alive and self._config == config and self._start_error is None:
                 return
             previous = self._thread if self.starting else None
-            self._config, self._start_error = config, None
+            self._config, self._start_error, self._start_failure = config, None, ""
             self._thread = threading.Thread(target=self._start, args=(previous, config), name="flash-engine-start",
                                             daemon=True)
             self._thread.start()
@@ -136,6 +146,7 @@ class EngineManager:
         except BaseException as err:  # reported to whoever polls
             with self._lock:
                 self._start_error = err
+                self._start_failure = " ".join(str(err).split()) or type(err).__name__
 
     def ready(self):
         """The running client, None while it starts; raises the start's error if it failed."""
@@ -151,8 +162,9 @@ class EngineManager:
             return None
         if not client.alive:  # died between its hello and now
             death = client.death
-            raise EngineGone(death.describe() if death else "the engine stopped",
-                             death.hint() if death else "run the job again to restart it")
+            if death is None or death.expected or self._start_failure:
+                raise EngineGone(f"the engine {self._stopped_text(client)}", "run the job again to restart it")
+            raise EngineGone(death.describe(), death.hint())
         return client
 
     def wait_ready(self, timeout: float | None = None):
@@ -175,7 +187,7 @@ class EngineManager:
             thread.join(timeout)
         with self._lock:
             client, self._client, self._config, self._thread = self._client, None, None, None
-            self._start_error = None
+            self._start_error, self._start_failure = None, ""
         if client is not None:
             try:
                 client.close(timeout)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -23,6 +24,7 @@ REFERENCE_SUFFIX = ".reference.png"
 TAKE_DIGITS = 3
 SIZE_MULTIPLE = 8
 MIN_SIDE = 8
+OUTPUT_FIX = "choose a writable Output Folder in Preferences > Add-ons > FLASH Previs, or make this one writable"
 
 
 class PlanError(Exception):
@@ -85,14 +87,31 @@ def plan_take(root: Path, scene: str, camera: str, action: str, reserved: Iterab
     return TakePlan(name=name, number=number, root=root, folder=root / name, reference=root / (name + REFERENCE_SUFFIX))
 
 
+def check_writable(folder: Path, hint: str = OUTPUT_FIX) -> None:
+    """Takes can be written in ``folder`` (created as a take would create it), else PlanError
+    with the fix. Called before the engine starts, so a read-only folder costs no model load.
+    A real write is tried: permissions alone miss read-only mounts and system folders."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PlanError(f"the output folder {folder} is a file, not a folder", hint)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # nameless where the OS allows: nothing to clean up
+            pass
+    except OSError as err:
+        raise PlanError(f"cannot write takes to {folder}: {err.strerror or err}", hint) from None
+
+
 def reserve_reference(plan: TakePlan) -> None:
     """Create the take root and claim the reference file (fails if someone took the name)."""
-    plan.root.mkdir(parents=True, exist_ok=True)
     try:
+        plan.root.mkdir(parents=True, exist_ok=True)
         with open(plan.reference, "xb"):
             pass
     except FileExistsError:
         raise PlanError(f"{plan.reference.name} appeared while planning the take", "run again") from None
+    except OSError as err:
+        raise PlanError(f"cannot write takes to {plan.root}: {err.strerror or err}", OUTPUT_FIX) from None
 
 
 def staging_leftovers(plan: TakePlan) -> list[Path]:

@@ -6,13 +6,14 @@ user directory, and the action catalog.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import bpy
 from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntProperty, StringProperty
 from bpy.types import AddonPreferences, PropertyGroup
 
-from . import bundled, engine
+from . import bundled, downloads, engine
 from .catalog import Catalog
 from .clipcheck import CheckCache, ClipCheck
 from .jobs import PlanError
@@ -21,17 +22,19 @@ from .progress import STATUS
 ADDON = __package__  # "bl_ext.<repository>.flash_previs" when installed as an extension
 ENGINE_ENV = "engine-env"
 ACTIONS = "actions"
+WEIGHTS = "weights"  # "Download base weights" puts them here
 
 _catalog: Catalog | None = None
 
 
-def user_dir(*parts: str) -> Path:
-    """The extension's user directory (kept across updates), or a sub-folder of it, created."""
+def user_dir(*parts: str, create: bool = True) -> Path:
+    """The extension's user directory (kept across updates), or a sub-folder of it (created
+    unless ``create`` is false)."""
     path = "/".join(parts)
     try:
-        base = bpy.utils.extension_path_user(ADDON, path=path, create=True)
+        base = bpy.utils.extension_path_user(ADDON, path=path, create=create)
     except ValueError:  # loaded as a plain add-on from a source checkout (development)
-        base = bpy.utils.user_resource('DATAFILES', path="/".join(("flash_previs",) + parts), create=True)
+        base = bpy.utils.user_resource('DATAFILES', path="/".join(("flash_previs",) + parts), create=create)
     return Path(base)
 
 
@@ -84,7 +87,18 @@ def _absolute(path: str) -> str:
 
 
 def managed_env_dir() -> Path:
-    return user_dir(ENGINE_ENV)
+    """Never created here: only the setup makes it, so "not set up" stays true until it runs."""
+    return user_dir(ENGINE_ENV, create=False)
+
+
+def weights_dir() -> Path:
+    """Where the Preferences' download puts the base weights (made by the download itself)."""
+    return user_dir(WEIGHTS, create=False)
+
+
+def weights_state() -> dict:
+    """How far the download into ``weights_dir()`` got (``flash_engine.weights.download_state``)."""
+    return bundled.engine_module("weights").download_state(weights_dir())
 
 
 def engine_python(prefs) -> str:
@@ -120,6 +134,8 @@ def model_argument(prefs) -> str:
                             "Preferences > Add-ons > FLASH Previs: choose a folder with unet/ vae/ text_encoder/ "
                             "tokenizer/ scheduler/ motion_adapter/, or use the built-in model")
         return folder
+    if not os.environ.get("FLASH_MODEL") and weights_state()["state"] == "complete":
+        return str(weights_dir())  # the weights the Preferences downloaded
     return "default"
 
 
@@ -158,9 +174,9 @@ class FLASH_AddonPreferences(AddonPreferences):
     model_source: EnumProperty(
         name="Model",
         items=[
-            ('DEFAULT', "Built-in default", "$FLASH_MODEL, else the fetched weights "
-                                            "(python -m flash_engine weights fetch), else the built-in "
-                                            "mannequin model (64x64)"),
+            ('DEFAULT', "Built-in default", "$FLASH_MODEL, else the base weights downloaded here (Download "
+                                            "base weights) or with python -m flash_engine weights fetch, else "
+                                            "the built-in mannequin model (64x64)"),
             ('FOLDER', "Local weights folder", "A diffusers-layout Stable Diffusion 1.5 folder with motion_adapter/"),
             ('TINY', "Tiny test model", "Random weights at toy size (plumbing only): checks the setup in "
                                         "seconds; the clips show no real motion"),
@@ -233,6 +249,8 @@ class FLASH_AddonPreferences(AddonPreferences):
         box.prop(self, "model_source")
         if self.model_source == 'FOLDER':
             box.prop(self, "model_folder")
+        elif self.model_source == 'DEFAULT':
+            self._draw_weights(box)
         box.prop(self, "device")
         box.prop(self, "precision")
         box.prop(self, "offload")
@@ -244,6 +262,26 @@ class FLASH_AddonPreferences(AddonPreferences):
         from .training_ui import draw_custom_actions  # the "Custom actions" section
 
         draw_custom_actions(self, layout.box(), context)
+
+    def _draw_weights(self, layout):
+        """The base weights: their state and size, the download's progress bar and Cancel."""
+        run = STATUS.download
+        if run is not None and not run.finished:
+            layout.progress(factor=run.factor, type='BAR', text=run.text)
+            layout.operator("flash.cancel_download", text="Cancel", icon='CANCEL')
+            return
+        try:
+            state = weights_state()
+        except Exception as err:  # a broken bundle: say so instead of failing to draw
+            layout.label(text=f"cannot read the weights folder: {err}", icon='ERROR')
+            return
+        row = layout.row()
+        row.label(text=downloads.state_text(state), icon='CHECKMARK' if state["state"] == "complete" else 'INFO')
+        if state["state"] != "complete":
+            row.operator("flash.download_weights", icon='IMPORT',
+                         text="Resume download" if state["state"] == "partial" else "Download base weights")
+        if run is not None and not run.ok:
+            layout.label(text=run.text, icon='INFO' if run.cancelled else 'ERROR')
 
     def _draw_managed(self, layout):
         env_dir = managed_env_dir()

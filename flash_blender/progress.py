@@ -203,6 +203,7 @@ class SessionStatus:
     last_message: str = ""
     warnings: list[str] = field(default_factory=list)
     setup: object | None = None  # installer.SetupRun while "Set up engine" runs (or its last run)
+    download: object | None = None  # downloads.DownloadRun while the base weights download (or its last run)
     # "Custom actions" in the preferences: the training job (training.TrainJob) and what it said
     training: AnimateJob | None = None
     train_error: str = ""

@@ -23,7 +23,7 @@ _items_keepalive: list = []
 def _action_items(self, context):
     global _items_keepalive
     try:
-        items = get_catalog().enum_items()
+        items = get_catalog().enum_items(getattr(self, "action_id", "") or DEFAULT_ACTION)
     except Exception as err:  # a broken bundle: show it rather than an empty list
         items = [("", "(no actions)", str(err), 0)]
     _items_keepalive = items or [("", "(no actions)", "no presets found: reinstall the extension", 0)]

@@ -44,11 +44,13 @@ def unregister() -> None:
     abandon_training("the add-on was disabled")  # the engine keeps a checkpoint: Resume continues
     if STATUS.setup is not None:
         STATUS.setup.stop()
+    if STATUS.download is not None:
+        STATUS.download.cancel()  # what it got stays: the next Download resumes
     MANAGER.shutdown()
     remove_all_timers()
     properties.unregister()
     _unregister_classes()
-    STATUS.job, STATUS.setup, STATUS.training = None, None, None
+    STATUS.job, STATUS.setup, STATUS.training, STATUS.download = None, None, None, None
     STATUS.clear_messages()
     STATUS.clear_train_messages()
     preferences.forget_catalog()

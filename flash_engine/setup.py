@@ -187,7 +187,7 @@ def env_status(env_dir: str | os.PathLike) -> dict:
         reason = "ready"
     elif failed:
         reason = f"the last setup failed at {failed.get('step')}: {failed.get('error')}"
-    elif env_dir.exists():
+    elif env_dir.is_dir() and any(env_dir.iterdir()):  # an empty folder (older add-ons made one) is "not set up"
         reason = "set up incompletely (no ready stamp): run the setup again"
     else:
         reason = "not set up"

@@ -106,51 +106,39 @@ def test_default_model_is_mannequin_when_its_folder_is_complete_else_tiny(tmp_pa
     assert resolve_model_source("default") == "tiny"
 
 
-def test_fetch_asks_for_safetensors_only_and_reports_offline(tmp_path, monkeypatch):
-    import huggingface_hub
+def _point_hub_at(monkeypatch, url: str) -> None:
+    import huggingface_hub.constants as constants  # read at import: point the loaded copy too
 
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+def test_fetch_asks_for_safetensors_only_and_reports_offline(tmp_path, monkeypatch):
     from flash_engine import weights
 
-    calls = []
-
-    def offline(repo_id, **kwargs):
-        calls.append((repo_id, kwargs))
-        raise OSError("We couldn't connect to the Hub")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    patterns = [p for _, _, files in weights.BASE_WEIGHTS for p in files]
+    weight_patterns = [p for p in patterns if "." in p and not p.endswith(".json")]
+    assert weight_patterns and all(p.endswith(".safetensors") for p in weight_patterns)
+    _point_hub_at(monkeypatch, "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(FlashError) as err:
         weights.fetch(tmp_path / "w")
     assert err.value.code == "download_failed" and "network" in str(err.value)
-    repo_id, kwargs = calls[0]
-    assert repo_id == weights.SD15_REPO and kwargs["local_dir"] == tmp_path / "w"
-    weight_patterns = [p for p in kwargs["allow_patterns"] if "." in p and not p.endswith(".json")]
-    assert weight_patterns and all(p.endswith(".safetensors") for p in weight_patterns)
+    assert weights.download_state(tmp_path / "w")["state"] == "none"
 
 
 def test_fetch_lays_out_what_the_loader_reads(tmp_path, monkeypatch):
     """A stand-in hub that serves the tiny model: fetch must end in a loadable folder."""
-    import shutil
-
-    import huggingface_hub
-
     from flash_engine import weights
-    from flash_engine.models.loading import load_base, save_folder
-    from flash_engine.models.tiny import tiny_parts
+    from flash_engine.models.loading import load_base
+    from tests.hub_standin import Hub, tiny_repos
 
-    hub = save_folder(tiny_parts(), tmp_path / "hub")
-    (hub / "model_index.json").write_text("{}")
-
-    def serve(repo_id, local_dir, allow_patterns):
-        source = hub / "motion_adapter" if repo_id == weights.MOTION_ADAPTER_REPO else hub
-        for path in source.rglob("*"):
-            rel = path.relative_to(source)
-            if path.is_file() and rel.parts[0] != "motion_adapter" and any(
-                    rel.match(p) or str(rel) == p for p in allow_patterns):
-                (local_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(path, local_dir / rel)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", serve)
-    dest = weights.fetch(tmp_path / "fetched")
+    hub = Hub(tiny_repos(tmp_path / "hub")).start()
+    try:
+        _point_hub_at(monkeypatch, hub.url)
+        dest = weights.fetch(tmp_path / "fetched")
+    finally:
+        hub.stop()
     assert load_base(dest).unet is not None
 
 

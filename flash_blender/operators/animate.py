@@ -19,7 +19,8 @@ from bpy.types import Operator
 
 from .. import importers
 from ..engine import MANAGER
-from ..jobs import PlanError, model_size, output_root, plan_take, reserve_reference, staging_leftovers
+from ..jobs import (PlanError, check_writable, model_size, output_root, plan_take, reserve_reference,
+                    staging_leftovers)
 from ..preferences import engine_config, get_catalog, get_prefs, user_dir
 from ..progress import STATUS, AnimateJob, one_line
 from ..properties import DEFAULT_ACTION, OUTPUT_ITEMS
@@ -112,9 +113,10 @@ class FLASH_OT_animate_action(TimerOperator, Operator):
                                    render.pixel_aspect_x, render.pixel_aspect_y)
         prefs = get_prefs(context)
         config = engine_config(prefs)  # before anything is written: an unset engine creates nothing
-        MANAGER.start(config)  # a cold engine imports torch while the reference renders
         override = self.output_root if self.properties.is_property_set("output_root") else prefs.output_root
         root = output_root(bpy.data.filepath, override, user_dir())
+        check_writable(root.folder)  # before the engine starts: a read-only folder costs no model load
+        MANAGER.start(config)  # a cold engine imports torch while the reference renders
         plan = plan_take(root.folder, scene.name, camera.name, action.slug)
         reserve_reference(plan)
         try:

@@ -21,9 +21,11 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 from bpy.types import Operator
 
 from .. import importers
-from ..batch import (EXIT_USAGE, BatchError, BatchOptions, ShotResult, exit_code, final_lines, parse_args,
-                     save_target, script_argv, select_shots, split_names, summary_line)
+from ..batch import (EXIT_USAGE, OUTPUT_FIX, BatchError, BatchOptions, ShotResult, exit_code, final_lines,
+                     parse_args, save_target, script_argv, select_shots, split_names, summary_line)
 from ..engine import MANAGER
+from ..jobs import PlanError, check_writable, output_root
+from ..preferences import get_prefs, user_dir
 from ..progress import STATUS, one_line
 from ..properties import OUTPUT_ITEMS
 
@@ -78,6 +80,18 @@ def _run_shot(context, scene, shot, options: BatchOptions) -> ShotResult:
                       base_model_only=bool(meta.get("base_model_only")))
 
 
+def _check_output(options: BatchOptions, target: Path | None) -> None:
+    """The take folder and the copy's folder can be written: checked before any shot starts
+    the engine (BatchError with the fix)."""
+    root = output_root(bpy.data.filepath, options.output_root or get_prefs().output_root, user_dir())
+    try:
+        check_writable(root.folder, OUTPUT_FIX)
+        if target is not None:
+            check_writable(target.parent, "pass --save PATH in a writable folder")
+    except PlanError as err:
+        raise BatchError(err.message, err.hint) from None
+
+
 def run_batch(context, options: BatchOptions, report=print) -> BatchReport:
     """Every shot, one summary line each; the saved copy at the end. Raises BatchError
     (before any shot runs) when the batch cannot start."""
@@ -87,7 +101,9 @@ def run_batch(context, options: BatchOptions, report=print) -> BatchReport:
     if scene is None:
         raise BatchError(f"no scene named '{options.scene}'",
                          f"the file's scenes: {', '.join(s.name for s in bpy.data.scenes)}")
-    target = save_target(bpy.data.filepath, options.save_path, options.save_over_input) if options.save else None
+    target = save_target(bpy.data.filepath, options.save_path, options.save_over_input,
+                         options.overwrite) if options.save else None
+    _check_output(options, target)
     cameras = [o.name for o in scene.objects if o.type == 'CAMERA']
     others = [o.name for o in scene.objects if o.type != 'CAMERA']
     markers = [(m.frame, m.name, m.camera.name if m.camera else None) for m in scene.timeline_markers]
@@ -116,6 +132,8 @@ def run_batch(context, options: BatchOptions, report=print) -> BatchReport:
         if target is not None:
             try:
                 over_input = bpy.data.filepath and Path(bpy.data.filepath).resolve() == target
+                if target.exists() and not (over_input or options.overwrite):  # appeared while the shots ran
+                    target = save_target(bpy.data.filepath, options.save_path, False)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 bpy.ops.wm.save_as_mainfile(filepath=str(target), copy=not over_input, check_existing=False)
                 batch.saved = str(target)
@@ -158,6 +176,9 @@ class FLASH_OT_batch_animate(Operator):
                               description="Empty: NAME_flash.blend beside the file")
     save_over_input: BoolProperty(name="Save Over the File", default=False, options={'SKIP_SAVE'},
                                   description="Allow saving over the opened .blend itself")
+    overwrite: BoolProperty(name="Replace an Existing Copy", default=False, options={'SKIP_SAVE'},
+                            description="Allow Save As to replace an existing file (without it the default name "
+                                        "is numbered and a named file that exists is refused)")
 
     @classmethod
     def poll(cls, context):
@@ -175,7 +196,7 @@ class FLASH_OT_batch_animate(Operator):
             scene=self.scene, mode=mode, cameras=names,
             overrides={name: getattr(self, name) for name in OVERRIDES if self.properties.is_property_set(name)},
             output_root=self.output_root, mp4=self.mp4, save=self.save or bool(self.save_path) or self.save_over_input,
-            save_path=self.save_path, save_over_input=self.save_over_input)
+            save_path=self.save_path, save_over_input=self.save_over_input, overwrite=self.overwrite)
         try:
             batch = run_batch(context, options)
         except BatchError as err:
