@@ -28,6 +28,18 @@ from flash_engine.weights import resolve_model_source
 METADATA_FILE = "flash.json"
 
 
+DEFAULT_FPS = 8  # the speed of a clip when neither the request nor a trained action gives one
+
+
+def clip_fps(request: "AnimateRequest", action) -> float:
+    """The clip's fps: the request's, else the trained action's learned one, else DEFAULT_FPS."""
+    if request.fps:
+        return request.fps
+    learned = action.meta.get("fps") if action is not None else None
+    return learned if isinstance(learned, (int, float)) and not isinstance(learned, bool) and learned > 0 \
+        else DEFAULT_FPS
+
+
 @dataclass
 class AnimateRequest:
     image: str
@@ -47,7 +59,7 @@ class AnimateRequest:
     long_side: int = 512
     overwrite: bool = False
     mp4: bool = False
-    fps: int = 8
+    fps: float | None = None  # None: the action's learned fps, else DEFAULT_FPS
     device: str = "auto"
     precision: str = "auto"
     offload: bool = False
@@ -122,6 +134,7 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
     from flash_engine.pipeline import AnimationSettings
 
     request = job.request
+    fps = clip_fps(request, job.action)
     slot = action_slot or ActionSlot(pipeline)
     slot.apply(job.action)
     settings = AnimationSettings(
@@ -135,7 +148,7 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
         write_started = time.perf_counter()
         files = [p.name for p in save_frames(result.frames, staging)]
         if request.mp4:
-            files.append(write_mp4(result.frames, staging / "flash.mp4", fps=request.fps).name)
+            files.append(write_mp4(result.frames, staging / "flash.mp4", fps=fps).name)
         timings = {**result.timings, "write": round(time.perf_counter() - write_started, 4)}
         timings["total"] = round(time.perf_counter() - started, 4)
         metadata = {
@@ -143,7 +156,7 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "reference_image": os.path.abspath(request.image),
             "settings": asdict(settings),
-            "fps": request.fps,
+            "fps": fps,
             "preset": job.preset.id if job.preset else None,
             "action": {
                 "name": job.action.name if job.action else (job.preset.name if job.preset else None),
