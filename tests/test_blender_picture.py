@@ -117,6 +117,15 @@ def test_the_panel_shows_the_takes_duration(record):
     assert "Take: 4 frames at 8 fps: 0.5 s, 12 scene frames at 24 fps" in timing["panel"], timing["panel"]
 
 
+def test_a_trained_actions_fps_times_its_takes(record):
+    trained = part(record, "trained_fps")
+    assert trained["result"] == ["FINISHED"], trained
+    assert trained["metadata_fps"] == 12  # the engine used the action's learned fps
+    # 3 frames at 12 fps in the 24 fps scene: each held 2 scene frames
+    assert trained["elements"] == ["frame_0001.png"] * 2 + ["frame_0002.png"] * 2 + ["frame_0003.png"] * 2
+    assert "Take: 3 frames at 12 fps: 0.2 s, 6 scene frames at 24 fps" in trained["panel"], trained["panel"]
+
+
 def test_hide_outside_the_take_shows_the_set_instead(record):
     zoom = part(record, "zoom")
     before = zoom["before_take"]
@@ -440,6 +449,34 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
                                   "clip_size": list(frame.size), "transform": [strip.transform.scale_x,
                                                                                strip.transform.scale_y]}
         scene.render.pixel_aspect_x = 1.0
+
+    @step("trained_fps")
+    def _trained_fps():
+        # a trained action that learned 12 fps (no tensors: the tiny base model animates as is)
+        from safetensors.numpy import save_file
+
+        folder = addon("preferences").actions_dir() / "slow_roll"
+        folder.mkdir()
+        metadata = json.loads((work_dir / "flash" / marker_take / "flash.json").read_text())
+        (folder / "action.toml").write_text(
+            f'name = "Slow Roll"\nprompt = "a person rolls"\nbase_model = "{metadata["model"]["identity"]}"\n'
+            'fps = 12.0\n')
+        save_file({}, str(folder / "unet.safetensors"))
+        addon("preferences").get_catalog().refresh(force=True)
+        scene.camera = cameras["CamB"]
+        scene.frame_set(90)
+        scene.flash.action_id, scene.flash.frames = "trained:slow_roll", 3
+        result, error = call(bpy.ops.flash.animate_action, output='VSE', frames=3, steps=1, long_side=64)
+        take = last_take()
+        strip = scene.sequence_editor.strips.get(take)
+        panels, harness = addon("panels"), sys.modules["tests.blender_harness"]
+        calls: list = []
+        panels.FLASH_PT_settings.draw(harness.Drawer(harness.Layout(calls), None), bpy.context)
+        record["trained_fps"] = {
+            "result": result, "error": error,
+            "metadata_fps": json.loads((work_dir / "flash" / take / "flash.json").read_text()).get("fps"),
+            "elements": [e.filename for e in strip.elements] if strip else None,
+            "panel": [str(kwargs.get("text", "")) for name, args, kwargs in calls if name == "label"]}
 
     # last: the copy the markers batch saved (opening it replaces this file's data)
     @step("saved_copy")

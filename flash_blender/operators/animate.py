@@ -244,7 +244,7 @@ class FLASH_OT_animate_action(TimerOperator, Operator):
         tags = {"take": name, "action": meta["action"], "camera": meta["camera"], "seed": meta["seed"],
                 "prompt": meta["prompt"], "folder": importers.stored_path(folder, in_project)}
         render = scene.render
-        timing = TakeTiming(frame_start=meta["frame_start"], clip_frames=len(frames), clip_fps=clip_fps(job.result),
+        timing = TakeTiming(frame_start=meta["frame_start"], clip_frames=len(frames), clip_fps=clip_fps((job.result or {}).get("metadata")),
                             scene_fps=scene_fps(render.fps, render.fps_base))
         if meta["output"] in ('PLANE', 'BOTH'):
             camera = bpy.data.objects.get(meta["camera"])
