@@ -114,3 +114,13 @@ def clamp_distance(distance: float, clip_start: float, clip_end: float) -> float
     if low >= high:
         return (clip_start + clip_end) / 2
     return min(max(distance, low), high)
+
+
+def frame_fit(base: CameraParams, now: CameraParams, distance: float) -> tuple[float, float, float, float]:
+    """How a plane built for ``base``'s frame at ``distance`` maps onto ``now``'s frame at the
+    same distance: ``(scale_x, scale_y, offset_x, offset_y)`` in camera space, so that
+    ``corner_now = offset + scale * corner_base`` (a zoom, a shift or a sensor change)."""
+    (r0, t0, _), _, (l0, b0, _), _ = frame_corners(base, distance)
+    (r1, t1, _), _, (l1, b1, _), _ = frame_corners(now, distance)
+    scale_x, scale_y = (r1 - l1) / (r0 - l0), (t1 - b1) / (t0 - b0)
+    return scale_x, scale_y, l1 - scale_x * l0, b1 - scale_y * b0

@@ -35,6 +35,7 @@ class ActionInfo:
     frames: int | None = None
     steps: int | None = None
     guidance: float | None = None
+    fps: float | None = None  # the speed a trained action learned (its clips' fps / stride)
 
     @property
     def base_model_only(self) -> bool:
@@ -75,8 +76,10 @@ def read_trained_action(folder: Path) -> ActionInfo:
     if not isinstance(name, str) or not isinstance(prompt, str) or not name.strip():
         raise ValueError(f"{manifest}: needs a name and a prompt; re-run the training to rewrite it")
     weights = str(folder) if (folder / UNET_WEIGHTS).is_file() else None
+    fps = data.get("fps")
+    fps = float(fps) if isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0 else None
     return ActionInfo(id=TRAINED_PREFIX + folder.name, name=name.strip(), prompt=prompt.strip(), source="trained",
-                      weights=weights, path=str(folder))
+                      weights=weights, path=str(folder), fps=fps)
 
 
 def preset_info(preset) -> ActionInfo:

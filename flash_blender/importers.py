@@ -8,9 +8,11 @@ from pathlib import Path
 import bpy
 from mathutils import Matrix
 
-from .camera_frame import CameraParams, clamp_distance, frame_corners
+from .camera_frame import CameraParams, clamp_distance, frame_corners, frame_fit
+from .display import frame_colorspace
 from .jobs import blend_relative, first_free_channel
-from .reference import TAKE_PROPERTY
+from .reference import TAKE_PROPERTY, camera_kept
+from .timing import HIDE, HOLD, TakeTiming
 
 COLLECTION_NAME = "FLASH"
 COLLECTION_PROPERTY = "flash_results"
@@ -45,16 +47,71 @@ def _tag(id_block, meta: dict) -> None:
             id_block[f"flash_{key}"] = meta[key]
 
 
+def colorspace_for(scene) -> str:
+    """The colourspace that makes ``scene``'s view transform show the frames' own values."""
+    names = bpy.types.ColorManagedInputColorspaceSettings.bl_rna.properties["name"].enum_items.keys()
+    return frame_colorspace(scene.display_settings.display_device, scene.view_settings.view_transform, names)
+
+
+def sync_colorspaces(scene) -> int:
+    """Give the takes' images and strips the colourspace of ``scene``'s current view transform
+    (the view can change after a take was imported). Returns how many changed."""
+    wanted, changed = colorspace_for(scene), 0
+    takes = [image for image in bpy.data.images if TAKE_PROPERTY in image]
+    if scene.sequence_editor:
+        takes += [strip for strip in scene.sequence_editor.strips if TAKE_PROPERTY in strip]
+    for take in takes:
+        settings = take.colorspace_settings
+        if settings.name != wanted:
+            settings.name = wanted
+            changed += 1
+    return changed
+
+
+def show_textures_in_solid(scene) -> bool:
+    """Solid shading and Workbench renders colour objects by their material's viewport
+    colour unless set to Texture, which shows the plane's image (and, for objects without
+    one, the same material colour). Switches the default Material colouring; a colouring
+    the user picked stays. Returns whether anything changed."""
+    changed = False
+    shadings = [scene.display.shading]
+    shadings += [space.shading for screen in bpy.data.screens for area in screen.areas
+                 for space in area.spaces if space.type == 'VIEW_3D']
+    for shading in shadings:
+        if shading.color_type == 'MATERIAL':
+            shading.color_type = 'TEXTURE'
+            changed = True
+    return changed
+
+
+def _fcurves(id_block):
+    """The F-curves of ``id_block``'s action (Blender 5: layers > strips > channel bags)."""
+    action = id_block.animation_data.action if id_block.animation_data else None
+    if action is None:
+        return []
+    return [fcurve for layer in action.layers for strip in layer.strips for bag in strip.channelbags
+            for fcurve in bag.fcurves]
+
+
+def _interpolate(id_block, paths: tuple[str, ...], mode: str) -> None:
+    for fcurve in _fcurves(id_block):
+        if fcurve.data_path.endswith(paths):
+            for key in fcurve.keyframe_points:
+                key.interpolation = mode
+
+
 def load_sequence(first_frame: str, stored_path: str, name: str):
     image = bpy.data.images.load(first_frame, check_existing=False)
     image.source = 'SEQUENCE'
     image.name = name
     image.filepath = stored_path
+    image[TAKE_PROPERTY] = name  # for sync_colorspaces
     return image
 
 
-def unlit_material(name: str, image, frame_count: int, frame_start: int):
-    """Emission from the image sequence: the clip's pixels, unaffected by the scene's lights."""
+def unlit_material(name: str, image, timing: TakeTiming):
+    """Emission from the image sequence: the clip's pixels, unaffected by the scene's lights,
+    each clip frame on the scene frames ``timing`` gives it (the first and last held outside)."""
     material = bpy.data.materials.new(name)
     tree = material.node_tree
     tree.nodes.clear()
@@ -63,11 +120,17 @@ def unlit_material(name: str, image, frame_count: int, frame_start: int):
     texture.image = image
     texture.extension = 'CLIP'
     user = texture.image_user
-    user.frame_duration = frame_count
-    user.frame_start = frame_start
-    user.frame_offset = 0
+    user.frame_duration = timing.clip_frames
+    user.frame_start = timing.frame_start
     user.use_cyclic = False
     user.use_auto_refresh = True
+    path = f'nodes["{texture.name}"].image_user.frame_offset'
+    for frame, offset in timing.offset_keys():
+        user.frame_offset = offset
+        tree.keyframe_insert(path, frame=frame)
+    _interpolate(tree, ("frame_offset",), 'CONSTANT')
+    tree.nodes.active = texture  # what Texture colouring in Solid/Workbench shows
+    material.roughness = 1.0  # Workbench: no studio highlight over the picture
     emission = tree.nodes.new("ShaderNodeEmission")
     emission.location = (-200, 0)
     emission.inputs["Strength"].default_value = 1.0
@@ -78,13 +141,48 @@ def unlit_material(name: str, image, frame_count: int, frame_start: int):
     return material
 
 
+def hide_outside(obj, timing: TakeTiming) -> None:
+    """Visible (render and viewport) only over the take's scene frames."""
+    for frame, hidden in ((timing.frame_start - 1, True), (timing.frame_start, False), (timing.frame_end, False),
+                          (timing.frame_end + 1, True)):
+        obj.hide_render = obj.hide_viewport = hidden
+        obj.keyframe_insert("hide_render", frame=frame)
+        obj.keyframe_insert("hide_viewport", frame=frame)
+    _interpolate(obj, ("hide_render", "hide_viewport"), 'CONSTANT')
+    obj.hide_render = obj.hide_viewport = False
+
+
+def follow_camera(scene, camera, obj, base: CameraParams, distance: float, timing: TakeTiming) -> bool:
+    """When the camera's lens, shift or sensor is animated over the take, key the plane's
+    scale and location on each of its scene frames so it keeps filling the frame. Returns
+    whether it keyed anything. The current frame and active camera are put back."""
+    if camera.data.animation_data is None:
+        return False
+    fits = {}
+    with camera_kept(scene):
+        for frame in range(timing.frame_start, timing.frame_end + 1):
+            scene.frame_set(frame)
+            fits[frame] = frame_fit(base, camera_params(scene, camera.data), distance)
+    if all(all(abs(a - b) < 1e-9 for a, b in zip(fit, (1.0, 1.0, 0.0, 0.0))) for fit in fits.values()):
+        return False
+    for frame, (scale_x, scale_y, offset_x, offset_y) in fits.items():
+        obj.scale = (scale_x, scale_y, 1.0)
+        obj.location = (offset_x, offset_y, 0.0)
+        obj.keyframe_insert("scale", frame=frame)
+        obj.keyframe_insert("location", frame=frame)
+    _interpolate(obj, ("scale", "location"), 'LINEAR')
+    return True
+
+
 def add_plane(scene, camera, frames: list[str], stored_first: str, name: str, distance: float,
-              frame_start: int, meta: dict):
+              timing: TakeTiming, meta: dict, outside: str = HOLD):
     """A plane exactly filling ``camera``'s frame at ``distance``, parented to it (it follows the
-    camera), showing the frames as an image sequence that starts at ``frame_start``."""
+    camera, and its zoom over the take), showing the frames as an image sequence timed by
+    ``timing``; outside the take it holds the first/last frame or (``outside`` HIDE) is hidden."""
     data = camera.data
     distance = clamp_distance(distance, data.clip_start, data.clip_end)
-    corners = frame_corners(camera_params(scene, data), distance)  # TR, BR, BL, TL
+    base = camera_params(scene, data)
+    corners = frame_corners(base, distance)  # TR, BR, BL, TL
     mesh = bpy.data.meshes.new(name)
     # Wound counter-clockwise seen from the camera: the face looks back at it.
     mesh.from_pydata([corners[3], corners[2], corners[1], corners[0]], [], [(0, 1, 2, 3)])
@@ -94,7 +192,8 @@ def add_plane(scene, camera, frames: list[str], stored_first: str, name: str, di
     mesh.update()
 
     image = load_sequence(frames[0], stored_first, name)
-    material = unlit_material(name, image, len(frames), frame_start)
+    image.colorspace_settings.name = colorspace_for(scene)
+    material = unlit_material(name, image, timing)
     mesh.materials.append(material)
 
     obj = bpy.data.objects.new(name, mesh)
@@ -110,19 +209,29 @@ def add_plane(scene, camera, frames: list[str], stored_first: str, name: str, di
             setattr(obj, ray, False)  # seen by the camera only: it neither lights nor shadows the set
     _tag(obj, {**meta, "distance": distance})
     obj["flash_distance"] = distance
+    obj["flash_clip_fps"] = timing.clip_fps
+    obj["flash_outside"] = outside
+    if outside == HIDE:
+        hide_outside(obj, timing)
+    follow_camera(scene, camera, obj, base, distance, timing)
     return obj
 
 
-def add_strip(scene, frames: list[str], stored_dir: str, name: str, frame_start: int, meta: dict, context=None):
-    """An image strip holding every frame, on the first channel free at ``frame_start``."""
+def add_strip(scene, frames: list[str], stored_dir: str, name: str, timing: TakeTiming, meta: dict, context=None):
+    """An image strip playing the frames as ``timing`` says (each element one scene frame, so a
+    clip frame held for three scene frames is three elements), on the first channel free."""
     editor = scene.sequence_editor or scene.sequence_editor_create()
     occupied = [(s.channel, s.frame_final_start, s.frame_final_end) for s in editor.strips]
-    channel = first_free_channel(occupied, frame_start, len(frames))
-    strip = editor.strips.new_image(name=name, filepath=frames[0], channel=channel, frame_start=frame_start,
-                                    fit_method='FIT')
-    for frame in frames[1:]:
-        strip.elements.append(os.path.basename(frame))
+    channel = first_free_channel(occupied, timing.frame_start, timing.scene_frames)
+    order = timing.sequence()
+    # STRETCH: the clip has the camera's display aspect, so filling the render's pixels is
+    # exact also at a non-square pixel aspect (FIT would keep the clip's pixels square).
+    strip = editor.strips.new_image(name=name, filepath=frames[order[0]], channel=channel,
+                                    frame_start=timing.frame_start, fit_method='STRETCH')
+    for index in order[1:]:
+        strip.elements.append(os.path.basename(frames[index]))
     strip.directory = stored_dir
+    strip.colorspace_settings.name = colorspace_for(scene)
     _tag(strip, meta)
     shown_elsewhere = None
     workspace = getattr(context or bpy.context, "workspace", None)

@@ -11,6 +11,7 @@ from .jobs import model_size
 from .preferences import get_catalog
 from .progress import STATUS
 from .properties import current_action
+from .timing import DEFAULT_CLIP_FPS, TakeTiming, scene_fps
 
 
 def wrapped_label(layout, context, text: str, icon: str = 'NONE') -> None:
@@ -91,13 +92,17 @@ class FLASH_PT_settings(Panel):
         layout.use_property_decorate = False
         settings = context.scene.flash
         layout.prop(settings, "frames")
+        action = current_action(settings)
+        render = context.scene.render
+        timing = TakeTiming(context.scene.frame_current, settings.frames,
+                            (action.fps if action else None) or DEFAULT_CLIP_FPS, scene_fps(render.fps, render.fps_base))
+        layout.label(text=f"Take: {timing.describe()}", icon='TIME')
         row = layout.row(align=True)
         row.prop(settings, "seed")
         row.operator("flash.randomize_seed", text="", icon='FILE_REFRESH')
         layout.prop(settings, "steps")
         layout.prop(settings, "guidance")
         layout.prop(settings, "long_side")
-        render = context.scene.render
         try:
             width, height = model_size(render.resolution_x, render.resolution_y, settings.long_side,
                                        render.pixel_aspect_x, render.pixel_aspect_y)
@@ -107,6 +112,7 @@ class FLASH_PT_settings(Panel):
         layout.prop(settings, "output")
         if settings.output in ('PLANE', 'BOTH'):
             layout.prop(settings, "plane_distance")
+            layout.prop(settings, "outside")
 
 
 classes = (FLASH_PT_animate, FLASH_PT_settings)

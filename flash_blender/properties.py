@@ -16,6 +16,11 @@ OUTPUT_ITEMS = [
     ('BOTH', "Both", "A camera plane and a sequencer strip"),
 ]
 
+OUTSIDE_ITEMS = [
+    ('HOLD', "Hold First/Last Frame", "Before the take the plane shows its first frame, after it its last"),
+    ('HIDE', "Hide Outside the Take", "The plane is hidden (renders and viewport) before and after the take"),
+]
+
 # Blender keeps only pointers to enum item strings: the list must outlive the callback.
 _items_keepalive: list = []
 
@@ -63,6 +68,8 @@ class FlashSceneSettings(PropertyGroup):
     plane_distance: FloatProperty(name="Plane Distance", min=0.001, default=10.0, unit='LENGTH',
                                   description="How far in front of the camera the clip's plane sits "
                                               "(kept inside the camera's clipping range)")
+    outside: EnumProperty(name="Outside the Take", items=OUTSIDE_ITEMS, default='HOLD',
+                          description="What a new take's plane shows on the scene frames before and after it")
 
 
 def current_action(settings):

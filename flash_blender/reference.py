@@ -1,4 +1,8 @@
-"""Render the active camera's view as the reference frame, then put the user's settings back."""
+"""Render the active camera's view as the reference frame, then put the user's settings back.
+
+The reference is what the shot's camera sees: whatever timeline markers bound to cameras
+say (Blender's render would switch to the marker's camera), and on the world colour also
+when Film > Transparent is on (the engine needs the picture, not an alpha cut-out)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from .jobs import PlanError
 # (media type before file format: the format's choices depend on it).
 RENDER_ATTRS = ("engine", "resolution_x", "resolution_y", "resolution_percentage", "pixel_aspect_x",
                 "pixel_aspect_y", "filepath", "use_border", "use_crop_to_border", "use_sequencer",
-                "use_file_extension")
+                "use_file_extension", "film_transparent")
 IMAGE_ATTRS = ("media_type", "file_format", "color_mode", "color_depth", "compression")
 TAKE_PROPERTY = "flash_take"  # marks the objects a take created
 
@@ -52,6 +56,41 @@ def preserved_render_settings(scene):
 
 
 @contextlib.contextmanager
+def markers_unbound(scene):
+    """A render switches to the camera of the marker at (or before) the frame: unbind the
+    markers' cameras meanwhile so the active camera renders; bind them again afterwards.
+    (Binding or unbinding a marker lets Blender switch the active camera too: put it back.)"""
+    camera = scene.camera
+    bound = [(marker, marker.camera) for marker in scene.timeline_markers if marker.camera is not None]
+    for marker, _camera in bound:
+        marker.camera = None
+    if scene.camera != camera:
+        scene.camera = camera
+    try:
+        yield
+    finally:
+        for marker, bound_camera in bound:
+            with contextlib.suppress(ReferenceError):
+                marker.camera = bound_camera
+        if scene.camera != camera:
+            scene.camera = camera
+
+
+@contextlib.contextmanager
+def camera_kept(scene):
+    """Put back the current frame, then the active camera (a frame change lets markers bound
+    to cameras switch it)."""
+    camera, frame, subframe = scene.camera, scene.frame_current, scene.frame_subframe
+    try:
+        yield
+    finally:
+        if (scene.frame_current, scene.frame_subframe) != (frame, subframe):
+            scene.frame_set(frame, subframe=subframe)
+        if scene.camera != camera:
+            scene.camera = camera
+
+
+@contextlib.contextmanager
 def takes_hidden_from_render(scene):
     """Earlier takes' planes sit in front of the camera: keep them out of the reference."""
     hidden = [obj for obj in scene.objects if TAKE_PROPERTY in obj and not obj.hide_render]
@@ -73,8 +112,9 @@ def render_reference(scene, path: Path, width: int, height: int) -> Path:
         raise PlanError(f"scene '{scene.name}' has no active camera",
                         "add a camera and make it active: select it and press Ctrl+Numpad 0")
     path = Path(path)
-    with preserved_render_settings(scene), takes_hidden_from_render(scene):
+    with preserved_render_settings(scene), takes_hidden_from_render(scene), markers_unbound(scene):
         render = scene.render
+        render.film_transparent = False
         render.resolution_x, render.resolution_y = width, height
         render.resolution_percentage = 100
         render.pixel_aspect_x = render.pixel_aspect_y = 1.0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import bpy
 from bpy.app.handlers import persistent
 
-from . import bundled, operators, panels, preferences, properties
+from . import bundled, importers, operators, panels, preferences, properties
 from .engine import MANAGER
 from .operators.animate import abandon_running_job
 from .operators.modal import remove_all_timers
@@ -31,15 +31,34 @@ def _cancel_on_load(*_args) -> None:
     abandon_running_job("another file was opened")
 
 
+_seen_views: dict[str, tuple[str, str]] = {}
+
+
+@persistent
+def _follow_view_transform(scene, *_args) -> None:
+    """The takes' colourspace cancels the view transform: follow it when the user changes it."""
+    view = (scene.display_settings.display_device, scene.view_settings.view_transform)
+    if _seen_views.get(scene.name) != view:
+        _seen_views[scene.name] = view
+        importers.sync_colorspaces(scene)
+
+
+HANDLERS = ((bpy.app.handlers.load_pre, _cancel_on_load), (bpy.app.handlers.depsgraph_update_post,
+            _follow_view_transform), (bpy.app.handlers.render_pre, _follow_view_transform))
+
+
 def register() -> None:
     _register_classes()
     properties.register()
-    bpy.app.handlers.load_pre.append(_cancel_on_load)
+    for handlers, handler in HANDLERS:
+        handlers.append(handler)
 
 
 def unregister() -> None:
-    if _cancel_on_load in bpy.app.handlers.load_pre:
-        bpy.app.handlers.load_pre.remove(_cancel_on_load)
+    for handlers, handler in HANDLERS:
+        if handler in handlers:
+            handlers.remove(handler)
+    _seen_views.clear()
     abandon_running_job("the add-on was disabled")
     abandon_training("the add-on was disabled")  # the engine keeps a checkpoint: Resume continues
     if STATUS.setup is not None:

@@ -60,6 +60,18 @@ def _check_number(name: str, value, low, high, hint: str, code: str) -> None:
         raise FlashError(f"{name} must be at most {high} (got {value})", hint, code=code)
 
 
+DEFAULT_FPS = 8  # the speed of a clip when neither the request nor a trained action gives one
+
+
+def clip_fps(request: "AnimateRequest", action) -> float:
+    """The clip's fps: the request's, else the trained action's learned one, else DEFAULT_FPS."""
+    if request.fps is not None:
+        return request.fps
+    learned = action.meta.get("fps") if action is not None else None
+    return learned if isinstance(learned, (int, float)) and not isinstance(learned, bool) and learned > 0 \
+        else DEFAULT_FPS
+
+
 @dataclass
 class AnimateRequest:
     image: str
@@ -79,7 +91,7 @@ class AnimateRequest:
     long_side: int = 512
     overwrite: bool = False
     mp4: bool = False
-    fps: int = 8
+    fps: float | None = None  # None: the action's learned fps, else DEFAULT_FPS
     device: str = "auto"
     precision: str = "auto"
     offload: bool = False
@@ -137,7 +149,8 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
                   f"2 to {most_frames}", "bad_frames")
     _check_number("steps", steps, 1, 1000, "use --steps 25", "bad_steps")
     _check_number("guidance", guidance, 0, math.inf, "use --guidance 7.5", "bad_guidance")
-    _check_number("fps", request.fps, 1, MAX_FPS, "use --fps 8", "bad_fps")
+    if request.fps is not None:
+        _check_number("fps", request.fps, 1, MAX_FPS, "use --fps 8", "bad_fps")
     if request.seed is not None:
         _check_number("seed", request.seed, 0, MAX_SEED, "use a seed from 0 to 2^64-1, e.g. --seed 42", "bad_seed")
     device = runtime.pick_device(request.device)
@@ -185,6 +198,7 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
     from flash_engine.pipeline import AnimationSettings
 
     request = job.request
+    fps = clip_fps(request, job.action)
     slot = action_slot or ActionSlot(pipeline)
     slot.apply(job.action)
     settings = AnimationSettings(
@@ -199,7 +213,7 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
         try:
             files = [p.name for p in save_frames(result.frames, staging)]
             if request.mp4:
-                files.append(write_mp4(result.frames, staging / "flash.mp4", fps=request.fps).name)
+                files.append(write_mp4(result.frames, staging / "flash.mp4", fps=fps).name)
             if extra_files is not None:
                 files += extra_files(staging, result.frames)
         except OSError as err:  # disk full, read-only, ...: one line, and the staging folder goes
@@ -211,7 +225,7 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "reference_image": os.path.abspath(request.image),
             "settings": asdict(settings),
-            "fps": request.fps,
+            "fps": fps,
             "preset": job.preset.id if job.preset else None,
             "action": {
                 "name": job.action.name if job.action else (job.preset.name if job.preset else None),

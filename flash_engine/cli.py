@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     animate.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     animate.add_argument("--mp4", action="store_true", help="also write flash.mp4")
-    animate.add_argument("--fps", type=_whole_number, default=8)
+    animate.add_argument("--fps", type=_whole_number, default=None,
+                         help="the clip's frame rate (default: the trained action's, else 8)")
 
     train = commands.add_parser("train", help="teach an action from a few clips (FLASH training)")
     train.add_argument("--clips", nargs="+", required=True, metavar="DIR",

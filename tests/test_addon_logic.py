@@ -29,8 +29,8 @@ from flash_engine.presets import PRESETS_DIR, load_preset
 REPO = Path(__file__).resolve().parent.parent
 ADDON = REPO / "flash_blender"
 # Modules that must import without Blender (the rest of the add-on is bpy-facing).
-PURE = ("__init__", "batch", "bundled", "camera_frame", "catalog", "clipcheck", "downloads", "engine", "installer",
-        "jobs", "progress", "training")
+PURE = ("__init__", "batch", "bundled", "camera_frame", "catalog", "clipcheck", "display", "downloads", "engine",
+        "installer", "jobs", "progress", "timing", "training")
 
 
 def approx_corners(got, want, tol=1e-9):

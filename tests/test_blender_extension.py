@@ -138,7 +138,8 @@ def test_plane_material_plays_the_image_sequence_unlit(record):
 def test_strip_holds_every_frame_at_the_current_frame(record):
     shot = part(record, "perspective")
     strip = shot["strip"]
-    assert strip["elements"] == 3 and strip["frame_start"] == 7 and strip["channel"] == 2  # 1 is taken
+    # 3 frames at 8 fps in the 24 fps scene: each held for 3 scene frames
+    assert strip["elements"] == 9 and strip["frame_start"] == 7 and strip["channel"] == 2  # 1 is taken
     assert strip["directory"] == "//flash/Scene_Camera_soccer_shoot_001/"
     assert strip["sequencer_scene"] == "Scene"
 
@@ -502,7 +503,9 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
             leftovers.append("Scene.flash")
         leftovers += [name for name in ("FLASH_OT_animate_action", "FLASH_PT_animate", "FLASH_OT_setup_engine")
                       if hasattr(bpy.types, name)]
-        leftovers += [f"handler {h.__module__}" for handlers in (bpy.app.handlers.load_pre,)
+        handler_lists = (bpy.app.handlers.load_pre, bpy.app.handlers.depsgraph_update_post,
+                         bpy.app.handlers.render_pre)
+        leftovers += [f"handler {h.__module__}" for handlers in handler_lists
                       for h in handlers if h.__module__.startswith(MODULE)]
         leftovers += [name for name in sys.modules if name == "flash_engine" or name.startswith("flash_engine.")]
         leftovers += [t.name for t in threading.enumerate() if t.name.startswith("flash-")]

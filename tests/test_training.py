@@ -341,6 +341,14 @@ def test_artifact_round_trips_and_changes_the_clip(clips_dir, tmp_path, tiny_pip
     result = run_train(resolve_train(request))
     action = read_action(result["action"])
     assert action.base_model == tiny_pipeline.base.identity
+    # the speed it learned: the mp4s' 12 fps at stride 1 (the frame folder declares none); an
+    # animate request without an fps plays at it
+    from flash_engine.animate import AnimateRequest, clip_fps
+
+    assert action.meta["fps"] == 12.0
+    assert clip_fps(AnimateRequest(image="i.png", out="o"), action) == 12.0
+    assert clip_fps(AnimateRequest(image="i.png", out="o", fps=24), action) == 24
+    assert clip_fps(AnimateRequest(image="i.png", out="o"), None) == 8
     assert {p.name for p in action.folder.iterdir()} == {"action.toml", "unet.safetensors", "decoder.safetensors"}
     assert set(action.unet_state()) == {n for n, _ in tiny_pipeline.base.unet.named_parameters()
                                         if is_trainable_unet_parameter(n)}
@@ -354,6 +362,15 @@ def test_artifact_round_trips_and_changes_the_clip(clips_dir, tmp_path, tiny_pip
     finally:
         slot.reset()
     assert not np.array_equal(base_frames, action_frames)
+
+
+def test_the_learned_fps_is_the_clips_fps_over_the_stride(tmp_path):
+    from flash_engine.training.clips import learned_fps
+
+    scan = scan_clips([(make_clips(tmp_path / "c", count=3, frames=10), "a disc")], 3, 2, (64, 64))
+    assert [c.fps for c in scan.good] == [12.0, None, 12.0]  # mp4, frame folder, mp4
+    assert learned_fps(scan.good, 2) == 6.0
+    assert learned_fps([c for c in scan.good if c.fps is None], 2) is None
 
 
 def test_existing_action_and_interrupted_run_need_a_flag(clips_dir, tmp_path):

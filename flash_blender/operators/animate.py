@@ -18,6 +18,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 from bpy.types import Operator
 
 from .. import importers
+from ..timing import TakeTiming, clip_fps, scene_fps
 from ..engine import MANAGER
 from ..jobs import (PlanError, check_writable, model_size, output_root, plan_take, reserve_reference,
                     staging_leftovers)
@@ -137,7 +138,7 @@ class FLASH_OT_animate_action(TimerOperator, Operator):
             "scene": scene.name, "camera": camera.name, "take": plan.name, "number": plan.number,
             "folder": str(plan.folder), "reference": str(plan.reference), "in_project": root.in_project,
             "output": self._value(settings, "output"), "frame_start": scene.frame_current,
-            "distance": settings.plane_distance, "action": action.id, "action_name": action.name,
+            "distance": settings.plane_distance, "outside": settings.outside, "action": action.id, "action_name": action.name,
             "seed": seed, "prompt": prompt, "base_model_only": action.base_model_only, "plan": plan,
         }
         if root.warning:
@@ -244,6 +245,9 @@ class FLASH_OT_animate_action(TimerOperator, Operator):
         name, made = meta["take"], []
         tags = {"take": name, "action": meta["action"], "camera": meta["camera"], "seed": meta["seed"],
                 "prompt": meta["prompt"], "folder": importers.stored_path(folder, in_project)}
+        render = scene.render
+        timing = TakeTiming(frame_start=meta["frame_start"], clip_frames=len(frames), clip_fps=clip_fps((job.result or {}).get("metadata")),
+                            scene_fps=scene_fps(render.fps, render.fps_base))
         if meta["output"] in ('PLANE', 'BOTH'):
             camera = bpy.data.objects.get(meta["camera"])
             if camera is None or camera.type != 'CAMERA':
@@ -251,20 +255,23 @@ class FLASH_OT_animate_action(TimerOperator, Operator):
                 self.report({'WARNING'}, STATUS.warnings[-1])
             else:
                 importers.add_plane(scene, camera, frames, importers.stored_path(frames[0], in_project), name,
-                                    meta["distance"], meta["frame_start"], tags)
+                                    meta["distance"], timing, tags, outside=meta.get("outside", "HOLD"))
                 made.append("plane")
+                if importers.show_textures_in_solid(scene):
+                    note = "Solid shading now colours by Texture, so the take shows in the viewport and Workbench"
+                    STATUS.warnings.append(note)
+                    self.report({'INFO'}, note)
         if meta["output"] in ('VSE', 'BOTH'):
             stored_dir = importers.stored_path(folder, in_project).rstrip("/\\") + "/"
-            _, shown_elsewhere = importers.add_strip(scene, frames, stored_dir, name, meta["frame_start"], tags,
-                                                     context)
+            _, shown_elsewhere = importers.add_strip(scene, frames, stored_dir, name, timing, tags, context)
             made.append("strip")
             if shown_elsewhere is not None:
                 note = f"the sequencer now shows scene '{scene.name}' (it showed '{shown_elsewhere.name}')"
                 STATUS.warnings.append(note)
                 self.report({'INFO'}, note)
         base = " (base model only)" if meta["base_model_only"] else ""
-        return (f"{name}: {len(frames)} frames{base} as {' and '.join(made) or 'files only'}, "
-                f"in {importers.stored_path(folder, in_project)}")
+        return (f"{name}: {timing.describe()}{base}, scene frames {timing.frame_start}-{timing.frame_end}, "
+                f"as {' and '.join(made) or 'files only'}, in {importers.stored_path(folder, in_project)}")
 
 
 class FLASH_OT_cancel_job(Operator):

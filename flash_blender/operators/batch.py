@@ -1,8 +1,9 @@
 """``flash.batch_animate`` and the batch script's entry: several shots in one run.
 
 Each shot runs ``flash.animate_action`` blocking (as in background mode) with the shot's
-camera made active (and, for marker shots, the marker's frame current); the file's own
-active camera and frame are put back afterwards. A shot that fails is reported and the
+camera made active (and, for marker shots, the marker's frame current; the frame first, as a
+frame change lets markers switch the camera); the file's own frame and then its active camera
+are put back afterwards, before the copy is saved. A shot that fails is reported and the
 next one runs. With ``save`` the file, with the planes and strips of the shots that worked,
 is saved to a new .blend at the end — also when some shots failed.
 
@@ -28,6 +29,7 @@ from ..jobs import PlanError, check_writable, output_root
 from ..preferences import get_prefs, user_dir
 from ..progress import STATUS, one_line
 from ..properties import OUTPUT_ITEMS
+from ..reference import camera_kept
 
 OVERRIDES = ("action", "prompt", "seed", "frames", "steps", "guidance", "long_side", "output")
 
@@ -51,9 +53,9 @@ def _run_shot(context, scene, shot, options: BatchOptions) -> ShotResult:
     camera = scene.objects.get(shot.camera)
     if camera is None or camera.type != 'CAMERA':  # select_shots saw it: only a script could remove it
         return ShotResult(shot, False, reason=f"camera '{shot.camera}' is gone")
-    scene.camera = camera
     if shot.frame is not None:
         scene.frame_set(shot.frame)
+    scene.camera = camera  # after the frame: a frame change lets markers switch the camera
     kwargs = dict(options.overrides)
     if options.output_root:
         kwargs["output_root"] = options.output_root
@@ -112,23 +114,20 @@ def run_batch(context, options: BatchOptions, report=print) -> BatchReport:
     where = Path(bpy.data.filepath).name if bpy.data.filepath else "an unsaved file"
     report(f"FLASH batch: {len(shots)} shot{'s' if len(shots) != 1 else ''} of {where}")
     batch = BatchReport()
-    saved_camera, saved_frame = scene.camera, scene.frame_current
     try:
-        for shot in shots:
-            if shot.error:
-                result = ShotResult(shot, False, reason=shot.error)
-            else:
-                try:
-                    result = _run_shot(context, scene, shot, options)
-                except Exception as err:  # one broken shot must not take the others down
-                    traceback.print_exc()
-                    result = ShotResult(shot, False, reason=one_line(err))
-            batch.results.append(result)
-            report(summary_line(result))
+        with camera_kept(scene):  # the file's own frame, then its own camera, before saving
+            for shot in shots:
+                if shot.error:
+                    result = ShotResult(shot, False, reason=shot.error)
+                else:
+                    try:
+                        result = _run_shot(context, scene, shot, options)
+                    except Exception as err:  # one broken shot must not take the others down
+                        traceback.print_exc()
+                        result = ShotResult(shot, False, reason=one_line(err))
+                batch.results.append(result)
+                report(summary_line(result))
     finally:
-        scene.camera = saved_camera
-        if scene.frame_current != saved_frame:
-            scene.frame_set(saved_frame)
         if target is not None:
             try:
                 over_input = bpy.data.filepath and Path(bpy.data.filepath).resolve() == target

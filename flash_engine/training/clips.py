@@ -29,6 +29,7 @@ class Clip:
     path: Path
     prompt: str
     frames: np.ndarray  # (T, H, W, 3) uint8 at the working size
+    fps: float | None = None  # a video's frame rate (a folder of frames has none)
 
 
 @dataclass
@@ -87,6 +88,32 @@ def read_video(path: Path) -> list[np.ndarray]:
     return frames
 
 
+def video_fps(path: Path) -> float | None:
+    """The frame rate a video file declares (None when it declares none)."""
+    import imageio.v2 as imageio
+
+    try:
+        with imageio.get_reader(path, format="GIF" if path.suffix.lower() == ".gif" else "FFMPEG") as reader:
+            meta = reader.get_meta_data()
+    except Exception:  # noqa: BLE001 - the frames were readable; a missing rate is not an error
+        return None
+    fps = meta.get("fps")
+    if fps is None and meta.get("duration"):  # GIF: milliseconds per frame
+        fps = 1000.0 / float(meta["duration"])
+    return float(fps) if isinstance(fps, (int, float)) and fps > 0 else None
+
+
+def learned_fps(clips: list["Clip"], stride: int) -> float | None:
+    """The speed an action learns from its clips: their frame rate over the sampling stride
+    (the median over clips that declare one; None when none does)."""
+    rates = sorted(clip.fps / stride for clip in clips if clip.fps)
+    if not rates:
+        return None
+    middle = len(rates) // 2
+    median = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
+    return round(median, 3)
+
+
 def read_frame_folder(folder: Path) -> list[np.ndarray]:
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
     if not files:
@@ -141,7 +168,8 @@ def scan_clips(sources: list[tuple[Path, str]], num_frames: int, stride: int,
                 bad.append(BadClip(path, f"has {len(frames)} frames, needs {needed} ({num_frames} frames at "
                                          f"stride {stride}): use a longer clip or a smaller --stride"))
                 continue
-            good.append(Clip(path=path, prompt=prompt, frames=_resize_all(frames, resolution)))
+            good.append(Clip(path=path, prompt=prompt, frames=_resize_all(frames, resolution),
+                             fps=None if path.is_dir() else video_fps(path)))
     return ClipScan(good=good, bad=bad)
 
 

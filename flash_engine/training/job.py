@@ -17,7 +17,7 @@ from flash_engine.actions import write_action, written_action_files
 from flash_engine.arguments import check_arguments
 from flash_engine.errors import FlashError
 from flash_engine.output import check_destination, staged_folder
-from flash_engine.training.clips import BadClip, ClipScan, scan_clips
+from flash_engine.training.clips import BadClip, ClipScan, learned_fps, scan_clips
 from flash_engine.training.config import TrainConfig
 from flash_engine.training.trainer import read_checkpoint_meta
 
@@ -180,6 +180,9 @@ def run_train(job: ResolvedTrain, progress: Callable | None = None, should_cance
         "loss": {"unet_first": unet_first, "unet_last": unet_last},
         "config": {k: v for k, v in config.to_dict().items() if not isinstance(v, dict)},
     }
+    fps = learned_fps(job.scan.good, config.stride)
+    if fps is not None:
+        meta["fps"] = fps  # the speed its takes play at (flash.json "fps")
     with staged_folder(job.out, overwrite=request.force, written_files=written_action_files) as staging:
         write_action(staging, name=request.action, prompt=request.prompt[0].strip(),
                      base_model=base.identity, unet_state=trainer.unet_state(),
