@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import random
 import time
@@ -18,17 +17,15 @@ from typing import Callable
 
 from flash_engine import __version__
 from flash_engine.actions import Action, read_action
-from flash_engine.arguments import check_arguments
 from flash_engine.errors import FlashError
 from flash_engine.images import fit_reference, load_reference, resolve_size, save_frames, write_mp4
 from flash_engine.output import check_destination, normalise, os_error, staged_folder
 from flash_engine.presets import Preset, find_preset
-from flash_engine.models.loading import BUILT_IN, MANNEQUIN, check_mannequin, check_weights_folder, max_frames
+from flash_engine.models.loading import BUILT_IN, MANNEQUIN, check_mannequin, check_weights_folder, model_limits
+from flash_engine.requests import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_STEPS, AnimateRequest, validate
 from flash_engine.weights import resolve_model_source
 
 METADATA_FILE = "flash.json"
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes up to 64 bits
-MAX_FPS = 240
 # ExtraFiles(folder, frames) writes more files into a take before it is put in place and
 # returns their names (the demo's preview): flash.json lists them with the frames.
 ExtraFiles = Callable[[Path, object], list]
@@ -50,56 +47,13 @@ def written_take_files(folder: Path) -> set[str] | None:
     return names | {METADATA_FILE}
 
 
-def _check_number(name: str, value, low, high, hint: str, code: str) -> None:
-    """Whole numbers stay whole, every number is finite and inside its range."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise FlashError(f"{name} must be a finite number (got {value})", hint, code=code)
-    if value < low:
-        raise FlashError(f"{name} must be at least {low} (got {value})", hint, code=code)
-    if value > high:
-        raise FlashError(f"{name} must be at most {high} (got {value})", hint, code=code)
-
-
-DEFAULT_FPS = 8  # the speed of a clip when neither the request nor a trained action gives one
-
-
-def clip_fps(request: "AnimateRequest", action) -> float:
+def clip_fps(request: AnimateRequest, action) -> float:
     """The clip's fps: the request's, else the trained action's learned one, else DEFAULT_FPS."""
     if request.fps is not None:
         return request.fps
     learned = action.meta.get("fps") if action is not None else None
     return learned if isinstance(learned, (int, float)) and not isinstance(learned, bool) and learned > 0 \
         else DEFAULT_FPS
-
-
-@dataclass
-class AnimateRequest:
-    image: str
-    out: str
-    action: str | None = None  # preset id/name or a preset .toml path
-    prompt: str | None = None
-    negative_prompt: str = ""
-    weights: str | None = None  # a trained action folder; overrides the preset's
-    model: str = "default"  # "mannequin", "tiny", a weights folder, or "default"
-    motion_adapter: str | None = None
-    frames: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
-    width: int | None = None
-    height: int | None = None
-    long_side: int = 512
-    overwrite: bool = False
-    mp4: bool = False
-    fps: float | None = None  # None: the action's learned fps, else DEFAULT_FPS
-    device: str = "auto"
-    precision: str = "auto"
-    offload: bool = False
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "AnimateRequest":
-        check_arguments("animate", data, set(cls.__dataclass_fields__), required=("image", "out"))
-        return cls(**data)
 
 
 @dataclass
@@ -126,6 +80,7 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
     """Check every input and fill every default, before any model is loaded."""
     from flash_engine import runtime
 
+    validate(request)
     if not request.action and not request.weights and not (request.prompt and request.prompt.strip()):
         raise FlashError("nothing to animate: no action and no prompt",
                          "pass --action PRESET (see `python -m flash_engine info`) or --prompt TEXT",
@@ -141,22 +96,19 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
         model_dir = Path(model).expanduser()
         adapter = Path(request.motion_adapter).expanduser() if request.motion_adapter else model_dir / "motion_adapter"
         check_weights_folder(model_dir, adapter)
-    frames = request.frames if request.frames is not None else (preset.frames if preset else 16)
-    steps = request.steps if request.steps is not None else (preset.steps if preset else 25)
-    guidance = request.guidance if request.guidance is not None else (preset.guidance if preset else 7.5)
-    most_frames = max_frames(model, request.motion_adapter)
-    _check_number("frames", frames, 2, most_frames, f"use --frames {min(16, most_frames)}; this model takes "
-                  f"2 to {most_frames}", "bad_frames")
-    _check_number("steps", steps, 1, 1000, "use --steps 25", "bad_steps")
-    _check_number("guidance", guidance, 0, math.inf, "use --guidance 7.5", "bad_guidance")
-    if request.fps is not None:
-        _check_number("fps", request.fps, 1, MAX_FPS, "use --fps 8", "bad_fps")
-    if request.seed is not None:
-        _check_number("seed", request.seed, 0, MAX_SEED, "use a seed from 0 to 2^64-1, e.g. --seed 42", "bad_seed")
+    frames = request.frames if request.frames is not None else (preset.frames if preset else DEFAULT_FRAMES)
+    steps = request.steps if request.steps is not None else (preset.steps if preset else DEFAULT_STEPS)
+    guidance = request.guidance if request.guidance is not None else (preset.guidance if preset else DEFAULT_GUIDANCE)
+    limits = model_limits(model, request.motion_adapter)
+    if frames > limits["max_frames"]:
+        raise FlashError(f"frames must be at most {limits['max_frames']} for this model's motion modules "
+                         f"(got {frames})", f"use frames {min(DEFAULT_FRAMES, limits['max_frames'])}",
+                         code="bad_frames")
     device = runtime.pick_device(request.device)
     dtype = runtime.pick_dtype(request.precision, device)
     reference = load_reference(request.image)
-    width, height = resolve_size(reference.size, request.width, request.height, request.long_side)
+    native_long_side = max(limits["width"], limits["height"])
+    width, height = resolve_size(reference.size, request.width, request.height, request.long_side or native_long_side)
     runtime.check_clip_fits(device, dtype, frames, width, height, guided=guidance > 1.0,
                             weights_bytes=_weights_bytes(model))
     check_destination(request.out, request.overwrite, written_take_files, needed_bytes=frames * width * height * 3)

@@ -12,25 +12,13 @@ import threading
 from pathlib import Path
 
 from flash_engine import protocol as P
+from flash_engine import requests as R
 from flash_engine.errors import FlashError
 
 
-def _whole_number(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default",
-                        help="'mannequin' (the built-in trained model, 64x64), 'tiny' (random weights: "
-                             "plumbing checks), a diffusers-layout weights folder, or 'default' "
-                             "($FLASH_MODEL, else fetched weights, else mannequin, else tiny)")
-    parser.add_argument("--motion-adapter", help="AnimateDiff motion adapter folder (default: MODEL/motion_adapter)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    parser.add_argument("--offload", action="store_true", help="model CPU offload (less GPU memory, slower)")
+    """--model, --motion-adapter, --device, --precision, --offload (serve's request defaults)."""
+    R.add_arguments(parser, R.AnimateRequest, only=R.SERVICE_DEFAULTS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,46 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     animate = commands.add_parser("animate", help="animate a reference image")
-    animate.add_argument("--image", required=True, help="the reference frame (PNG/JPEG)")
     what = animate.add_argument_group("what to animate (an action preset, a prompt, or both)")
-    what.add_argument("--action", help="preset id or name (see `info`), or a preset .toml file")
-    what.add_argument("--prompt", help="the action sentence, e.g. 'a person is shooting a soccer ball.'")
-    what.add_argument("--negative-prompt", default="")
-    what.add_argument("--weights", help="trained action folder (overrides the preset's)")
-    add_model_args(animate)
-    animate.add_argument("--frames", type=_whole_number)
-    animate.add_argument("--steps", type=_whole_number)
-    animate.add_argument("--guidance", type=float)
-    animate.add_argument("--seed", type=_whole_number, help="default: random (recorded in flash.json)")
-    animate.add_argument("--width", type=_whole_number, help="multiple of 8; default follows the image's aspect")
-    animate.add_argument("--height", type=_whole_number, help="multiple of 8; default follows the image's aspect")
-    animate.add_argument("--long-side", type=_whole_number, default=512,
-                         help="long side when neither --width nor --height is given (default 512)")
-    animate.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
-    animate.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    animate.add_argument("--mp4", action="store_true", help="also write flash.mp4")
-    animate.add_argument("--fps", type=_whole_number, default=None,
-                         help="the clip's frame rate (default: the trained action's, else 8)")
+    R.add_arguments(animate, R.AnimateRequest,
+                    groups={name: what for name in ("action", "prompt", "negative_prompt", "weights")})
 
     train = commands.add_parser("train", help="teach an action from a few clips (FLASH training)")
-    train.add_argument("--clips", nargs="+", required=True, metavar="DIR",
-                       help="folder(s) of clips: video files or folders of numbered frames")
-    train.add_argument("--action", required=True, help="the action's name")
-    train.add_argument("--prompt", nargs="+", required=True, metavar="TEXT",
-                       help="the action sentence; one per --clips folder for joint training")
-    add_model_args(train)
-    train.add_argument("--steps", type=_whole_number, help="UNet steps (default 20000)")
-    train.add_argument("--decoder-steps", type=_whole_number, help="decoder steps (default 10000)")
-    train.add_argument("--resolution", help="N or WxH, multiples of 8 (default 512)")
-    train.add_argument("--frames", type=_whole_number, help="frames per clip sample (default 16)")
-    train.add_argument("--stride", type=_whole_number, help="source frames between samples (default 2)")
-    train.add_argument("--variant", type=_whole_number, choices=range(1, 7),
-                       help="the paper's ablation variant #1-#6 (default: 6, the full model)")
-    train.add_argument("--checkpoint-every", type=_whole_number, help="default 500 steps")
-    train.add_argument("--seed", type=_whole_number)
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    train.add_argument("--force", action="store_true", help="start over / replace an existing action")
-    train.add_argument("--out", required=True, help="the action folder to write")
+    R.add_arguments(train, R.TrainRequest)
     train.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
 
     info = commands.add_parser("info", help="device, versions, weights found and presets")
@@ -113,17 +67,10 @@ def stderr_progress():
 
 
 def animate_command(args) -> int:
-    from flash_engine.animate import AnimateRequest, resolve, run_animate
+    from flash_engine.animate import resolve, run_animate
     from flash_engine.runtime import PipelineCache
 
-    request = AnimateRequest(
-        image=args.image, out=args.out, action=args.action, prompt=args.prompt,
-        negative_prompt=args.negative_prompt, weights=args.weights, model=args.model,
-        motion_adapter=args.motion_adapter, frames=args.frames, steps=args.steps, guidance=args.guidance,
-        seed=args.seed, width=args.width, height=args.height, long_side=args.long_side,
-        overwrite=args.overwrite, mp4=args.mp4, fps=args.fps, device=args.device, precision=args.precision,
-        offload=args.offload,
-    )
+    request = R.from_namespace("animate", args)
     job = resolve(request)
     print(f"flash: {job.frames} frames at {job.width}x{job.height}, {job.steps} steps, seed {job.seed}, "
           f"model {job.model} on {job.key.device}", file=sys.stderr)
@@ -140,7 +87,7 @@ def train_command(args) -> int:
     import time
 
     from flash_engine.pipeline import JobCancelled
-    from flash_engine.training.job import TrainRequest, resolve_train, run_train
+    from flash_engine.training.job import resolve_train, run_train
 
     def emit(event: dict) -> None:
         sys.stdout.write(P.encode(event).decode("ascii"))  # strict JSON, as the service writes
@@ -149,13 +96,7 @@ def train_command(args) -> int:
     def report(line: str) -> None:
         emit({"type": "log", "message": line}) if args.json else print(f"flash: {line}", file=sys.stderr)
 
-    request = TrainRequest(
-        clips=args.clips, action=args.action, prompt=args.prompt, out=args.out, model=args.model,
-        motion_adapter=args.motion_adapter, steps=args.steps, decoder_steps=args.decoder_steps,
-        resolution=args.resolution, frames=args.frames, stride=args.stride, variant=args.variant,
-        checkpoint_every=args.checkpoint_every, seed=args.seed, resume=args.resume, force=args.force,
-        device=args.device, precision=args.precision,
-    )
+    request = R.from_namespace("train", args)
     job = resolve_train(request, report=report)
     last_line = [0.0]
     interrupted = []

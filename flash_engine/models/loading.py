@@ -255,17 +255,39 @@ def save_folder(parts: dict, dest: Path, scheduler_config: dict | None = None) -
 DIFFUSERS_DEFAULT_MAX_FRAMES = 32  # MotionAdapter's motion_max_seq_length when its config leaves it out
 
 
-def max_frames(source: str | Path, adapter_dir: str | Path | None = None) -> int:
-    """The most frames the model's motion modules take, read without loading any weights."""
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+        return config
+    except (OSError, ValueError) as err:
+        raise FlashError(f"unreadable model config {path}: {err}",
+                         "re-run `python -m flash_engine weights fetch` or fix the folder",
+                         code="weights_incomplete") from err
+
+
+def model_limits(source: str | Path, adapter_dir: str | Path | None = None) -> dict:
+    """What a model takes, read from its configs without loading any weights: its native
+    ``width``/``height`` (the default clip and training size), ``max_frames`` (its motion
+    modules' length), ``latent_channels`` and the ``fps`` its motion was learned at."""
+    from flash_engine.requests import DEFAULT_FPS
+
     if str(source) in BUILT_IN and str(source) != MANNEQUIN:
         module_name, _ = BUILT_IN[str(source)]
-        return int(importlib.import_module(module_name).MOTION_MAX_SEQ_LENGTH)
+        return {**importlib.import_module(module_name).LIMITS, "fps": DEFAULT_FPS}
     model_dir = MANNEQUIN_DIR if str(source) == MANNEQUIN else Path(source).expanduser()
-    config_path = (Path(adapter_dir).expanduser() if adapter_dir else model_dir / "motion_adapter") / "config.json"
+    adapter = Path(adapter_dir).expanduser() if adapter_dir else model_dir / "motion_adapter"
+    unet = _read_config(model_dir / "unet" / "config.json")
+    vae = _read_config(model_dir / "vae" / "config.json")
+    motion = _read_config(adapter / "config.json")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        return int(config.get("motion_max_seq_length", DIFFUSERS_DEFAULT_MAX_FRAMES))
-    except (OSError, ValueError, TypeError, AttributeError) as err:
-        raise FlashError(f"unreadable motion adapter config {config_path}: {err}",
-                         "re-run `python -m flash_engine weights fetch` or fix the folder",
+        scale = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+        sample = unet.get("sample_size", 64)
+        height, width = (sample, sample) if isinstance(sample, int) else sample
+        return {"width": int(width) * scale, "height": int(height) * scale,
+                "max_frames": int(motion.get("motion_max_seq_length", DIFFUSERS_DEFAULT_MAX_FRAMES)),
+                "latent_channels": int(unet.get("in_channels", 4)), "fps": DEFAULT_FPS}
+    except (TypeError, ValueError) as err:
+        raise FlashError(f"unexpected model config in {model_dir}: {err}", "fix the folder's config.json files",
                          code="weights_incomplete") from err

@@ -15,8 +15,10 @@ from flash_engine.models.tiny import tiny_tokenizer
 SEED = 15
 
 
-# The most frames its motion modules take (read before loading: loading.max_frames).
 MOTION_MAX_SEQ_LENGTH = 32
+# What the built model takes, told without building it (loading.model_limits; a test checks
+# these against the built model's configs).
+LIMITS = {"width": 512, "height": 512, "max_frames": MOTION_MAX_SEQ_LENGTH, "latent_channels": 4}
 
 def sd15_random_parts() -> dict:
     tokenizer = tiny_tokenizer()  # ids only index the embedding table; vocabulary size is irrelevant to speed

@@ -23,8 +23,10 @@ TEXT_WIDTH = 32
 MAX_TOKENS = 77
 
 
-# The most frames its motion modules take (read before loading: loading.max_frames).
 MOTION_MAX_SEQ_LENGTH = 32
+# What the built model takes, told without building it (loading.model_limits; a test checks
+# these against the built model's configs).
+LIMITS = {"width": 64, "height": 64, "max_frames": MOTION_MAX_SEQ_LENGTH, "latent_channels": 4}
 
 def tiny_tokenizer() -> CLIPTokenizer:
     """A real CLIP tokenizer with a byte-level vocabulary and no merges (one token per byte)."""
