@@ -54,13 +54,14 @@ class InProcess:
     """The same job without the service: resolve + warm pipeline + run_animate, in this process."""
 
     def __init__(self):
-        from flash_engine.runtime import PipelineCache
+        from flash_engine.warm import PipelineCache
 
         self.cache = PipelineCache()
 
     def run(self, args: dict) -> float:
         from flash_engine.animate import AnimateRequest, resolve, run_animate
-        from flash_engine.runtime import PipelineKey, pick_device, pick_dtype, precision_name
+        from flash_engine.devices import pick_device, pick_dtype, precision_name
+        from flash_engine.warm import PipelineKey
 
         started = time.perf_counter()
         request = AnimateRequest.from_dict(args)

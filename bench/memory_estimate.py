@@ -34,7 +34,7 @@ from torch.distributed._tools.mem_tracker import MemTracker  # noqa: E402
 from flash_engine.cli import quiet_libraries  # noqa: E402
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features  # noqa: E402
 from flash_engine.models.loading import load_base  # noqa: E402
-from flash_engine.runtime import PRECISIONS  # noqa: E402
+from flash_engine.devices import PRECISIONS  # noqa: E402
 
 META = torch.device("meta")
 GIB = 2**30

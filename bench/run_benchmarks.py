@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from flash_engine.cli import quiet_libraries  # noqa: E402
 from flash_engine.models.loading import load_base  # noqa: E402
 from flash_engine.pipeline import AnimationSettings, FlashPipeline  # noqa: E402
-from flash_engine.runtime import pick_device, pick_dtype, precision_name  # noqa: E402
+from flash_engine.devices import pick_device, pick_dtype, precision_name  # noqa: E402
 
 PROMPT = "a person is shooting a soccer ball."
 

@@ -73,12 +73,13 @@ class ResolvedAnimate:
     model: str
     reference: object  # PIL image, already at width×height
     out: Path  # normalised: `x/.` is `x`
-    key: object  # runtime.PipelineKey: the warm pipeline this job runs on
+    key: object  # warm.PipelineKey: the warm pipeline this job runs on
 
 
 def resolve(request: AnimateRequest) -> ResolvedAnimate:
     """Check every input and fill every default, before any model is loaded."""
-    from flash_engine import runtime
+    from flash_engine import devices
+    from flash_engine.warm import PipelineKey
 
     validate(request)
     if not request.action and not request.weights and not (request.prompt and request.prompt.strip()):
@@ -104,12 +105,12 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
         raise FlashError(f"frames must be at most {limits['max_frames']} for this model's motion modules "
                          f"(got {frames})", f"use frames {min(DEFAULT_FRAMES, limits['max_frames'])}",
                          code="bad_frames")
-    device = runtime.pick_device(request.device)
-    dtype = runtime.pick_dtype(request.precision, device)
+    device = devices.pick_device(request.device)
+    dtype = devices.pick_dtype(request.precision, device)
     reference = load_reference(request.image)
     native_long_side = max(limits["width"], limits["height"])
     width, height = resolve_size(reference.size, request.width, request.height, request.long_side or native_long_side)
-    runtime.check_clip_fits(device, dtype, frames, width, height, guided=guidance > 1.0,
+    devices.check_clip_fits(device, dtype, frames, width, height, guided=guidance > 1.0,
                             weights_bytes=_weights_bytes(model))
     check_destination(request.out, request.overwrite, written_take_files, needed_bytes=frames * width * height * 3)
     return ResolvedAnimate(
@@ -128,7 +129,7 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
         # hold a 10000² decode), the normalised destination, and the pipeline it runs on.
         reference=fit_reference(reference, width, height),
         out=normalise(request.out),
-        key=runtime.PipelineKey(model, request.motion_adapter, str(device), runtime.precision_name(dtype),
+        key=PipelineKey(model, request.motion_adapter, str(device), devices.precision_name(dtype),
                                 request.offload),
     )
 

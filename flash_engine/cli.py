@@ -14,6 +14,7 @@ from pathlib import Path
 from flash_engine import protocol as P
 from flash_engine import requests as R
 from flash_engine.errors import FlashError
+from flash_engine.library_logs import quiet_libraries
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -51,31 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def stderr_progress():
-    from flash_engine.progress import ProgressTracker
-
-    tracker = ProgressTracker()
-    interactive = sys.stderr.isatty()
-
-    def report(phase: str, step: int, total: int) -> None:
-        update = tracker.update(phase, step, total)
-        end = "\r" if interactive and step < total else "\n"
-        if interactive or step in (0, total) or step % max(1, total // 5) == 0:
-            print(f"  {update.line():<40}", end=end, file=sys.stderr, flush=True)
-
-    return report
-
-
 def animate_command(args) -> int:
     from flash_engine.animate import resolve, run_animate
-    from flash_engine.runtime import PipelineCache
+    from flash_engine.progress import stderr_progress
+    from flash_engine.warm import PipelineCache
 
     request = R.from_namespace("animate", args)
     job = resolve(request)
     print(f"flash: {job.frames} frames at {job.width}x{job.height}, {job.steps} steps, seed {job.seed}, "
           f"model {job.model} on {job.key.device}", file=sys.stderr)
-    pipeline = PipelineCache().get(job.key)
-    metadata = run_animate(job, pipeline, progress=stderr_progress())
+    cache = PipelineCache()
+    metadata = run_animate(job, cache.get(job.key), progress=stderr_progress(), action_slot=cache.slot)
     print(f"flash: wrote {len(metadata['frames'])} frames to {job.out}", file=sys.stderr)
     if metadata["action"]["base_model_only"]:
         print("flash: no trained weights for this action: the base model animated the prompt", file=sys.stderr)
@@ -86,7 +73,7 @@ def train_command(args) -> int:
     import signal
     import time
 
-    from flash_engine.pipeline import JobCancelled
+    from flash_engine.errors import JobCancelled
     from flash_engine.training.job import resolve_train, run_train
 
     def emit(event: dict) -> None:
@@ -134,7 +121,7 @@ def train_command(args) -> int:
 def info_command(args) -> int:
     from flash_engine import __version__
     from flash_engine.presets import list_presets
-    from flash_engine.runtime import device_report
+    from flash_engine.devices import device_report
     from flash_engine.weights import resolve_model_source, weights_status
 
     import diffusers
@@ -189,19 +176,6 @@ def serve_command(args) -> int:
 
 
 COMMANDS = {"serve": serve_command, "animate": animate_command, "train": train_command, "info": info_command, "weights": weights_command, "demo": demo_command}
-
-
-def quiet_libraries() -> None:
-    """Library chatter (diffusers' dtype notes, transformers' advice) is not for our users."""
-    import warnings
-
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()  # "Loading weights" bars on every model load
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _terminate(signum, frame):

@@ -61,11 +61,12 @@ def _animate(request, extra_files=None) -> Path:
     """The demo's take through the same path as ``animate``: its folder is replaced on the next
     run only while it holds just what the demo wrote (a user's folder never is)."""
     from flash_engine.animate import resolve, run_animate
-    from flash_engine.cli import stderr_progress
-    from flash_engine.runtime import PipelineCache
+    from flash_engine.progress import stderr_progress
+    from flash_engine.warm import PipelineCache
 
     job = resolve(request)
-    run_animate(job, PipelineCache().get(job.key), progress=stderr_progress(), extra_files=extra_files)
+    cache = PipelineCache()
+    run_animate(job, cache.get(job.key), progress=stderr_progress(), action_slot=cache.slot, extra_files=extra_files)
     return job.out
 
 

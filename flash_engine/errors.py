@@ -12,3 +12,16 @@ class FlashError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+CANCELLED = "cancelled"
+
+
+class JobCancelled(FlashError):
+    """A job stopped because its cancel check said so (a cancel request, Ctrl-C, shutdown).
+
+    The one cancellation every layer raises and catches: the pipeline's and the trainer's
+    cancel checks, the service's progress callbacks. Catch it before FlashError."""
+
+    def __init__(self, message: str = "the job was cancelled"):
+        super().__init__(message, "", code=CANCELLED)

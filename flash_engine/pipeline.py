@@ -16,21 +16,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from flash_engine.errors import FlashError
+from flash_engine.errors import FlashError, JobCancelled
 from flash_engine.images import check_size, fit_reference, to_model_pixels, to_uint8_frames
 from flash_engine.models.base import BaseModel
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features
-from flash_engine.runtime import to_device
+from flash_engine.devices import to_device
 from flash_engine.weights import default_weights_dir
 
 ProgressFn = Callable[[str, int, int], None]
 # FLASH's UNet, cross-frame processors included, traces as one graph: a break is a bug, and
 # one graph is what CUDA graphs ("reduce-overhead") need.
 COMPILE_OPTIONS: dict = {"fullgraph": True}
-
-
-class JobCancelled(Exception):
-    """Raised inside a job when its cancel check says stop."""
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -43,3 +44,16 @@ class ProgressTracker:
             elif step >= total:
                 eta = 0.0
         return ProgressUpdate(phase, step, total, eta)
+
+
+def stderr_progress():
+    tracker = ProgressTracker()
+    interactive = sys.stderr.isatty()
+
+    def report(phase: str, step: int, total: int) -> None:
+        update = tracker.update(phase, step, total)
+        end = "\r" if interactive and step < total else "\n"
+        if interactive or step in (0, total) or step % max(1, total // 5) == 0:
+            print(f"  {update.line():<40}", end=end, file=sys.stderr, flush=True)
+
+    return report

@@ -101,3 +101,53 @@ def test_unet_hook_records_frame_count(tiny_base):
     with torch.no_grad():
         tiny_base.unet(sample, 10, encoder_hidden_states=text)
     assert tiny_base.attention.num_frames == 3
+
+
+class KeptProcessor(AttnProcessor2_0):
+    """Stands for a processor someone else installed (LoRA, IP-adapter)."""
+
+
+def test_processors_it_does_not_replace_are_kept_and_removal_undoes_it():
+    from flash_engine.models.attention import remove_flash_attention
+    from flash_engine.models.tiny import build_tiny
+
+    unet = build_tiny().unet
+    remove_flash_attention(unet)
+    others = {name: KeptProcessor() for name in unet.attn_processors if not is_spatial_self_attention(name)}
+    unet.set_attn_processor({**unet.attn_processors, **others})
+    context = set_flash_attention(unet)
+    processors = unet.attn_processors
+    assert all(processors[name] is proc for name, proc in others.items())  # kept, the same objects
+    assert all(isinstance(processors[name], CrossFrameAttnProcessor) for name in processors
+               if is_spatial_self_attention(name))
+    remove_flash_attention(unet)
+    assert not any(isinstance(p, CrossFrameAttnProcessor) for p in unet.attn_processors.values())
+    assert all(unet.attn_processors[name] is proc for name, proc in others.items())
+    context.num_frames = 99
+    with torch.no_grad():  # the frame-count hook went with its handle
+        unet(torch.randn(1, 4, 3, 4, 4), 10, encoder_hidden_states=torch.randn(3, 77, 32))
+    assert context.num_frames == 99 and not hasattr(unet, "flash_context")
+
+
+def test_an_attention_mask_is_refused_not_ignored():
+    attn, _ = make_layer()
+    x = torch.randn(FRAMES, TOKENS, DIM)
+    mask = torch.zeros(FRAMES, 1, TOKENS)
+    mask[..., -1] = float("-inf")
+    try:
+        attn(x, attention_mask=mask)
+    except ValueError as err:
+        assert "attention_mask" in str(err)
+    else:
+        raise AssertionError("a mask was ignored")
+
+
+def test_training_switches_are_put_back_even_after_an_error():
+    context = FlashAttentionContext()
+    try:
+        with context.training_switches(align_motion=True, share_qk_layers=frozenset({"a"}), pairs=2):
+            assert context.align_motion and context.share_qk_layers == {"a"} and context.pairs == 2
+            raise RuntimeError("a failed step")
+    except RuntimeError:
+        pass
+    assert context.align_motion is False and context.share_qk_layers == frozenset() and context.pairs == 1

@@ -95,7 +95,7 @@ def test_guidance_one_runs_without_the_unconditional_batch(tiny_pipeline):
 
 
 def test_progress_and_cancel(tiny_pipeline):
-    from flash_engine.pipeline import JobCancelled
+    from flash_engine.errors import JobCancelled
 
     calls = []
     with pytest.raises(JobCancelled):

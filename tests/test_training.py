@@ -79,9 +79,9 @@ def test_original_features_are_untouched_inside_the_unet(clips_dir, tmp_path):
     text = torch.randn(12, 77, 32)
     with torch.no_grad():
         plain = unet(sample, 500, encoder_hidden_states=text).sample
-        context.align_motion = True
-        aligned = unet(sample, 500, encoder_hidden_states=text).sample
-        context.align_motion = False
+        with context.training_switches(align_motion=True):
+            aligned = unet(sample, 500, encoder_hidden_states=text).sample
+    assert context.align_motion is False  # put back after the block
     assert torch.equal(aligned[0], plain[0])  # the original video's prediction is unchanged
     assert not torch.allclose(aligned[1], plain[1], atol=1e-6)  # the augmented one is aligned
 
@@ -93,13 +93,10 @@ def test_chosen_layers_share_attention_maps_the_others_do_not(clips_dir, tmp_pat
     unet, context = trainer.base.unet, trainer.base.attention
     layers = context.cross_frame_layers
     chosen = frozenset(layers[::2])
-    context.share_qk_layers, context.captured_attention = chosen, {}
-    try:
-        with torch.no_grad():
-            unet(torch.randn(2, 4, 4, 8, 8), 500, encoder_hidden_states=torch.randn(8, 77, 32))
+    with context.training_switches(share_qk_layers=chosen, captured_attention={}), torch.no_grad():
+        unet(torch.randn(2, 4, 4, 8, 8), 500, encoder_hidden_states=torch.randn(8, 77, 32))
         maps = dict(context.captured_attention)
-    finally:
-        context.share_qk_layers, context.captured_attention = frozenset(), None
+    assert context.share_qk_layers == frozenset() and context.captured_attention is None
     assert set(maps) == set(layers)
     for layer, attention in maps.items():
         original, augmented = attention.chunk(2)
@@ -382,7 +379,7 @@ def test_existing_action_and_interrupted_run_need_a_flag(clips_dir, tmp_path):
                             frames=6, stride=1, **kw)
 
     job = resolve_train(request())
-    from flash_engine.pipeline import JobCancelled
+    from flash_engine.errors import JobCancelled
 
     with pytest.raises(JobCancelled):  # cancelled after the first step: a checkpoint stays
         run_train(job, progress=lambda *a, **k: None, should_cancel=iter([False, True]).__next__)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flash_engine import runtime
+from flash_engine import devices, warm
 from flash_engine.cli import main
 from flash_engine.output import OWNER_FILE, remove_stale_partials
 from tests.conftest import REPO, run_engine
@@ -54,7 +54,7 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was checked")
 
-    monkeypatch.setattr(runtime.PipelineCache, "get", refuse)
+    monkeypatch.setattr(warm.PipelineCache, "get", refuse)
 
 
 def user_folder(path):
@@ -358,7 +358,7 @@ def test_numbers_that_cannot_work_are_refused_before_the_model_loads(tmp_path, c
 
 def test_a_clip_too_large_for_the_device_is_refused_with_a_size_that_fits(tmp_path, capsys, reference_png,
                                                                          no_model_load, monkeypatch):
-    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2 * 2**30)
+    monkeypatch.setattr(devices, "device_memory_bytes", lambda device: 2 * 2**30)
     err = expect_error(capsys, animate_args(reference_png, tmp_path / "take", "--frames", "16", "--width", "1024",
                                             "--height", "576"), "GiB", "use at most")
     import re
@@ -368,7 +368,7 @@ def test_a_clip_too_large_for_the_device_is_refused_with_a_size_that_fits(tmp_pa
     assert abs(fit_w / fit_h - 1024 / 576) < 0.1  # the shot's aspect
     import torch
 
-    runtime.check_clip_fits(torch.device("cpu"), torch.float32, 16, fit_w, fit_h, guided=True)  # it does fit
+    devices.check_clip_fits(torch.device("cpu"), torch.float32, 16, fit_w, fit_h, guided=True)  # it does fit
 
 
 def test_a_4096_clip_on_this_machine_is_refused_up_front(tmp_path, capsys, reference_png, no_model_load):

@@ -15,6 +15,7 @@ so training and inference share the same model classes.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +38,24 @@ class FlashAttentionContext:
     # Diagnostics: when not None, layers store their attention maps here by name.
     captured_attention: dict[str, torch.Tensor] | None = None
     cross_frame_layers: list[str] = field(default_factory=list)
+    # The UNet's forward pre-hook that records num_frames (removed by remove_flash_attention).
+    hook_handle: object = None
+
+    @contextlib.contextmanager
+    def training_switches(self, **switches):
+        """Set training-only switches (pairs, share_qk_layers, align_motion,
+        captured_attention) for the block, and put back what was there, error or not."""
+        unknown = set(switches) - {"pairs", "share_qk_layers", "align_motion", "captured_attention"}
+        if unknown:
+            raise TypeError(f"not a training switch: {', '.join(sorted(unknown))}")
+        before = {name: getattr(self, name) for name in switches}
+        for name, value in switches.items():
+            setattr(self, name, value)
+        try:
+            yield self
+        finally:
+            for name, value in before.items():
+                setattr(self, name, value)
 
 
 def cross_frame_tokens(x: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -74,6 +93,11 @@ class CrossFrameAttnProcessor:
     ) -> torch.Tensor:
         if encoder_hidden_states is not None:
             raise ValueError("CrossFrameAttnProcessor replaces self-attention (attn1) only")
+        if attention_mask is not None:
+            # The keys are [frame 0; this frame]: a mask over one frame's tokens does not say
+            # what to do with the reference's. Refused rather than silently dropped.
+            raise ValueError("cross-frame attention takes no attention_mask (the UNet's spatial "
+                             "self-attention is never masked)")
         num_frames = self.context.num_frames
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -136,21 +160,35 @@ def _record_num_frames(context: FlashAttentionContext):
 def set_flash_attention(unet) -> FlashAttentionContext:
     """Install FLASH processors on a ``UNetMotionModel`` and return their shared context.
 
+    Only the spatial self-attention processors are replaced: every other processor the UNet
+    has (diffusers' defaults, LoRA, IP-adapter, the training's motion alignment) stays.
     Idempotent: a UNet that already has them keeps its context.
     """
     existing = getattr(unet, "flash_context", None)
     if existing is not None:
         return existing
     context = FlashAttentionContext()
-    processors = {}
-    for name in unet.attn_processors:
+    processors = dict(unet.attn_processors)
+    for name in processors:
         if is_spatial_self_attention(name):
             layer = name.removesuffix(".processor")
             processors[name] = CrossFrameAttnProcessor(context, layer)
             context.cross_frame_layers.append(layer)
-        else:
-            processors[name] = AttnProcessor2_0()
     unet.set_attn_processor(processors)
-    unet.register_forward_pre_hook(_record_num_frames(context), with_kwargs=True)
+    context.hook_handle = unet.register_forward_pre_hook(_record_num_frames(context), with_kwargs=True)
     unet.flash_context = context
     return context
+
+
+def remove_flash_attention(unet) -> None:
+    """Undo ``set_flash_attention``: plain SDPA self-attention where FLASH had its own, the hook gone."""
+    context = getattr(unet, "flash_context", None)
+    if context is None:
+        return
+    processors = dict(unet.attn_processors)
+    for name, processor in processors.items():
+        if isinstance(processor, CrossFrameAttnProcessor):
+            processors[name] = AttnProcessor2_0()
+    unet.set_attn_processor(processors)
+    context.hook_handle.remove()
+    del unet.flash_context

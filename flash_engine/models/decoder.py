@@ -39,7 +39,7 @@ from diffusers.models.autoencoders.vae import Decoder
 from diffusers.models.modeling_utils import ModelMixin
 
 from flash_engine.errors import FlashError
-from flash_engine.runtime import to_device
+from flash_engine.devices import to_device
 
 __all__ = [
     "DetailEnhancementBlock",

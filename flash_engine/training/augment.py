@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from flash_engine.runtime import to_device
+from flash_engine.devices import to_device
 
 MIN_CROP_SCALE = 0.8
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from flash_engine.errors import FlashError
-from flash_engine.runtime import to_device
+from flash_engine.devices import to_device
 from flash_engine.training.augment import MIN_CROP_SCALE
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".gif", ".avi", ".mkv", ".m4v"}

@@ -152,7 +152,7 @@ def run_train(job: ResolvedTrain, progress: Callable | None = None, should_cance
     import torch
 
     from flash_engine.models.loading import load_base
-    from flash_engine.runtime import pick_device
+    from flash_engine.devices import pick_device
     from flash_engine.training.trainer import FlashTrainer, loss_trend
 
     request, config = job.request, job.config

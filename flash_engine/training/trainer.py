@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 
 from flash_engine.models.base import BaseModel
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features
-from flash_engine.pipeline import JobCancelled
-from flash_engine.runtime import to_device
+from flash_engine.errors import JobCancelled
+from flash_engine.devices import to_device
 from flash_engine.tensorfiles import save_tensors
 from flash_engine.training.augment import distort, flip_and_crop, strong_augment
 from flash_engine.training.checkpoint import load_optimizer, optimizer_tensors
@@ -150,19 +150,16 @@ class FlashTrainer:
         share = torch.randperm(len(layers), generator=self.generator)[: round(config.correspondence_fraction
                                                                              * len(layers))]
         paired = config.strong_augmentation
-        context.pairs = 1
-        context.align_motion = paired and config.feature_alignment
-        context.share_qk_layers = frozenset(layers[i] for i in share.tolist()) if (
-            paired and config.correspondence_alignment) else frozenset()
+        shared = frozenset(layers[i] for i in share.tolist()) if paired and config.correspondence_alignment \
+            else frozenset()
         text = self.text_embeddings(clip.prompt).repeat(count * config.num_frames, 1, 1)
-        try:
+        with context.training_switches(pairs=1, align_motion=paired and config.feature_alignment,
+                                       share_qk_layers=shared):
             with self._autocast():
                 prediction = self.base.unet(noisy, timestep.expand(count), encoder_hidden_states=text).sample
             # frame 0 is clean, so the loss covers frames 1..N-1 (as LAMP)
             loss = F.mse_loss(prediction[:, :, 1:].float(), noise[:, :, 1:].float())
-            loss.backward()  # recomputation under checkpointing still sees the context above
-        finally:
-            context.align_motion, context.share_qk_layers = False, frozenset()
+            loss.backward()  # recomputation under checkpointing still sees the switches above
         self.unet_optimizer.step()
         self.unet_optimizer.zero_grad(set_to_none=True)
         return loss.detach()

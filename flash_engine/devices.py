@@ -1,12 +1,14 @@
-"""Devices, precisions and the warm model cache."""
+"""Devices and precisions: which device, which dtype, copies to it, how much memory it has.
+
+A leaf: models, training and the pipeline import it; it imports no model code. The warm
+pipeline the service keeps lives in ``warm``.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import platform
-from dataclasses import dataclass
-
 import torch
 
 from flash_engine.errors import FlashError
@@ -118,38 +120,9 @@ def check_clip_fits(device: torch.device, dtype: torch.dtype, frames: int, width
                      f"--height {fit_h}) or a device with more memory", code="too_large")
 
 
-@dataclass(frozen=True)
-class PipelineKey:
-    model: str
-    motion_adapter: str | None
-    device: str
-    dtype: str
-    offload: bool
-
-
-class PipelineCache:
-    """Keeps the last loaded pipeline warm; ``loads`` counts real weight loads."""
-
-    def __init__(self):
-        self.key: PipelineKey | None = None
-        self.pipeline = None
-        self.loads = 0
-
-    def get(self, key: PipelineKey):
-        if self.key != key:
-            from flash_engine.models.loading import load_base
-            from flash_engine.pipeline import FlashPipeline
-
-            self.release()
-            base = load_base(key.model, key.motion_adapter)
-            device = torch.device(key.device)
-            self.pipeline = FlashPipeline(base, device=device, dtype=PRECISIONS[key.dtype], offload=key.offload)
-            self.key = key
-            self.loads += 1
-        return self.pipeline
-
-    def release(self) -> None:
-        self.key = None
-        self.pipeline = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+def is_out_of_memory(err: BaseException) -> bool:
+    """The device (or the host) ran out of memory: torch's OutOfMemoryError (CUDA), a host
+    MemoryError, or the RuntimeError MPS raises, which has no type of its own."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
