@@ -17,7 +17,6 @@ The preset id is the file name without ``.toml`` (``soccer_shoot``).
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 import tomllib
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flash_engine.errors import FlashError
+from flash_engine.requests import DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_STEPS, AnimateRequest, specs
 
 __all__ = [
     "PRESETS_DIR",
@@ -40,11 +40,6 @@ __all__ = [
 #: The shipped presets; the Blender extension zip stages ``presets/`` beside ``flash_engine/``.
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
-DEFAULT_FRAMES = 16
-DEFAULT_STEPS = 25
-DEFAULT_GUIDANCE = 7.5
-MIN_GUIDANCE = 1.0
-MAX_GUIDANCE = 30.0
 
 _REQUIRED = ("name", "prompt")
 _ALLOWED = ("name", "prompt", "frames", "steps", "guidance", "weights")
@@ -107,27 +102,13 @@ def _check_text(path: Path, data: dict, key: str, example: str) -> str:
     return value
 
 
-def _check_int(path: Path, data: dict, key: str, default: int, minimum: int) -> int:
+def _check_setting(path: Path, data: dict, key: str, default):
+    """A preset's frames/steps/guidance, within the request schema's limits (one place for them)."""
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(path, f"'{key}' must be a whole number, got {value!r} ({_type_name(value)})",
-                   f"write e.g. {key} = {default}")
-    if value < minimum:
-        raise _bad(path, f"'{key}' must be at least {minimum}, got {value}",
-                   f"write e.g. {key} = {default}")
-    return value
-
-
-def _check_guidance(path: Path, data: dict) -> float:
-    value = data.get("guidance", DEFAULT_GUIDANCE)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _bad(path, f"'guidance' must be a number, got {value!r} ({_type_name(value)})",
-                   f"write e.g. guidance = {DEFAULT_GUIDANCE}")
-    value = float(value)
-    if not math.isfinite(value) or not (MIN_GUIDANCE <= value <= MAX_GUIDANCE):
-        raise _bad(path, f"'guidance' must be between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g}, got {value:g}",
-                   f"write e.g. guidance = {DEFAULT_GUIDANCE}")
-    return value
+    try:
+        return specs(AnimateRequest)[key].check(key, value)
+    except FlashError as err:
+        raise _bad(path, err.message, f"write e.g. {key} = {default}") from None
 
 
 def _check_weights(path: Path, data: dict) -> Path | None:
@@ -178,9 +159,9 @@ def load_preset(path: str | os.PathLike) -> Preset:
 
     name = _check_text(path, data, "name", "Soccer shoot")
     prompt = _check_text(path, data, "prompt", "a person is shooting a soccer ball.")
-    frames = _check_int(path, data, "frames", DEFAULT_FRAMES, 2)
-    steps = _check_int(path, data, "steps", DEFAULT_STEPS, 1)
-    guidance = _check_guidance(path, data)
+    frames = _check_setting(path, data, "frames", DEFAULT_FRAMES)
+    steps = _check_setting(path, data, "steps", DEFAULT_STEPS)
+    guidance = _check_setting(path, data, "guidance", DEFAULT_GUIDANCE)
     weights = _check_weights(path, data)
     return Preset(id=path.stem, name=name, prompt=prompt, frames=frames, steps=steps,
                   guidance=guidance, weights=weights, path=path)

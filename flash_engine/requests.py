@@ -35,6 +35,10 @@ DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
+KIND_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+              list: "a list of strings", dict: "an object"}
+
+
 @dataclass(frozen=True)
 class Spec:
     """What a field takes. ``kind`` is the JSON type: str, int, float, bool, list (of str) or dict."""
@@ -58,15 +62,16 @@ class Spec:
             return None
         value = self._typed(name, value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, high = self.minimum, self.maximum
+            wanted = (f"between {_number(low)} and {_number(high)}" if low is not None and high is not None
+                      else f"at least {_number(low)}" if low is not None
+                      else f"at most {_number(high)}" if high is not None else "")
             if isinstance(value, float) and not math.isfinite(value):
-                raise FlashError(f"'{name}' must be a finite number (got {value})", f"fix '{name}'",
+                raise FlashError(f"'{name}' must be a finite number {wanted} (got {value})".replace("  ", " "),
+                                 f"fix '{name}'", code=BAD_ARGUMENT)
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise FlashError(f"'{name}' must be {wanted} (got {value})", f"use {name} {self.example()}",
                                  code=BAD_ARGUMENT)
-            if self.minimum is not None and value < self.minimum:
-                raise FlashError(f"'{name}' must be at least {_number(self.minimum)} (got {value})",
-                                 f"use {name} {self.example()}", code=BAD_ARGUMENT)
-            if self.maximum is not None and value > self.maximum:
-                raise FlashError(f"'{name}' must be at most {_number(self.maximum)} (got {value})",
-                                 f"use {name} {self.example()}", code=BAD_ARGUMENT)
             if self.multiple_of and value % self.multiple_of:
                 lower = max(self.multiple_of, value // self.multiple_of * self.multiple_of)
                 raise FlashError(f"'{name}' {value} is not a multiple of {self.multiple_of}",
@@ -77,7 +82,7 @@ class Spec:
         return value
 
     def _typed(self, name: str, value: Any) -> Any:
-        wrong = FlashError(f"'{name}' must be {self.kind.__name__}, not {type(value).__name__} {value!r:.40}",
+        wrong = FlashError(f"'{name}' must be {KIND_NAMES[self.kind]}, got {value!r:.40} ({type(value).__name__})",
                            f"fix '{name}'", code=BAD_ARGUMENT)
         if self.kind is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):

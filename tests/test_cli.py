@@ -93,7 +93,7 @@ def test_size_not_multiple_of_eight(tmp_path, capsys, reference_png, flag, value
 
 def test_too_few_frames(tmp_path, capsys, reference_png):
     expect_error(capsys, ["animate", "--image", str(reference_png), "--prompt", "x", "--model", "tiny",
-                          "--frames", "1", "--out", str(tmp_path / "o")], "at least 2", "frames from 2")
+                          "--frames", "1", "--out", str(tmp_path / "o")], "between 2 and 64", "frames from 2")
     assert not (tmp_path / "o").exists()
 
 

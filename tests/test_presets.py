@@ -193,7 +193,7 @@ def test_wrong_types(tmp_path, line, field, got):
         ("frames = 1", "frames"),
         ("frames = -4", "frames"),
         ("steps = 0", "steps"),
-        ("guidance = 0.99", "guidance"),
+        ("guidance = -0.5", "guidance"),
         ("guidance = 30.5", "guidance"),
         ("guidance = nan", "guidance"),
         ("guidance = inf", "guidance"),

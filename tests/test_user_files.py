@@ -343,11 +343,11 @@ def test_sixteen_bit_grayscale_keeps_its_tones(tmp_path):
     ("--seed", "-1", ("seed",)),
     ("--frames", "33", ("frames", "32")),
     ("--frames", "1", ("frames",)),
-    ("--steps", "0", ("steps", "at least 1")),
+    ("--steps", "0", ("steps", "between 1 and 1000")),
     ("--guidance", "-1", ("guidance",)),
     ("--guidance", "inf", ("guidance", "finite")),
     ("--guidance", "nan", ("guidance", "finite")),
-    ("--fps", "0", ("fps", "at least 1")),
+    ("--fps", "0", ("fps", "between 1 and 240")),
     ("--fps", "-8", ("fps",)),
 ])
 def test_numbers_that_cannot_work_are_refused_before_the_model_loads(tmp_path, capsys, reference_png,
