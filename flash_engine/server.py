@@ -1,9 +1,11 @@
 """``python -m flash_engine serve``: the engine service the Blender add-on talks to.
 
-Newline-delimited JSON on stdin/stdout (``docs/protocol.md``), no network port. The
-main thread reads requests and answers the cheap ones at once (hello, status, cancel), so
-a cancel is read even while a job runs; jobs run one at a time on a worker thread, in the
-order they came; the model stays loaded between jobs (``runtime.PipelineCache``).
+Newline-delimited JSON on stdin/stdout (``docs/protocol.md``), no network port. A reading
+thread reads requests and answers the cheap ones at once (hello, status, cancel), so a
+cancel is read even while a job runs; jobs run one at a time on a worker thread, in the
+order they came; the model stays loaded between jobs (``runtime.PipelineCache``). The main
+thread only watches for the end: shutdown, stdin closing, stdout closing, SIGTERM/SIGINT;
+then it cancels every job, lets the running one clean up, and exits.
 
 Nothing but protocol lines reaches the real stdout: at startup the real stdout is kept
 for the protocol and fd 1 is pointed at stderr, so prints from libraries, C code or child
@@ -20,6 +22,8 @@ import argparse
 import gc
 import itertools
 import os
+import select
+import signal
 import sys
 import threading
 import time
@@ -36,6 +40,11 @@ from flash_engine.errors import FlashError
 # exit (shutdown, stdin closed). After that the process exits anyway: Blender is gone or
 # asked us to go, and a hidden staging folder is all a killed job leaves behind.
 EXIT_GRACE_S = 5.0
+# How often the main thread looks for a stop signal or a client that stopped reading.
+WATCH_INTERVAL_S = 0.1
+# Signals that stop the service the way stdin closing does: jobs cancelled, events sent,
+# staging folders cleaned.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 
 
 def _log(message: str) -> None:
@@ -396,6 +405,19 @@ def read_bounded_line(stream: BinaryIO, limit: int) -> tuple[bytes | None, bool]
             return None, True
 
 
+def output_closed(stream) -> bool:
+    """Whether nobody reads ``stream`` any more: poll reports an error or hang-up on its file
+    descriptor (a pipe whose read end is closed, a terminal that hung up). Streams without a
+    descriptor, and systems without poll, are only found out by a failing write."""
+    try:
+        fd = stream.fileno()
+        poller = select.poll()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller.register(fd, select.POLLOUT)
+    return any(mask & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, mask in poller.poll(0))
+
+
 class Server:
     """The request loop. ``stdin``/``stdout`` are binary streams, so tests can drive it in-process."""
 
@@ -413,13 +435,20 @@ class Server:
         self.running: Job | None = None
         self.stopping = threading.Event()
         self.output_broken = False
+        # Set by a signal handler (which must take no lock: it runs between any two bytecodes
+        # of the main thread); the main thread's watch loop sees it.
+        self.stop_signal: int | None = None
         self._auto_ids = itertools.count(1)
         self.worker = threading.Thread(target=self._work, name="flash-worker", daemon=True)
+        # A daemon: when the service stops for another reason it may stay blocked reading stdin.
+        self.reader = threading.Thread(target=self._read_requests, name="flash-reader", daemon=True)
 
     # -- output --------------------------------------------------------------------------
 
     def emit(self, event: dict) -> None:
-        line = P.encode(event)
+        line = self._encode(event)
+        if line is None:
+            return
         with self._write_lock:
             if self.output_broken:
                 return
@@ -427,17 +456,60 @@ class Server:
                 self.stdout.write(line)
                 self.stdout.flush()
             except (OSError, ValueError):  # the client is gone: nobody to answer, so stop
-                self.output_broken = True
-                self.stopping.set()
+                self._output_lost()
 
-    # -- the reading loop ----------------------------------------------------------------
+    @staticmethod
+    def _encode(event: dict) -> bytes | None:
+        """The event's line; an event that is not JSON (a job's result holding an object)
+        costs that event, never the writer. A job's final event is replaced by an internal
+        error, so the job still ends with exactly one result or error."""
+        try:
+            return P.encode(event)
+        except (TypeError, ValueError, RecursionError) as err:
+            _log(f"cannot encode a {event.get('type')} event: {type(err).__name__}: {err}")
+            if event.get("type") not in P.TERMINAL_EVENTS:
+                return None
+            return P.encode(P.error_event(P.INTERNAL, f"the {event.get('type')} could not be sent: "
+                                                      f"{type(err).__name__}: {err}",
+                                          "the engine log has the details; the service is still running",
+                                          request=event.get("request"), job=event.get("job")))
+
+    def _output_lost(self) -> None:
+        if not self.output_broken:
+            _log("stdout closed (the client stopped reading): stopping")
+        self.output_broken = True
+        self.stopping.set()
+
+    # -- the main thread: watch for the end ----------------------------------------------
 
     def serve(self) -> int:
-        """Read requests until shutdown or end of input; returns the exit code."""
+        """Serve until shutdown, end of input, a closed stdout or a stop signal; returns the exit code."""
         self.worker.start()
+        self.reader.start()
+        try:
+            while not self.stopping.wait(WATCH_INTERVAL_S):
+                if self.stop_signal is not None:
+                    _log(f"{signal.Signals(self.stop_signal).name}: stopping")
+                    break
+                if output_closed(self.stdout):
+                    self._output_lost()
+        except KeyboardInterrupt:
+            _log("interrupted: stopping")
+        self.stop()
+        return 0
+
+    def on_signal(self, signum: int, frame=None) -> None:
+        """The handler for STOP_SIGNALS (installed by serve_main): record it, nothing more."""
+        self.stop_signal = signum
+
+    # -- the reading thread --------------------------------------------------------------
+
+    def _read_requests(self) -> None:
         try:
             while not self.stopping.is_set():
                 line, too_long = read_bounded_line(self.stdin, self.max_line_bytes)
+                if self.stopping.is_set():
+                    break
                 if too_long:
                     self.emit(P.error_event(P.LINE_TOO_LONG, f"request line longer than {self.max_line_bytes} bytes",
                                             "send smaller requests (paths, not data)"))
@@ -447,16 +519,22 @@ class Server:
                     break
                 if line.strip():
                     self.handle_line(line)
-        except KeyboardInterrupt:
-            _log("interrupted: stopping")
-        self.stop()
-        return 0
+        except Exception:  # reading itself failed: no request can come any more
+            traceback.print_exc()
+        finally:
+            self.stopping.set()
 
     def handle_line(self, line: bytes) -> None:
+        """Answer one line. Whatever the line holds, it gets an event and the service goes on."""
         try:
             request = P.parse_request(line)
         except P.ProtocolError as err:
             self.emit(P.error_from(err, request=err.request_id))
+            return
+        except Exception as err:  # parse_request raises only ProtocolError; should it not, still answer
+            traceback.print_exc()
+            self.emit(P.error_event(P.BAD_JSON, f"unreadable request: {type(err).__name__}",
+                                    "send one JSON object per line"))
             return
         request_id = request["id"] or f"auto-{next(self._auto_ids)}"
         kind = request["type"]
@@ -477,6 +555,7 @@ class Server:
                                     request=request_id))
 
     def submit(self, request_id: str, kind: str, args: dict) -> None:
+        """Check a job request (cheap checks only: this runs on the reading thread) and queue it."""
         job_kind = self.kinds.get(kind)
         if job_kind is None:
             raise FlashError(f"this engine has no {kind} jobs", "update the engine", code=P.UNAVAILABLE)
@@ -487,6 +566,9 @@ class Server:
         prepared = job_kind.prepare(self.engine, args, lambda line: self.emit(P.log_event(line, request=request_id)))
         job = Job(id=request_id, type=kind, request=request_id, prepared=prepared)
         with self._jobs:
+            if self.stopping.is_set():  # stop() has drained the queue, or is about to: nothing would run it
+                raise FlashError(f"{kind} request {request_id} was not started: the engine is stopping",
+                                 "start the engine again", code=P.CANCELLED)
             position = (self.running is not None) + len(self.queue)
             self.queue.append(job)
             # emitted before the worker can take the job, so 'accepted' precedes its progress
@@ -548,7 +630,8 @@ class Server:
     # -- stopping ------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Cancel everything, give the running job a moment to clean up, stop the worker."""
+        """Cancel everything, give the running job a moment to clean up, stop the worker.
+        (With a closed stdout the ``cancelled`` events have nowhere to go; the jobs stop all the same.)"""
         self.stopping.set()
         with self._jobs:
             dropped, self.queue = self.queue, []
@@ -574,7 +657,7 @@ class Server:
             with self._jobs:
                 while not self.queue and not self.stopping.is_set():
                     self._jobs.wait()
-                if not self.queue:
+                if self.stopping.is_set():  # stop() drains the queue and reports each job
                     return
                 job = self.queue.pop(0)
                 self.running = job
@@ -639,13 +722,21 @@ def serve_main(args: argparse.Namespace) -> int:
     if not defaults.get("offload"):
         defaults["offload"] = None
     server = Server(sys.stdin.buffer, stdout, Engine(defaults))
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, server.on_signal)
     global _warm_up_thread
     _warm_up_thread = threading.Thread(target=_warm_up, name="flash-warm-up", daemon=True)
     _warm_up_thread.start()
     _log(f"engine {__version__} ready (pid {os.getpid()}, protocol {P.PROTOCOL_VERSION})")
     code = server.serve()
-    if server.worker.is_alive():
-        # A job stuck inside one long step: don't wait for it (or for torch's teardown).
+    if server.stop_signal is not None and server.stop_signal != signal.SIGINT:
+        # Cleaned up; now end as that signal would have, so whoever sent it sees it worked.
+        sys.stderr.flush()
+        signal.signal(server.stop_signal, signal.SIG_DFL)
+        os.kill(os.getpid(), server.stop_signal)
+    if server.worker.is_alive() or server.reader.is_alive():
+        # A job stuck inside one long step, or the reader blocked on a stdin that is still
+        # open: don't wait for them (or for torch's teardown).
         sys.stderr.flush()
         os._exit(code)
     return code
