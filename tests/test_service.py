@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -315,3 +316,83 @@ def test_an_engine_python_without_the_requirements_gets_a_clear_error(tmp_path):
     assert error.code in (P.ENVIRONMENT, P.ENGINE_DIED)
     assert "No module named" in f"{error.message} {error.hint}"
     assert not client.alive  # not left running
+
+
+class ServeProcess:
+    """``serve --model tiny`` driven without the client, so a test can close or signal any end."""
+
+    def __init__(self, folder: Path):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.log = folder.parent / f"{folder.name}-serve.log"  # outside the folder whose leftovers are checked
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "flash_engine", "serve", *SERVE_ARGS],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=folder,
+                                         env=env)
+        self.events = []
+
+    def send(self, request_type, request_id, args=None):
+        self.proc.stdin.write(P.encode(P.make_request(request_type, request_id, args)))
+        self.proc.stdin.flush()
+
+    def read_until(self, predicate):
+        while True:
+            line = self.proc.stdout.readline()
+            assert line, f"the service ended early: {self.log.read_text()[-2000:]}"
+            event = P.parse_event(line)
+            self.events.append(event)
+            if predicate(event):
+                return event
+
+    def start_two_jobs(self, reference, folder):
+        """A long job caught mid-denoise, and one queued behind it."""
+        self.send("hello", "h")
+        self.read_until(lambda e: e.get("request") == "h")
+        self.send("animate", "long", clip(reference, folder / "long", steps=LONG_STEPS))
+        self.send("animate", "queued", clip(reference, folder / "queued"))
+        self.read_until(lambda e: e.get("job") == "long" and mid_denoise(e))
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def test_a_client_that_stops_reading_stops_the_service_within_seconds(reference, tmp_path):
+    serve = ServeProcess(tmp_path)
+    try:
+        serve.start_two_jobs(reference, tmp_path)
+        closed = time.monotonic()
+        serve.proc.stdout.close()  # stdin stays open: only the closed stdout tells
+        assert serve.proc.wait(timeout=20) == 0
+        assert time.monotonic() - closed < 20
+    finally:
+        serve.close()
+    assert not (tmp_path / "long").exists() and not (tmp_path / "queued").exists()
+    assert leftovers(tmp_path) == []  # the running job cleaned its staging folder; the queued one never ran
+    assert "stdout closed" in serve.log.read_text()
+
+
+def test_sigterm_cancels_every_job_with_its_event_and_cleans_up(reference, tmp_path):
+    serve = ServeProcess(tmp_path)
+    try:
+        serve.start_two_jobs(reference, tmp_path)
+        signalled = time.monotonic()
+        serve.proc.send_signal(signal.SIGTERM)
+        rest = []
+        reader = threading.Thread(target=lambda: rest.extend(serve.proc.stdout.readlines()), daemon=True)
+        reader.start()
+        assert serve.proc.wait(timeout=20) == -signal.SIGTERM  # cleaned up, then ended by the signal
+        assert time.monotonic() - signalled < 20
+        reader.join(10)
+    finally:
+        serve.close()
+    events = serve.events + [P.parse_event(line) for line in rest]
+    finals = {e["job"]: e for e in events if e.get("job") and e["type"] in P.TERMINAL_EVENTS}
+    assert {job: e["code"] for job, e in finals.items()} == {"long": P.CANCELLED, "queued": P.CANCELLED}
+    assert not (tmp_path / "long").exists() and not (tmp_path / "queued").exists()
+    assert leftovers(tmp_path) == []
