@@ -396,3 +396,92 @@ def test_sigterm_cancels_every_job_with_its_event_and_cleans_up(reference, tmp_p
     assert {job: e["code"] for job, e in finals.items()} == {"long": P.CANCELLED, "queued": P.CANCELLED}
     assert not (tmp_path / "long").exists() and not (tmp_path / "queued").exists()
     assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Train jobs read their clips on the worker, not on the thread that reads requests
+
+
+@pytest.fixture
+def blocked_clip_reader(monkeypatch):
+    """Every clip read blocks until ``gate`` is set, then fails; no model may load."""
+    from flash_engine.models import loading
+    from flash_engine.training import clips
+
+    gate, reading, calls = threading.Event(), threading.Event(), []
+
+    def read_video(path):
+        calls.append(path.name)
+        reading.set()
+        gate.wait(30)
+        raise ValueError("not a readable video (test reader)")
+
+    monkeypatch.setattr(clips, "read_video", read_video)
+    monkeypatch.setattr(loading, "load_base", lambda *a, **k: pytest.fail("a model was loaded"))
+    return gate, reading, calls
+
+
+def train_harness(tmp_path, clip_count=4):
+    from flash_engine.server import JOB_KINDS, Engine
+    from tests.service_loop import LoopHarness
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(clip_count):
+        (folder / f"clip{i}.mp4").write_bytes(b"not read: the test reader stands in")
+    harness = LoopHarness({"train": JOB_KINDS["train"]}, engine=Engine({"model": "tiny", "device": "cpu"}))
+    harness.send("status", "warm")  # the first status imports the engine's torch side
+    harness.until(lambda e: e.get("request") == "warm", timeout=120)
+    args = {"clips": [str(folder)], "action": "x", "prompt": "a person is x.", "out": str(tmp_path / "x"),
+            "frames": 6, "stride": 1, "resolution": "64", "steps": 1, "decoder_steps": 0}
+    return harness, args
+
+
+def test_train_reads_its_clips_in_the_job_while_requests_are_answered_at_once(tmp_path, blocked_clip_reader):
+    gate, reading, calls = blocked_clip_reader
+    harness, args = train_harness(tmp_path)
+    harness.send("train", "t1", args)
+    assert harness.until(lambda e: e.get("request") == "t1", timeout=5)["type"] == "accepted"
+    assert reading.wait(5)
+    waits = []
+    for i in range(3):
+        sent = time.monotonic()
+        harness.send("status", f"s{i}")
+        status = harness.until(lambda e: e.get("request") == f"s{i}", timeout=5)["data"]
+        waits.append(time.monotonic() - sent)
+    assert status["running"]["job"] == "t1" and calls == ["clip0.mp4"]  # still on its first clip
+    assert sorted(waits)[1] < 0.1 and max(waits) < 1, waits
+    gate.set()
+    logs = []
+    final = harness.until(lambda e: e.get("job") == "t1" and (e["type"] in P.TERMINAL_EVENTS or logs.append(e)),
+                          timeout=30)
+    assert (final["type"], final["code"]) == ("error", "no_clips") and "4 skipped" in final["message"]
+    skipped = [e["message"] for e in logs if e["type"] == "log" and e["message"].startswith("skipped")]
+    assert skipped == [f"skipped {tmp_path / 'clips' / f'clip{i}.mp4'}: not a readable video (test reader)"
+                       for i in range(4)]
+    assert not (tmp_path / "x").exists()
+    harness.close()
+
+
+def test_cancel_is_seen_between_clips(tmp_path, blocked_clip_reader):
+    gate, reading, calls = blocked_clip_reader
+    harness, args = train_harness(tmp_path)
+    harness.send("train", "t1", args)
+    assert reading.wait(5)
+    harness.send("cancel", "c1", {"job": "t1"})
+    assert harness.until(lambda e: e.get("request") == "c1", timeout=2)["data"] == {"job": "t1", "was": "running"}
+    gate.set()
+    final = harness.until(lambda e: e.get("job") == "t1" and e["type"] in P.TERMINAL_EVENTS, timeout=30)
+    assert final["code"] == P.CANCELLED and calls == ["clip0.mp4"]  # no clip read after the cancel
+    harness.close()
+
+
+def test_train_checks_that_need_no_reading_still_come_before_accepted(tmp_path, blocked_clip_reader):
+    harness, args = train_harness(tmp_path)
+    for bad, code in [({"clips": [str(tmp_path / "nowhere")]}, "bad_clips"), ({"prompt": [7]}, P.BAD_ARGUMENT),
+                      ({"action": " "}, P.BAD_ARGUMENT), ({"steps": 0, "decoder_steps": 0}, P.BAD_ARGUMENT)]:
+        harness.send("train", "bad", {**args, **bad})
+        error = harness.until(lambda e: e.get("request") == "bad", timeout=5)
+        assert (error["type"], error["code"], "job" in error) == ("error", code, False), error
+    assert blocked_clip_reader[2] == []  # none of them read a clip
+    harness.close()
