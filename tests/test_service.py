@@ -485,3 +485,87 @@ def test_train_checks_that_need_no_reading_still_come_before_accepted(tmp_path, 
         assert (error["type"], error["code"], "job" in error) == ("error", code, False), error
     assert blocked_clip_reader[2] == []  # none of them read a clip
     harness.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Queued jobs hold what they need, not decoded pixels
+
+LARGE_BYTES = 256 * 1024  # a decoded 2000x1500 reference is 9 MB; paths, numbers and settings are bytes
+
+
+def large_objects(root, limit=LARGE_BYTES) -> list[str]:
+    """Where in ``root``'s attributes and containers an image, array, tensor or buffer over ``limit`` bytes sits."""
+    import numpy as np
+
+    torch = sys.modules.get("torch")
+    found, seen, stack = [], set(), [("prepared", root, 0)]
+    while stack:
+        where, value, depth = stack.pop()
+        if id(value) in seen or depth > 12 or value is None or isinstance(value, (str, int, float, Path)):
+            continue
+        seen.add(id(value))
+        if isinstance(value, Image.Image):
+            size = value.width * value.height * len(value.getbands())
+        elif isinstance(value, np.ndarray):
+            size = value.nbytes
+        elif torch is not None and isinstance(value, torch.Tensor):
+            size = value.numel() * value.element_size()
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            size = len(value)
+        else:
+            size = 0
+            if isinstance(value, dict):
+                children = [(f"{where}[{k!r}]", v) for k, v in value.items()]
+            elif isinstance(value, (list, tuple, set, frozenset)):
+                children = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+            else:
+                children = [(f"{where}.{k}", v) for k, v in getattr(value, "__dict__", {}).items()]
+            stack += [(name, child, depth + 1) for name, child in children]
+        if size > limit:
+            found.append(f"{where}: {type(value).__name__} of {size} bytes")
+    return found
+
+
+def test_large_objects_finds_a_decoded_image():  # the check below can fail
+    from dataclasses import dataclass
+
+    @dataclass
+    class Held:
+        settings: dict
+
+    assert large_objects(Held({"a": [Image.new("RGB", (400, 300))]})) == [
+        "prepared.settings['a'][0]: Image of 360000 bytes"]
+    assert large_objects(Held({"a": [Image.new("RGB", (40, 30)), "x" * 10**6]})) == []
+
+
+@pytest.mark.xfail(strict=True, reason="needs flash_engine/animate.py resolve() to check only the image header and "
+                                       "size and load the pixels at run time (issue 13; animate.py's owner)")
+def test_a_queued_animate_holds_no_decoded_reference(tmp_path):
+    from flash_engine.server import JobKind, Engine, prepare_animate
+    from tests.service_loop import LoopHarness
+
+    image = tmp_path / "big.png"
+    Image.new("RGB", (2000, 1500), (90, 120, 200)).save(image)
+    gate = threading.Event()
+
+    def blocker(engine, prepared, context):
+        context.progress("unet", 0, 1)
+        gate.wait(30)
+        return {}
+
+    harness = LoopHarness({"train": JobKind(lambda engine, args, report: args, blocker),
+                           "animate": JobKind(prepare_animate, lambda engine, prepared, context: {"ran": True})},
+                          engine=Engine({"model": "tiny", "device": "cpu"}))
+    try:
+        harness.send("train", "blocker")
+        harness.until(lambda e: e["type"] == "progress", timeout=30)
+        harness.send("animate", "a1", {"image": str(image), "out": str(tmp_path / "take"), "prompt": "a person.",
+                                       "frames": 2, "steps": 1, "width": 64, "height": 48})
+        assert harness.until(lambda e: e.get("request") == "a1", timeout=120)["type"] == "accepted"
+        (queued,) = harness.server.queue
+        assert large_objects(queued.prepared) == []
+    finally:
+        gate.set()
+    assert harness.until(lambda e: e.get("job") == "a1" and e["type"] in P.TERMINAL_EVENTS)["data"] == {"ran": True}
+    assert queued.prepared is None  # a finished job drops what it held
+    harness.close()

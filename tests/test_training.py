@@ -467,3 +467,17 @@ def test_no_steps_give_no_loss_rather_than_nan():
 
     assert loss_trend([]) == (None, None)
     assert loss_trend([4.0, 2.0]) == (4.0, 2.0)
+
+
+def test_train_json_output_is_strict_json_without_unet_steps(clips_dir, tmp_path, capsys):
+    import json
+
+    from flash_engine.cli import main
+
+    code = main(["train", "--clips", str(clips_dir), "--action", "disc", "--prompt", "a disc is moving.",
+                 "--model", "tiny", "--steps", "0", "--decoder-steps", "1", "--resolution", "64", "--frames", "4",
+                 "--stride", "1", "--out", str(tmp_path / "action"), "--json"])
+    assert code == 0, capsys.readouterr().err
+    lines = capsys.readouterr().out.splitlines()
+    events = [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}")) for line in lines]
+    assert events[-1]["type"] == "result" and events[-1]["loss"] == {"unet_first": None, "unet_last": None}
