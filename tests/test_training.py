@@ -357,7 +357,7 @@ def test_artifact_round_trips_and_changes_the_clip(clips_dir, tmp_path, tiny_pip
 
 
 def test_existing_action_and_interrupted_run_need_a_flag(clips_dir, tmp_path):
-    from flash_engine.training.job import TrainRequest, resolve_train, run_train
+    from flash_engine.training.job import TrainRequest, resolve_train, run_train, scan_train_clips
 
     def request(**kw):
         return TrainRequest(clips=[str(clips_dir)], action="disc", prompt=["a disc is moving."],
@@ -365,6 +365,7 @@ def test_existing_action_and_interrupted_run_need_a_flag(clips_dir, tmp_path):
                             frames=6, stride=1, **kw)
 
     job = resolve_train(request())
+    scan_train_clips(job)  # read now, so the answers below go to the trainer's steps
     from flash_engine.pipeline import JobCancelled
 
     with pytest.raises(JobCancelled):  # cancelled after the first step: a checkpoint stays
