@@ -143,12 +143,15 @@ def test_bad_lines_and_requests_get_errors_and_the_service_carries_on(engine, re
                     + b'"}}\n')
     engine.send_raw(b'{"v": 1, "id": "u1", "type": "teleport"}\n')
     engine.send_raw(b'{"v": 99, "id": "v1", "type": "status"}\n')
+    engine.send_raw(b'{"v":1,"id":"d","type":"status","args":' + b"[" * 3000 + b"\n")  # aborted serve once
+    engine.send_raw(b'{"v": 1, "id": "n1", "type": "status", "args": {"x": [1e999]}}\n')
     errors = []
     deadline = time.monotonic() + 60
-    while len(errors) < 4 and time.monotonic() < deadline:
+    while len(errors) < 6 and time.monotonic() < deadline:
         errors += [e for e in engine.poll_events(timeout=1) if e["type"] == "error"]
-    assert [e["code"] for e in errors] == [P.BAD_JSON, P.LINE_TOO_LONG, P.UNKNOWN_REQUEST, P.VERSION_MISMATCH]
-    assert errors[2]["request"] == "u1" and errors[3]["request"] == "v1"
+    assert [e["code"] for e in errors] == [P.BAD_JSON, P.LINE_TOO_LONG, P.UNKNOWN_REQUEST, P.VERSION_MISMATCH,
+                                           P.BAD_JSON, P.BAD_ARGUMENT]
+    assert errors[2]["request"] == "u1" and errors[3]["request"] == "v1" and errors[5]["request"] == "n1"
 
     bad_args = [
         (clip(reference, tmp_path / "x", frames="three"), P.BAD_ARGUMENT),
