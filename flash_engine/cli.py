@@ -75,6 +75,7 @@ def train_command(args) -> int:
 
     from flash_engine.errors import JobCancelled
     from flash_engine.training.job import resolve_train, run_train
+    from flash_engine.training.trainer import read_checkpoint_meta
 
     def emit(event: dict) -> None:
         sys.stdout.write(P.encode(event).decode("ascii"))  # strict JSON, as the service writes
@@ -106,8 +107,11 @@ def train_command(args) -> int:
     try:
         result = run_train(job, progress=progress, should_cancel=lambda: bool(interrupted), log=report)
     except JobCancelled:
-        print(f"flash: stopped; the checkpoint is kept: run the same command with --resume to continue",
-              file=sys.stderr)
+        if read_checkpoint_meta(job.work_dir) is None:  # stopped before the first checkpoint
+            print("flash: stopped before any training step was saved: nothing to resume", file=sys.stderr)
+        else:
+            print("flash: stopped; the checkpoint is kept: run the same command with --resume to continue",
+                  file=sys.stderr)
         return 130
     if args.json:
         emit({"type": "result", **result})

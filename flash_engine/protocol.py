@@ -15,7 +15,10 @@ Events (engine → client)::
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import re
 
 from flash_engine.errors import FlashError
 
@@ -24,6 +27,11 @@ PROTOCOL_VERSION = 1
 # Requests are small (paths and numbers). The bound keeps one bad line from eating the
 # engine's memory: the server reads at most this many bytes per line.
 MAX_LINE_BYTES = 1 << 20
+
+# Messages nest a few levels (args.options, result.data.metadata.settings). A bound far below
+# Python's recursion limit means no line can make the decoder, or a check that walks the
+# message, run out of stack.
+MAX_NESTING = 64
 
 # Requests that start a job: they are queued, run one at a time, and their id is the job id.
 JOB_REQUESTS = ("animate", "train")
@@ -63,27 +71,90 @@ class ProtocolError(FlashError):
 
 
 def encode(message: dict) -> bytes:
-    """One message as one UTF-8 line. ``ensure_ascii`` keeps the line free of raw newlines and
-    odd bytes whatever the paths contain."""
-    return json.dumps(message, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
+    """One message as one line of strict JSON. ``ensure_ascii`` keeps the line free of raw
+    newlines and odd bytes whatever the paths contain. JSON has no NaN or Infinity: a number
+    that is not finite (a loss that diverged, an estimate not yet known) goes out as null."""
+    return json.dumps(_finite_or_null(message), ensure_ascii=True, separators=(",", ":"),
+                      allow_nan=False).encode("ascii") + b"\n"
+
+
+def _finite_or_null(value, depth: int = 0):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth > MAX_NESTING:  # json.dumps refuses it (ValueError) rather than recursing on
+        return value
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item, depth + 1) for item in value]
+    return value
+
+
+# A JSON string literal (complete), and runs of characters that neither open nor close a level.
+_STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_LEVEL_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _too_deep(text: str) -> bool:
+    """Whether ``text`` nests arrays/objects deeper than MAX_NESTING (brackets in strings are
+    text). The scan runs in C (regex, map, accumulate): a 1 MiB line of brackets takes ~0.1 s."""
+    if text.count("[") + text.count("{") <= MAX_NESTING:
+        return False
+    brackets = _NOT_BRACKET.sub("", _STRING_LITERAL.sub("", text))
+    return max(itertools.accumulate(map(_LEVEL_STEP.__getitem__, brackets)), default=0) > MAX_NESTING
 
 
 def _decode_object(line: bytes | str) -> dict:
+    """The line's JSON object. Every way a line can be wrong is a ProtocolError (bad_json):
+    whatever arrives, the caller never sees another exception."""
+    hint = "send one JSON object per line"
     if isinstance(line, bytes):
         try:
             line = line.decode("utf-8")
         except UnicodeDecodeError:
-            raise ProtocolError("line is not UTF-8 text", "send one JSON object per line",
-                                code=BAD_JSON) from None
+            raise ProtocolError("line is not UTF-8 text", hint, code=BAD_JSON) from None
+    if _too_deep(line):
+        raise ProtocolError(f"line nests arrays or objects more than {MAX_NESTING} levels deep", hint,
+                            code=BAD_JSON)
     try:
         message = json.loads(line)
     except json.JSONDecodeError as err:
-        raise ProtocolError(f"line is not JSON ({err.msg} at column {err.colno})",
-                            "send one JSON object per line", code=BAD_JSON) from None
+        raise ProtocolError(f"line is not JSON ({err.msg} at column {err.colno})", hint, code=BAD_JSON) from None
+    except (ValueError, RecursionError, MemoryError) as err:  # e.g. an integer of more digits than int() takes
+        raise ProtocolError(f"line is not usable JSON ({one_line(err, 120)})", hint, code=BAD_JSON) from None
     if not isinstance(message, dict):
-        raise ProtocolError(f"a message must be a JSON object, not {type(message).__name__}",
-                            "send one JSON object per line", code=BAD_JSON)
+        raise ProtocolError(f"a message must be a JSON object, not {type(message).__name__}", hint,
+                            code=BAD_JSON)
     return message
+
+
+def non_finite_number(value, path: str = "") -> str | None:
+    """The path (``options.rate[1]``) of the first NaN or infinite number in ``value``, or None.
+
+    Python's json reads ``NaN``, ``Infinity`` and ``1e999`` as floats; no request means them."""
+    stack = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where or "value"
+        if isinstance(item, dict):
+            stack.extend((f"{where}.{key}" if where else str(key), sub) for key, sub in reversed(item.items()))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((f"{where}[{i}]", sub) for i, sub in reversed(list(enumerate(item))))
+    return None
+
+
+def _check_finite(args: dict, request_id: str | None = None) -> None:
+    where = non_finite_number(args)
+    if where is not None:
+        raise ProtocolError(f"argument '{where}' must be a finite number (not NaN or infinite)",
+                            f"send a finite number for '{where}'", code=BAD_ARGUMENT, request_id=request_id)
+
+
+def is_protocol_version(value) -> bool:
+    """Only the integer 1 is version 1 (``true == 1`` and ``1.0 == 1`` in Python)."""
+    return type(value) is int and value == PROTOCOL_VERSION
 
 
 # ---------------------------------------------------------------------------------------
@@ -91,6 +162,9 @@ def _decode_object(line: bytes | str) -> dict:
 
 
 def make_request(type: str, request_id: str, args: dict | None = None) -> dict:
+    """A request; raises ProtocolError (bad_argument) for a NaN or infinite number in ``args``,
+    which the engine would refuse anyway."""
+    _check_finite(args or {}, request_id)
     return {"v": PROTOCOL_VERSION, "id": request_id, "type": type, "args": args or {}}
 
 
@@ -109,7 +183,7 @@ def parse_request(line: bytes | str) -> dict:
         raise ProtocolError("request 'id' must be a non-empty string of at most 200 characters",
                             'e.g. "id": "r1"', code=BAD_REQUEST)
     version = message.get("v")
-    if version != PROTOCOL_VERSION:
+    if not is_protocol_version(version):
         raise ProtocolError(f"protocol version {version!r} is not supported; this engine speaks {PROTOCOL_VERSION}",
                             "update the add-on and the engine together", code=VERSION_MISMATCH,
                             request_id=request_id)
@@ -127,6 +201,7 @@ def parse_request(line: bytes | str) -> dict:
     if unknown:
         raise ProtocolError(f"unknown request field(s): {', '.join(unknown)}", "use v, id, type and args",
                             code=BAD_REQUEST, request_id=request_id)
+    _check_finite(args, request_id)
     return {"v": version, "id": request_id, "type": request_type, "args": args}
 
 
@@ -191,7 +266,7 @@ _REQUIRED_EVENT_FIELDS = {
 def parse_event(line: bytes | str) -> dict:
     """Check one event line from the engine; raises ProtocolError when it is not a valid event."""
     event = _decode_object(line)
-    if event.get("v") != PROTOCOL_VERSION:
+    if not is_protocol_version(event.get("v")):
         raise ProtocolError(f"event of protocol version {event.get('v')!r}; this client speaks {PROTOCOL_VERSION}",
                             "update the add-on and the engine together", code=VERSION_MISMATCH)
     kind = event.get("type")

@@ -1,9 +1,11 @@
 """``python -m flash_engine serve``: the engine service the Blender add-on talks to.
 
-Newline-delimited JSON on stdin/stdout (``docs/protocol.md``), no network port. The
-main thread reads requests and answers the cheap ones at once (hello, status, cancel), so
-a cancel is read even while a job runs; jobs run one at a time on a worker thread, in the
-order they came; the model stays loaded between jobs (``runtime.PipelineCache``).
+Newline-delimited JSON on stdin/stdout (``docs/protocol.md``), no network port. A reading
+thread reads requests and answers the cheap ones at once (hello, status, cancel), so a
+cancel is read even while a job runs; jobs run one at a time on a worker thread, in the
+order they came; the model stays loaded between jobs (``warm.PipelineCache``). The main
+thread only watches for the end: shutdown, stdin closing, stdout closing, SIGTERM/SIGINT;
+then it cancels every job, lets the running one clean up, and exits.
 
 Nothing but protocol lines reaches the real stdout: at startup the real stdout is kept
 for the protocol and fd 1 is pointed at stderr, so prints from libraries, C code or child
@@ -20,6 +22,8 @@ import argparse
 import gc
 import itertools
 import os
+import select
+import signal
 import sys
 import threading
 import time
@@ -30,12 +34,17 @@ from typing import Any, BinaryIO, Callable
 
 from flash_engine import __version__
 from flash_engine import protocol as P
-from flash_engine.errors import FlashError
+from flash_engine.errors import FlashError, JobCancelled
 
 # How long a cancelled job may take to reach its next cancel point when the service has to
 # exit (shutdown, stdin closed). After that the process exits anyway: Blender is gone or
 # asked us to go, and a hidden staging folder is all a killed job leaves behind.
 EXIT_GRACE_S = 5.0
+# How often the main thread looks for a stop signal or a client that stopped reading.
+WATCH_INTERVAL_S = 0.1
+# Signals that stop the service the way stdin closing does: jobs cancelled, events sent,
+# staging folders cleaned.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 
 
 def _log(message: str) -> None:
@@ -51,19 +60,19 @@ def _torch_side():
     if warming is not None and warming is not threading.current_thread():
         warming.join()  # one thread imports torch at a time: two at once risk an import deadlock
     try:
-        from flash_engine import animate, runtime
+        from flash_engine import animate, devices, warm
     except ImportError as err:
         raise FlashError(f"the engine's Python cannot load the engine: {err}",
                          "run the engine setup again, or point the add-on at a Python with the requirements",
                          code=P.ENVIRONMENT) from err
-    return animate, runtime
+    return animate, devices, warm
 
 
 def _warm_up() -> None:
     """Import torch and the model code while the main thread already reads stdin."""
     try:
         _torch_side()
-        from flash_engine.cli import quiet_libraries
+        from flash_engine.library_logs import quiet_libraries
 
         quiet_libraries()  # the libraries' dtype notes and advice would only fill the log
     except Exception:  # the first request that needs them reports the problem
@@ -75,19 +84,18 @@ def _warm_up() -> None:
 
 
 class Engine:
-    """Holds the warm pipeline and its action slot; everything that needs torch is here."""
+    """Holds the warm pipeline (and with it its action slot); everything that needs torch is here."""
 
     def __init__(self, defaults: dict | None = None):
         # Settings from the serve command line, used where a request leaves them out.
         self.defaults = {k: v for k, v in (defaults or {}).items() if v is not None}
         self._cache = None
-        self._slot = None  # one ActionSlot per cached pipeline: it remembers the base's tensors
 
     @property
     def cache(self):
         if self._cache is None:
-            _, runtime = _torch_side()
-            self._cache = runtime.PipelineCache()
+            _, _, warm = _torch_side()
+            self._cache = warm.PipelineCache()
         return self._cache
 
     @property
@@ -106,13 +114,14 @@ class Engine:
         return args
 
     def default_device(self) -> str:
-        _, runtime = _torch_side()
-        return str(runtime.pick_device(self.defaults.get("device", "auto")))
+        _, devices, _ = _torch_side()
+        return str(devices.pick_device(self.defaults.get("device", "auto")))
 
     def hello(self) -> dict:
         import importlib.util
 
-        _, runtime = _torch_side()
+        _, devices, _ = _torch_side()
+        from flash_engine.models.loading import model_limits
         from flash_engine.weights import resolve_model_source, weights_status
 
         try:
@@ -124,15 +133,22 @@ class Engine:
             train_available = importlib.util.find_spec("flash_engine.training.job") is not None
         except ImportError:
             train_available = False
+        default_model = resolve_model_source(self.defaults.get("model", "default"))
+        try:  # what the add-on clamps and defaults from; a broken folder shows when a job names it
+            limits = model_limits(default_model, self.defaults.get("motion_adapter"))
+        except FlashError as err:
+            limits = None
+            _log(f"no limits for the default model: {err}")
         return {
             "protocol": P.PROTOCOL_VERSION,
             "engine_version": __version__,
             "pid": os.getpid(),
-            **runtime.device_report(),
+            **devices.device_report(),
             "device": self.default_device(),
             "diffusers": diffusers_version,
             "weights": weights_status(),
-            "default_model": resolve_model_source(self.defaults.get("model", "default")),
+            "default_model": default_model,
+            "model_limits": limits,
             "job_types": {"animate": True, "train": train_available},
             "max_line_bytes": P.MAX_LINE_BYTES,
         }
@@ -146,24 +162,16 @@ class Engine:
         }
 
     def pipeline(self, key, log: Callable[[str], None]):
-        """The warm pipeline for ``key`` (loading it only when the key changed) and its slot."""
+        """The warm pipeline for ``key`` (loading it only when the key changed) and its action slot."""
         cache = self.cache
         if cache.key != key:
-            self._slot = None  # it holds the old pipeline's tensors: let them go before loading
             log(f"loading model {key.model} on {key.device} ({key.dtype})")
             started = time.perf_counter()
-            pipeline = cache.get(key)
+            cache.get(key)
             log(f"model loaded in {time.perf_counter() - started:.1f}s")
-        else:
-            pipeline = cache.get(key)
-        if self._slot is None or self._slot.pipeline is not pipeline:
-            from flash_engine.actions import ActionSlot
-
-            self._slot = ActionSlot(pipeline)
-        return pipeline, self._slot
+        return cache.get(key), cache.slot
 
     def release(self) -> dict:
-        self._slot = None
         if self._cache is not None:
             self._cache.release()
         self.free_memory()
@@ -195,61 +203,21 @@ class JobKind:
     run: Callable[[Engine, Any, "JobContext"], dict]
 
 
-_ANNOTATION_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "None": (type(None),)}
+def prepare_animate(engine: Engine, args: dict, report=None):
+    """The request checked and resolved (``animate.ResolvedAnimate``: its pipeline key included)."""
+    from flash_engine.requests import parse
+
+    animate, _, _ = _torch_side()
+    return animate.resolve(parse("animate", engine.with_defaults(args)))
 
 
-def check_argument_types(request_class, args: dict) -> None:
-    """Refuse ``{"frames": "16"}`` before it reaches the engine as a confusing TypeError.
-
-    Reads the dataclass's annotations (``int | None`` and the like); unknown annotations
-    are not checked.
-    """
-    for name, spec in request_class.__dataclass_fields__.items():
-        if name not in args:
-            continue
-        annotation = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", "")
-        allowed: tuple = ()
-        for part in annotation.split("|"):
-            types = _ANNOTATION_TYPES.get(part.strip())
-            if types is None:
-                allowed = ()
-                break
-            allowed += types
-        value = args[name]
-        wrong_bool = isinstance(value, bool) and bool not in allowed  # True is an int in Python
-        if allowed and (not isinstance(value, allowed) or wrong_bool):
-            raise FlashError(f"argument '{name}' must be {annotation.replace(' | None', '')}, "
-                             f"not {type(value).__name__} {value!r:.40}",
-                             f"fix '{name}' in the request's args", code=P.BAD_ARGUMENT)
-
-
-@dataclass
-class PreparedAnimate:
-    job: Any  # animate.ResolvedAnimate
-    key: Any  # runtime.PipelineKey
-
-
-def prepare_animate(engine: Engine, args: dict, report=None) -> PreparedAnimate:
-    animate, runtime = _torch_side()
-    args = engine.with_defaults(args)
-    check_argument_types(animate.AnimateRequest, args)
-    request = animate.AnimateRequest.from_dict(args)
-    job = animate.resolve(request)
-    device = runtime.pick_device(request.device)
-    dtype = runtime.pick_dtype(request.precision, device)
-    key = runtime.PipelineKey(job.model, request.motion_adapter, str(device), runtime.precision_name(dtype),
-                              request.offload)
-    return PreparedAnimate(job, key)
-
-
-def run_animate_job(engine: Engine, prepared: PreparedAnimate, context: "JobContext") -> dict:
-    animate, _ = _torch_side()
-    job, key = prepared.job, prepared.key
+def run_animate_job(engine: Engine, job, context: "JobContext") -> dict:
+    animate, _, _ = _torch_side()
     context.progress("load", 0, 1)
-    pipeline, slot = engine.pipeline(key, context.log)
+    pipeline, slot = engine.pipeline(job.key, context.log)
     context.progress("load", 1, 1)
     context.log(f"animate: {job.frames} frames at {job.width}x{job.height}, {job.steps} steps, seed {job.seed}, "
-                f"model {job.model} on {key.device}")
+                f"model {job.model} on {job.key.device}")
 
     def progress(phase: str, step: int, total: int) -> None:
         context.check_cancel()  # the pipeline checks only while denoising: this covers decoding too
@@ -257,11 +225,10 @@ def run_animate_job(engine: Engine, prepared: PreparedAnimate, context: "JobCont
 
     metadata = animate.run_animate(job, pipeline, progress=progress, should_cancel=context.should_cancel,
                                    action_slot=slot)
-    out = Path(job.request.out).expanduser().resolve()
     return {
-        "out": str(out),
-        "frames": [str(out / name) for name in metadata["frames"]],
-        "mp4": str(out / metadata["mp4"]) if metadata.get("mp4") else None,
+        "out": str(job.out),
+        "frames": [str(job.out / name) for name in metadata["frames"]],
+        "mp4": str(job.out / metadata["mp4"]) if metadata.get("mp4") else None,
         "metadata": metadata,
     }
 
@@ -279,15 +246,14 @@ def _training_module():
 
 
 def prepare_train(engine: Engine, args: dict, report=None):
+    from flash_engine.requests import TrainRequest, parse, specs
+
     training_job = _training_module()
-    request_class = training_job.TrainRequest
     # The serve command line's model, device and precision are training's defaults too, so a
     # trained action matches the base that animate uses (offload has no meaning for training).
-    fields = getattr(request_class, "__dataclass_fields__", {})
-    args = {name: value for name, value in engine.with_defaults(args).items() if name in args or name in fields}
-    if fields:
-        check_argument_types(request_class, args)
-    return training_job.resolve_train(request_class.from_dict(args), report=report or (lambda line: None))
+    known = specs(TrainRequest)
+    args = {name: value for name, value in engine.with_defaults(args).items() if name in args or name in known}
+    return training_job.resolve_train(parse("train", args), report=report or (lambda line: None))
 
 
 def run_train_job(engine: Engine, prepared, context: "JobContext") -> dict:
@@ -307,10 +273,6 @@ JOB_KINDS: dict[str, JobKind] = {
 
 # ---------------------------------------------------------------------------------------
 # Jobs and the service loop
-
-
-class JobCancelledHere(Exception):
-    """Raised from a progress callback when the job's cancel flag is set (see JobContext)."""
 
 
 @dataclass
@@ -352,7 +314,7 @@ class JobContext:
 
     def check_cancel(self) -> None:
         if self.job.cancel.is_set():
-            raise JobCancelledHere()
+            raise JobCancelled()
 
     def progress(self, phase: str, step: int, total: int, eta_s: float | None = None, **extra) -> None:
         """Report a step. ``eta_s`` overrides the tracker's estimate; ``extra`` numbers (a
@@ -370,17 +332,6 @@ class JobContext:
         self.server.emit(P.log_event(message, level, job=self.job.id, request=self.job.request))
 
 
-def is_out_of_memory(err: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError, a RuntimeError saying so (CUDA, MPS), or host MemoryError."""
-    if type(err).__name__ == "OutOfMemoryError" or isinstance(err, MemoryError):
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
-
-
-def is_cancellation(err: BaseException) -> bool:
-    return isinstance(err, JobCancelledHere) or type(err).__name__ == "JobCancelled"
-
-
 def read_bounded_line(stream: BinaryIO, limit: int) -> tuple[bytes | None, bool]:
     """One line of at most ``limit`` bytes (not counting its newline): (line, False); (None, False) at end of input;
     (None, True) for a longer line, which is read and dropped in ``limit``-sized pieces so
@@ -394,6 +345,19 @@ def read_bounded_line(stream: BinaryIO, limit: int) -> tuple[bytes | None, bool]
         rest = stream.readline(limit)
         if not rest or rest.endswith(b"\n"):
             return None, True
+
+
+def output_closed(stream) -> bool:
+    """Whether nobody reads ``stream`` any more: poll reports an error or hang-up on its file
+    descriptor (a pipe whose read end is closed, a terminal that hung up). Streams without a
+    descriptor, and systems without poll, are only found out by a failing write."""
+    try:
+        fd = stream.fileno()
+        poller = select.poll()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller.register(fd, select.POLLOUT)
+    return any(mask & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, mask in poller.poll(0))
 
 
 class Server:
@@ -413,13 +377,20 @@ class Server:
         self.running: Job | None = None
         self.stopping = threading.Event()
         self.output_broken = False
+        # Set by a signal handler (which must take no lock: it runs between any two bytecodes
+        # of the main thread); the main thread's watch loop sees it.
+        self.stop_signal: int | None = None
         self._auto_ids = itertools.count(1)
         self.worker = threading.Thread(target=self._work, name="flash-worker", daemon=True)
+        # A daemon: when the service stops for another reason it may stay blocked reading stdin.
+        self.reader = threading.Thread(target=self._read_requests, name="flash-reader", daemon=True)
 
     # -- output --------------------------------------------------------------------------
 
     def emit(self, event: dict) -> None:
-        line = P.encode(event)
+        line = self._encode(event)
+        if line is None:
+            return
         with self._write_lock:
             if self.output_broken:
                 return
@@ -427,17 +398,60 @@ class Server:
                 self.stdout.write(line)
                 self.stdout.flush()
             except (OSError, ValueError):  # the client is gone: nobody to answer, so stop
-                self.output_broken = True
-                self.stopping.set()
+                self._output_lost()
 
-    # -- the reading loop ----------------------------------------------------------------
+    @staticmethod
+    def _encode(event: dict) -> bytes | None:
+        """The event's line; an event that is not JSON (a job's result holding an object)
+        costs that event, never the writer. A job's final event is replaced by an internal
+        error, so the job still ends with exactly one result or error."""
+        try:
+            return P.encode(event)
+        except (TypeError, ValueError, RecursionError) as err:
+            _log(f"cannot encode a {event.get('type')} event: {type(err).__name__}: {err}")
+            if event.get("type") not in P.TERMINAL_EVENTS:
+                return None
+            return P.encode(P.error_event(P.INTERNAL, f"the {event.get('type')} could not be sent: "
+                                                      f"{type(err).__name__}: {err}",
+                                          "the engine log has the details; the service is still running",
+                                          request=event.get("request"), job=event.get("job")))
+
+    def _output_lost(self) -> None:
+        if not self.output_broken:
+            _log("stdout closed (the client stopped reading): stopping")
+        self.output_broken = True
+        self.stopping.set()
+
+    # -- the main thread: watch for the end ----------------------------------------------
 
     def serve(self) -> int:
-        """Read requests until shutdown or end of input; returns the exit code."""
+        """Serve until shutdown, end of input, a closed stdout or a stop signal; returns the exit code."""
         self.worker.start()
+        self.reader.start()
+        try:
+            while not self.stopping.wait(WATCH_INTERVAL_S):
+                if self.stop_signal is not None:
+                    _log(f"{signal.Signals(self.stop_signal).name}: stopping")
+                    break
+                if output_closed(self.stdout):
+                    self._output_lost()
+        except KeyboardInterrupt:
+            _log("interrupted: stopping")
+        self.stop()
+        return 0
+
+    def on_signal(self, signum: int, frame=None) -> None:
+        """The handler for STOP_SIGNALS (installed by serve_main): record it, nothing more."""
+        self.stop_signal = signum
+
+    # -- the reading thread --------------------------------------------------------------
+
+    def _read_requests(self) -> None:
         try:
             while not self.stopping.is_set():
                 line, too_long = read_bounded_line(self.stdin, self.max_line_bytes)
+                if self.stopping.is_set():
+                    break
                 if too_long:
                     self.emit(P.error_event(P.LINE_TOO_LONG, f"request line longer than {self.max_line_bytes} bytes",
                                             "send smaller requests (paths, not data)"))
@@ -447,16 +461,22 @@ class Server:
                     break
                 if line.strip():
                     self.handle_line(line)
-        except KeyboardInterrupt:
-            _log("interrupted: stopping")
-        self.stop()
-        return 0
+        except Exception:  # reading itself failed: no request can come any more
+            traceback.print_exc()
+        finally:
+            self.stopping.set()
 
     def handle_line(self, line: bytes) -> None:
+        """Answer one line. Whatever the line holds, it gets an event and the service goes on."""
         try:
             request = P.parse_request(line)
         except P.ProtocolError as err:
             self.emit(P.error_from(err, request=err.request_id))
+            return
+        except Exception as err:  # parse_request raises only ProtocolError; should it not, still answer
+            traceback.print_exc()
+            self.emit(P.error_event(P.BAD_JSON, f"unreadable request: {type(err).__name__}",
+                                    "send one JSON object per line"))
             return
         request_id = request["id"] or f"auto-{next(self._auto_ids)}"
         kind = request["type"]
@@ -477,6 +497,7 @@ class Server:
                                     request=request_id))
 
     def submit(self, request_id: str, kind: str, args: dict) -> None:
+        """Check a job request (cheap checks only: this runs on the reading thread) and queue it."""
         job_kind = self.kinds.get(kind)
         if job_kind is None:
             raise FlashError(f"this engine has no {kind} jobs", "update the engine", code=P.UNAVAILABLE)
@@ -487,6 +508,9 @@ class Server:
         prepared = job_kind.prepare(self.engine, args, lambda line: self.emit(P.log_event(line, request=request_id)))
         job = Job(id=request_id, type=kind, request=request_id, prepared=prepared)
         with self._jobs:
+            if self.stopping.is_set():  # stop() has drained the queue, or is about to: nothing would run it
+                raise FlashError(f"{kind} request {request_id} was not started: the engine is stopping",
+                                 "start the engine again", code=P.CANCELLED)
             position = (self.running is not None) + len(self.queue)
             self.queue.append(job)
             # emitted before the worker can take the job, so 'accepted' precedes its progress
@@ -548,7 +572,8 @@ class Server:
     # -- stopping ------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Cancel everything, give the running job a moment to clean up, stop the worker."""
+        """Cancel everything, give the running job a moment to clean up, stop the worker.
+        (With a closed stdout the ``cancelled`` events have nowhere to go; the jobs stop all the same.)"""
         self.stopping.set()
         with self._jobs:
             dropped, self.queue = self.queue, []
@@ -574,7 +599,7 @@ class Server:
             with self._jobs:
                 while not self.queue and not self.stopping.is_set():
                     self._jobs.wait()
-                if not self.queue:
+                if self.stopping.is_set():  # stop() drains the queue and reports each job
                     return
                 job = self.queue.pop(0)
                 self.running = job
@@ -595,15 +620,17 @@ class Server:
                 return P.error_from(err, request=job.request), False
         try:
             if job.cancel.is_set():
-                raise JobCancelledHere()
+                raise JobCancelled()
             data = self.kinds[job.type].run(self.engine, job.prepared, JobContext(self, job))
             return P.result_event(job.request, data, job=job.id), False
         except Exception as err:
-            if is_cancellation(err) or job.cancel.is_set():
+            if isinstance(err, JobCancelled) or job.cancel.is_set():
                 _log(f"[{job.id}] cancelled")
                 return self._cancelled_event(job), False
             if isinstance(err, FlashError):
                 return P.error_from(err, request=job.request, job=job.id), False
+            from flash_engine.devices import is_out_of_memory  # torch is loaded: a job ran
+
             if is_out_of_memory(err):
                 _log(f"[{job.id}] out of memory: {err}")
                 return P.error_event(P.OUT_OF_MEMORY, f"out of memory: {P.one_line(err, 200)}",
@@ -639,26 +666,21 @@ def serve_main(args: argparse.Namespace) -> int:
     if not defaults.get("offload"):
         defaults["offload"] = None
     server = Server(sys.stdin.buffer, stdout, Engine(defaults))
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, server.on_signal)
     global _warm_up_thread
     _warm_up_thread = threading.Thread(target=_warm_up, name="flash-warm-up", daemon=True)
     _warm_up_thread.start()
     _log(f"engine {__version__} ready (pid {os.getpid()}, protocol {P.PROTOCOL_VERSION})")
     code = server.serve()
-    if server.worker.is_alive():
-        # A job stuck inside one long step: don't wait for it (or for torch's teardown).
+    if server.stop_signal is not None and server.stop_signal != signal.SIGINT:
+        # Cleaned up; now end as that signal would have, so whoever sent it sees it worked.
+        sys.stderr.flush()
+        signal.signal(server.stop_signal, signal.SIG_DFL)
+        os.kill(os.getpid(), server.stop_signal)
+    if server.worker.is_alive() or server.reader.is_alive():
+        # A job stuck inside one long step, or the reader blocked on a stdin that is still
+        # open: don't wait for them (or for torch's teardown).
         sys.stderr.flush()
         os._exit(code)
     return code
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flash_engine.server``: the same service as ``python -m flash_engine serve``."""
-    from flash_engine.cli import add_model_args
-
-    parser = argparse.ArgumentParser(prog="python -m flash_engine.server", description=__doc__.splitlines()[0])
-    add_model_args(parser)
-    return serve_main(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,8 +5,8 @@ CUDA out of memory, an exception inside a job)."""
 import ast
 import io
 import json
+import math
 import os
-import queue
 import subprocess
 import sys
 import threading
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from flash_engine import protocol as P
-from flash_engine.server import JobKind, Server, read_bounded_line
+from flash_engine.server import Server, read_bounded_line
+from tests.service_loop import EventSink, FakeEngine, LoopHarness, fake_kind
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -126,74 +127,6 @@ def test_client_imports_no_third_party_module():
 
 # ---------------------------------------------------------------------------------------
 # The service loop in-process, with fake jobs and a fake engine (no torch)
-
-
-class FakeEngine:
-    def __init__(self):
-        self.loads, self.freed, self.released = 0, 0, 0
-
-    def hello(self):
-        return {"protocol": P.PROTOCOL_VERSION, "device": "fake"}
-
-    def model_status(self):
-        return {"loads": self.loads, "model": None, "device": "fake"}
-
-    def release(self):
-        self.released += 1
-        return {"released": True, "loads": self.loads}
-
-    def free_memory(self):
-        self.freed += 1
-
-
-class EventSink:
-    """A binary stdout whose lines come out as parsed events."""
-
-    def __init__(self):
-        self.events: queue.Queue = queue.Queue()
-        self._buffer = b""
-
-    def write(self, data: bytes) -> int:
-        self._buffer += data
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            self.events.put(P.parse_event(line))
-        return len(data)
-
-    def flush(self):
-        pass
-
-
-class LoopHarness:
-    def __init__(self, kinds):
-        read_fd, self._write_fd = os.pipe()
-        self.sink, self.engine = EventSink(), FakeEngine()
-        self.server = Server(os.fdopen(read_fd, "rb"), self.sink, self.engine, kinds=kinds, max_line_bytes=1000,
-                             exit_grace_s=2)
-        self.thread = threading.Thread(target=self.server.serve, daemon=True)
-        self.thread.start()
-
-    def send(self, type, id, args=None):
-        os.write(self._write_fd, P.encode(P.make_request(type, id, args)))
-
-    def next_event(self, timeout=10):
-        return self.sink.events.get(timeout=timeout)
-
-    def until(self, predicate, timeout=10):
-        deadline = time.monotonic() + timeout
-        while True:
-            event = self.next_event(max(0.01, deadline - time.monotonic()))
-            if predicate(event):
-                return event
-
-    def close(self):
-        os.close(self._write_fd)
-        self.thread.join(10)
-        assert not self.thread.is_alive()
-
-
-def fake_kind(run):
-    return JobKind(prepare=lambda engine, args, report: args, run=run)
 
 
 def raising(exc):
@@ -318,20 +251,178 @@ def test_train_without_the_training_module_is_unavailable(monkeypatch):
 
 
 def test_argument_types_are_checked_before_the_job():
-    from dataclasses import dataclass
-
     from flash_engine.errors import FlashError
-    from flash_engine.server import check_argument_types
+    from flash_engine.requests import parse
 
-    @dataclass
-    class Request:
-        frames: "int | None" = None
-        guidance: "float | None" = None
-        mp4: "bool" = False
-        clips: "list[str]" = None
-
-    check_argument_types(Request, {"frames": 3, "guidance": 7, "mp4": True, "clips": ["a"]})
-    for bad in ({"frames": "3"}, {"frames": True}, {"guidance": "x"}, {"mp4": 1}):
+    request = parse("animate", {"image": "a.png", "out": "o", "frames": 3, "guidance": 7, "mp4": True})
+    assert request.guidance == 7.0 and isinstance(request.guidance, float)
+    assert parse("train", {"clips": "c", "action": "a", "prompt": ["p"], "out": "o"}).clips == ["c"]
+    for kind, bad in (("animate", {"frames": "3"}), ("animate", {"frames": True}), ("animate", {"guidance": "x"}),
+                      ("animate", {"mp4": 1}), ("animate", {"frames": 3.0}), ("train", {"clips": [3]}),
+                      ("train", {"options": []}), ("animate", {"image": ""})):
+        base = {"image": "a.png", "out": "o"} if kind == "animate" else {"clips": "c", "action": "a", "prompt": "p",
+                                                                          "out": "o"}
         with pytest.raises(FlashError) as caught:
-            check_argument_types(Request, bad)
-        assert caught.value.code == P.BAD_ARGUMENT
+            parse(kind, {**base, **bad})
+        assert caught.value.code == P.BAD_ARGUMENT, bad
+        assert "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------
+# Any line: nesting, numbers, versions
+
+
+DEEP_LINE = b'{"v":1,"id":"d","type":"status","args":' + b"[" * 3000  # the 3 KB line that aborted serve
+HOSTILE_LINES = [
+    DEEP_LINE,
+    b"[" * 200_000,
+    # closed and valid, but nested past any sane request
+    b'{"v":1,"id":"d","type":"status","args":{"a":' + b'{"a":' * 2000 + b"1" + b"}" * 2002,
+    b'{"v":1,"id":"d","type":"status","args":{"a":' + b'"\\"[' * 3000 + b'"}}',  # brackets in a string are text
+    b'{"v":1,"id":"d","type":"status","args":{"x":1' + b"0" * 5000 + b"}}",  # more digits than int() takes
+]
+
+
+@pytest.mark.parametrize("line", HOSTILE_LINES, ids=["deep", "brackets", "deep-valid", "string", "digits"])
+def test_no_line_raises_anything_but_a_protocol_error(line):
+    for parse in (P.parse_request, P.parse_event):
+        try:
+            parse(line)
+        except P.ProtocolError as err:
+            assert err.code in (P.BAD_JSON, P.VERSION_MISMATCH, P.BAD_REQUEST) and "\n" not in err.message
+        # any other exception fails the test
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    args = {"prompt": "[[[[" * 1000 + "{{" * 500, "nested": {"a": [[{"b": [1]}]]}}
+    assert P.parse_request(P.encode(P.make_request("status", "s", args)))["args"] == args
+
+
+@pytest.mark.parametrize("value", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e400"])
+def test_request_numbers_must_be_finite(value):
+    line = b'{"v":1,"id":"r1","type":"animate","args":{"image":"a.png","options":{"rate":[1, ' + value + b"]}}}"
+    with pytest.raises(P.ProtocolError) as caught:
+        P.parse_request(line)
+    err = caught.value
+    assert (err.code, err.request_id) == (P.BAD_ARGUMENT, "r1")
+    assert "options.rate[1]" in err.message and "finite" in err.message and "\n" not in err.message
+    with pytest.raises(P.ProtocolError, match="'guidance'"):
+        P.parse_request(b'{"v":1,"id":"r1","type":"animate","args":{"guidance":' + value + b"}}")
+
+
+def test_every_line_written_is_strict_json():
+    event = P.result_event("r1", {"loss": math.nan, "eta": [math.inf, -math.inf, 1.5], "n": {"x": math.nan}})
+    line = P.encode(event)
+    strict = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} on the wire"))
+    assert strict["data"] == {"loss": None, "eta": [None, None, 1.5], "n": {"x": None}}
+    progress = P.encode(P.progress_event("j", "unet", 1, 2, math.inf, loss=math.nan))
+    assert json.loads(progress, parse_constant=pytest.fail)["loss"] is None
+    with pytest.raises(P.ProtocolError, match="'guidance'"):  # the client refuses to send one
+        P.make_request("animate", "r1", {"guidance": math.inf})
+
+
+@pytest.mark.parametrize("version", [b"true", b"1.0", b'"1"', b"[1]"])
+def test_only_the_integer_1_is_version_1(version):
+    with pytest.raises(P.ProtocolError) as caught:
+        P.parse_request(b'{"v":' + version + b',"id":"r1","type":"status"}')
+    assert caught.value.code == P.VERSION_MISMATCH
+    with pytest.raises(P.ProtocolError) as caught:
+        P.parse_event(b'{"v":' + version + b',"type":"log","level":"info","message":"x"}')
+    assert caught.value.code == P.VERSION_MISMATCH
+
+
+def test_a_running_job_survives_hostile_lines_and_ends_with_its_final_event():
+    steps_done = []
+
+    def run(engine, args, context):
+        for step in range(1, 31):
+            context.progress("denoise", step, 30)
+            steps_done.append(step)
+            time.sleep(0.02)
+        return {"steps": len(steps_done)}
+
+    harness = LoopHarness({"animate": fake_kind(run)})
+    harness.server.max_line_bytes = 1 << 20  # the real bound: a 200 KB line is a normal line here
+    harness.send("animate", "j1")
+    harness.until(lambda e: e["type"] == "progress")
+    lines = HOSTILE_LINES + [b'{"v":1,"id":"n","type":"status","args":{"x":NaN}}', b'{"v":true,"id":"t","type":"status"}']
+    harness.send_raw(b"".join(line + b"\n" for line in lines) + P.encode(P.make_request("status", "s1")))
+    errors = []
+    status = harness.until(lambda e: (e["type"] == "error" and errors.append(e)) or e.get("request") == "s1")
+    assert status["data"]["running"]["job"] == "j1"
+    assert [e["code"] for e in errors] == [P.BAD_JSON] * 5 + [P.BAD_ARGUMENT, P.VERSION_MISMATCH]
+    final = harness.until(lambda e: e.get("job") == "j1" and e["type"] in P.TERMINAL_EVENTS, timeout=20)
+    assert final["type"] == "result" and final["data"] == {"steps": 30}
+    harness.close()
+
+
+def test_an_event_that_cannot_be_encoded_becomes_an_error_and_the_writer_carries_on(capfd):
+    def run(engine, args, context):
+        context.progress("denoise", 1, 2, loss=math.nan)  # null on the wire
+        return {"value": object()}  # not JSON at all
+
+    harness = LoopHarness({"animate": fake_kind(run)})
+    harness.send("animate", "j1")
+    progress = harness.until(lambda e: e["type"] == "progress")
+    assert progress["loss"] is None
+    final = harness.until(lambda e: e.get("job") == "j1" and e["type"] in P.TERMINAL_EVENTS)
+    assert (final["type"], final["code"]) == ("error", P.INTERNAL)
+    harness.send("status", "s1")
+    assert harness.until(lambda e: e.get("request") == "s1")["data"]["running"] is None
+    harness.close()
+
+
+# ---------------------------------------------------------------------------------------
+# A client that stops reading
+
+
+class BreakingSink(EventSink):
+    """A stdout whose reader goes away when ``broken`` is set: writes fail as on a closed pipe."""
+
+    def __init__(self):
+        super().__init__()
+        self.broken = threading.Event()
+
+    def write(self, data: bytes) -> int:
+        if self.broken.is_set():
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(data)
+
+
+def test_a_closed_stdout_cancels_every_job_and_ends_the_service_though_stdin_stays_open():
+    ran, cancelled = [], threading.Event()
+
+    def run(engine, args, context):
+        ran.append(args["n"])
+        while not context.should_cancel():
+            context.progress("denoise", 1, 2)
+            time.sleep(0.01)
+        cancelled.set()
+        raise type("JobCancelled", (Exception,), {})()
+
+    sink = BreakingSink()
+    harness = LoopHarness({"animate": fake_kind(run)}, sink=sink)
+    harness.send("animate", "a", {"n": 1})
+    harness.send("animate", "b", {"n": 2})
+    harness.until(lambda e: e["type"] == "accepted" and e["job"] == "b")
+    harness.until(lambda e: e["type"] == "progress")
+    sink.broken.set()
+    harness.thread.join(5)  # stdin is still open: the service must not wait for it
+    assert not harness.thread.is_alive()
+    assert cancelled.is_set() and ran == [1]  # the running job stopped, the queued one never ran
+    os.close(harness._write_fd)
+
+
+def test_an_idle_service_notices_its_stdout_reader_is_gone():
+    read_fd, write_fd = os.pipe()
+    stdin_read, stdin_write = os.pipe()
+    server = Server(os.fdopen(stdin_read, "rb"), os.fdopen(write_fd, "wb", buffering=0), FakeEngine(), kinds={},
+                    exit_grace_s=2)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    os.write(stdin_write, P.encode(P.make_request("status", "s1")))
+    with os.fdopen(read_fd, "rb") as stdout:
+        assert P.parse_event(stdout.readline())["request"] == "s1"
+    thread.join(5)  # no job writes anything: only watching the pipe can tell
+    assert not thread.is_alive() and server.output_broken
+    os.close(stdin_write)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -142,12 +143,15 @@ def test_bad_lines_and_requests_get_errors_and_the_service_carries_on(engine, re
                     + b'"}}\n')
     engine.send_raw(b'{"v": 1, "id": "u1", "type": "teleport"}\n')
     engine.send_raw(b'{"v": 99, "id": "v1", "type": "status"}\n')
+    engine.send_raw(b'{"v":1,"id":"d","type":"status","args":' + b"[" * 3000 + b"\n")  # aborted serve once
+    engine.send_raw(b'{"v": 1, "id": "n1", "type": "status", "args": {"x": [1e999]}}\n')
     errors = []
     deadline = time.monotonic() + 60
-    while len(errors) < 4 and time.monotonic() < deadline:
+    while len(errors) < 6 and time.monotonic() < deadline:
         errors += [e for e in engine.poll_events(timeout=1) if e["type"] == "error"]
-    assert [e["code"] for e in errors] == [P.BAD_JSON, P.LINE_TOO_LONG, P.UNKNOWN_REQUEST, P.VERSION_MISMATCH]
-    assert errors[2]["request"] == "u1" and errors[3]["request"] == "v1"
+    assert [e["code"] for e in errors] == [P.BAD_JSON, P.LINE_TOO_LONG, P.UNKNOWN_REQUEST, P.VERSION_MISMATCH,
+                                           P.BAD_JSON, P.BAD_ARGUMENT]
+    assert errors[2]["request"] == "u1" and errors[3]["request"] == "v1" and errors[5]["request"] == "n1"
 
     bad_args = [
         (clip(reference, tmp_path / "x", frames="three"), P.BAD_ARGUMENT),
@@ -335,3 +339,254 @@ def test_the_engine_never_writes_into_its_install_folder(reference, tmp_path, mo
     written = sorted(str(p.relative_to(installed)) for p in installed.rglob("*")
                      if p.name == "__pycache__" or p.suffix == ".pyc")
     assert written == []
+
+
+class ServeProcess:
+    """``serve --model tiny`` driven without the client, so a test can close or signal any end."""
+
+    def __init__(self, folder: Path):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.log = folder.parent / f"{folder.name}-serve.log"  # outside the folder whose leftovers are checked
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "flash_engine", "serve", *SERVE_ARGS],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=folder,
+                                         env=env)
+        self.events = []
+
+    def send(self, request_type, request_id, args=None):
+        self.proc.stdin.write(P.encode(P.make_request(request_type, request_id, args)))
+        self.proc.stdin.flush()
+
+    def read_until(self, predicate):
+        while True:
+            line = self.proc.stdout.readline()
+            assert line, f"the service ended early: {self.log.read_text()[-2000:]}"
+            event = P.parse_event(line)
+            self.events.append(event)
+            if predicate(event):
+                return event
+
+    def start_two_jobs(self, reference, folder):
+        """A long job caught mid-denoise, and one queued behind it."""
+        self.send("hello", "h")
+        self.read_until(lambda e: e.get("request") == "h")
+        self.send("animate", "long", clip(reference, folder / "long", steps=LONG_STEPS))
+        self.send("animate", "queued", clip(reference, folder / "queued"))
+        self.read_until(lambda e: e.get("job") == "long" and mid_denoise(e))
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def test_a_client_that_stops_reading_stops_the_service_within_seconds(reference, tmp_path):
+    serve = ServeProcess(tmp_path)
+    try:
+        serve.start_two_jobs(reference, tmp_path)
+        closed = time.monotonic()
+        serve.proc.stdout.close()  # stdin stays open: only the closed stdout tells
+        assert serve.proc.wait(timeout=20) == 0
+        assert time.monotonic() - closed < 20
+    finally:
+        serve.close()
+    assert not (tmp_path / "long").exists() and not (tmp_path / "queued").exists()
+    assert leftovers(tmp_path) == []  # the running job cleaned its staging folder; the queued one never ran
+    assert "stdout closed" in serve.log.read_text()
+
+
+def test_sigterm_cancels_every_job_with_its_event_and_cleans_up(reference, tmp_path):
+    serve = ServeProcess(tmp_path)
+    try:
+        serve.start_two_jobs(reference, tmp_path)
+        signalled = time.monotonic()
+        serve.proc.send_signal(signal.SIGTERM)
+        rest = []
+        reader = threading.Thread(target=lambda: rest.extend(serve.proc.stdout.readlines()), daemon=True)
+        reader.start()
+        assert serve.proc.wait(timeout=20) == -signal.SIGTERM  # cleaned up, then ended by the signal
+        assert time.monotonic() - signalled < 20
+        reader.join(10)
+    finally:
+        serve.close()
+    events = serve.events + [P.parse_event(line) for line in rest]
+    finals = {e["job"]: e for e in events if e.get("job") and e["type"] in P.TERMINAL_EVENTS}
+    assert {job: e["code"] for job, e in finals.items()} == {"long": P.CANCELLED, "queued": P.CANCELLED}
+    assert not (tmp_path / "long").exists() and not (tmp_path / "queued").exists()
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Train jobs read their clips on the worker, not on the thread that reads requests
+
+
+@pytest.fixture
+def blocked_clip_reader(monkeypatch):
+    """Every clip read blocks until ``gate`` is set, then fails; no model may load."""
+    from flash_engine.models import loading
+    from flash_engine.training import clips
+
+    gate, reading, calls = threading.Event(), threading.Event(), []
+
+    def read_video(path):
+        calls.append(path.name)
+        reading.set()
+        gate.wait(30)
+        raise ValueError("not a readable video (test reader)")
+
+    monkeypatch.setattr(clips, "read_video", read_video)
+    monkeypatch.setattr(loading, "load_base", lambda *a, **k: pytest.fail("a model was loaded"))
+    return gate, reading, calls
+
+
+def train_harness(tmp_path, clip_count=4):
+    from flash_engine.server import JOB_KINDS, Engine
+    from tests.service_loop import LoopHarness
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(clip_count):
+        (folder / f"clip{i}.mp4").write_bytes(b"not read: the test reader stands in")
+    harness = LoopHarness({"train": JOB_KINDS["train"]}, engine=Engine({"model": "tiny", "device": "cpu"}))
+    harness.send("status", "warm")  # the first status imports the engine's torch side
+    harness.until(lambda e: e.get("request") == "warm", timeout=120)
+    args = {"clips": [str(folder)], "action": "x", "prompt": "a person is x.", "out": str(tmp_path / "x"),
+            "frames": 6, "stride": 1, "resolution": "64", "steps": 1, "decoder_steps": 0}
+    return harness, args
+
+
+def test_train_reads_its_clips_in_the_job_while_requests_are_answered_at_once(tmp_path, blocked_clip_reader):
+    gate, reading, calls = blocked_clip_reader
+    harness, args = train_harness(tmp_path)
+    harness.send("train", "t1", args)
+    assert harness.until(lambda e: e.get("request") == "t1", timeout=5)["type"] == "accepted"
+    assert reading.wait(5)
+    waits = []
+    for i in range(3):
+        sent = time.monotonic()
+        harness.send("status", f"s{i}")
+        status = harness.until(lambda e: e.get("request") == f"s{i}", timeout=5)["data"]
+        waits.append(time.monotonic() - sent)
+    assert status["running"]["job"] == "t1" and calls == ["clip0.mp4"]  # still on its first clip
+    assert sorted(waits)[1] < 0.1 and max(waits) < 1, waits
+    gate.set()
+    logs = []
+    final = harness.until(lambda e: e.get("job") == "t1" and (e["type"] in P.TERMINAL_EVENTS or logs.append(e)),
+                          timeout=30)
+    assert (final["type"], final["code"]) == ("error", "no_clips") and "4 skipped" in final["message"]
+    skipped = [e["message"] for e in logs if e["type"] == "log" and e["message"].startswith("skipped")]
+    assert skipped == [f"skipped {tmp_path / 'clips' / f'clip{i}.mp4'}: not a readable video (test reader)"
+                       for i in range(4)]
+    assert not (tmp_path / "x").exists()
+    harness.close()
+
+
+def test_cancel_is_seen_between_clips(tmp_path, blocked_clip_reader):
+    gate, reading, calls = blocked_clip_reader
+    harness, args = train_harness(tmp_path)
+    harness.send("train", "t1", args)
+    assert reading.wait(5)
+    harness.send("cancel", "c1", {"job": "t1"})
+    assert harness.until(lambda e: e.get("request") == "c1", timeout=2)["data"] == {"job": "t1", "was": "running"}
+    gate.set()
+    final = harness.until(lambda e: e.get("job") == "t1" and e["type"] in P.TERMINAL_EVENTS, timeout=30)
+    assert final["code"] == P.CANCELLED and calls == ["clip0.mp4"]  # no clip read after the cancel
+    harness.close()
+
+
+def test_train_checks_that_need_no_reading_still_come_before_accepted(tmp_path, blocked_clip_reader):
+    harness, args = train_harness(tmp_path)
+    for bad, code in [({"clips": [str(tmp_path / "nowhere")]}, "bad_clips"), ({"prompt": [7]}, P.BAD_ARGUMENT),
+                      ({"action": " "}, P.BAD_ARGUMENT), ({"steps": 0, "decoder_steps": 0}, P.BAD_ARGUMENT)]:
+        harness.send("train", "bad", {**args, **bad})
+        error = harness.until(lambda e: e.get("request") == "bad", timeout=5)
+        assert (error["type"], error["code"], "job" in error) == ("error", code, False), error
+    assert blocked_clip_reader[2] == []  # none of them read a clip
+    harness.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Queued jobs hold what they need, not decoded pixels
+
+LARGE_BYTES = 256 * 1024  # a decoded 2000x1500 reference is 9 MB; paths, numbers and settings are bytes
+
+
+def large_objects(root, limit=LARGE_BYTES) -> list[str]:
+    """Where in ``root``'s attributes and containers an image, array, tensor or buffer over ``limit`` bytes sits."""
+    import numpy as np
+
+    torch = sys.modules.get("torch")
+    found, seen, stack = [], set(), [("prepared", root, 0)]
+    while stack:
+        where, value, depth = stack.pop()
+        if id(value) in seen or depth > 12 or value is None or isinstance(value, (str, int, float, Path)):
+            continue
+        seen.add(id(value))
+        if isinstance(value, Image.Image):
+            size = value.width * value.height * len(value.getbands())
+        elif isinstance(value, np.ndarray):
+            size = value.nbytes
+        elif torch is not None and isinstance(value, torch.Tensor):
+            size = value.numel() * value.element_size()
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            size = len(value)
+        else:
+            size = 0
+            if isinstance(value, dict):
+                children = [(f"{where}[{k!r}]", v) for k, v in value.items()]
+            elif isinstance(value, (list, tuple, set, frozenset)):
+                children = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+            else:
+                children = [(f"{where}.{k}", v) for k, v in getattr(value, "__dict__", {}).items()]
+            stack += [(name, child, depth + 1) for name, child in children]
+        if size > limit:
+            found.append(f"{where}: {type(value).__name__} of {size} bytes")
+    return found
+
+
+def test_large_objects_finds_a_decoded_image():  # the check below can fail
+    from dataclasses import dataclass
+
+    @dataclass
+    class Held:
+        settings: dict
+
+    assert large_objects(Held({"a": [Image.new("RGB", (400, 300))]})) == [
+        "prepared.settings['a'][0]: Image of 360000 bytes"]
+    assert large_objects(Held({"a": [Image.new("RGB", (40, 30)), "x" * 10**6]})) == []
+
+
+def test_a_queued_animate_holds_no_decoded_reference(tmp_path):
+    from flash_engine.server import JobKind, Engine, prepare_animate
+    from tests.service_loop import LoopHarness
+
+    image = tmp_path / "big.png"
+    Image.new("RGB", (2000, 1500), (90, 120, 200)).save(image)
+    gate = threading.Event()
+
+    def blocker(engine, prepared, context):
+        context.progress("unet", 0, 1)
+        gate.wait(30)
+        return {}
+
+    harness = LoopHarness({"train": JobKind(lambda engine, args, report: args, blocker),
+                           "animate": JobKind(prepare_animate, lambda engine, prepared, context: {"ran": True})},
+                          engine=Engine({"model": "tiny", "device": "cpu"}))
+    try:
+        harness.send("train", "blocker")
+        harness.until(lambda e: e["type"] == "progress", timeout=30)
+        harness.send("animate", "a1", {"image": str(image), "out": str(tmp_path / "take"), "prompt": "a person.",
+                                       "frames": 2, "steps": 1, "width": 64, "height": 48})
+        assert harness.until(lambda e: e.get("request") == "a1", timeout=120)["type"] == "accepted"
+        (queued,) = harness.server.queue
+        assert large_objects(queued.prepared) == []
+    finally:
+        gate.set()
+    assert harness.until(lambda e: e.get("job") == "a1" and e["type"] in P.TERMINAL_EVENTS)["data"] == {"ran": True}
+    assert queued.prepared is None  # a finished job drops what it held
+    harness.close()

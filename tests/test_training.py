@@ -371,7 +371,7 @@ def test_the_learned_fps_is_the_clips_fps_over_the_stride(tmp_path):
 
 
 def test_existing_action_and_interrupted_run_need_a_flag(clips_dir, tmp_path):
-    from flash_engine.training.job import TrainRequest, resolve_train, run_train
+    from flash_engine.training.job import TrainRequest, resolve_train, run_train, scan_train_clips
 
     def request(**kw):
         return TrainRequest(clips=[str(clips_dir)], action="disc", prompt=["a disc is moving."],
@@ -379,6 +379,7 @@ def test_existing_action_and_interrupted_run_need_a_flag(clips_dir, tmp_path):
                             frames=6, stride=1, **kw)
 
     job = resolve_train(request())
+    scan_train_clips(job)  # read now, so the answers below go to the trainer's steps
     from flash_engine.errors import JobCancelled
 
     with pytest.raises(JobCancelled):  # cancelled after the first step: a checkpoint stays
@@ -394,14 +395,14 @@ def test_existing_action_and_interrupted_run_need_a_flag(clips_dir, tmp_path):
 
 
 def test_joint_training_keeps_each_folders_prompt(tmp_path):
-    from flash_engine.training.job import TrainRequest, resolve_train
+    from flash_engine.training.job import TrainRequest, resolve_train, scan_train_clips
 
     first = make_clips(tmp_path / "wave", count=1, frames=8)
     second = make_clips(tmp_path / "kick", count=1, frames=8)
     job = resolve_train(TrainRequest(clips=[str(first), str(second)], action="both",
                                      prompt=["a person is waving.", "a person is kicking."],
                                      out=str(tmp_path / "both"), model="tiny", resolution="64", frames=6, stride=1))
-    assert {(c.path.parent.name, c.prompt) for c in job.scan.good} == {
+    assert {(c.path.parent.name, c.prompt) for c in scan_train_clips(job).good} == {
         ("wave", "a person is waving."), ("kick", "a person is kicking.")}
     with pytest.raises(FlashError, match="prompts for 2 clip folders"):
         resolve_train(TrainRequest(clips=[str(first), str(second)], action="x", prompt=["a", "b", "c"],
@@ -461,3 +462,63 @@ def test_trained_files_follow_the_umask(clips_dir, tmp_path, umask):
     assert modes(action) == dict.fromkeys(["action.toml", "unet.safetensors", "decoder.safetensors"],
                                           0o666 & ~umask)
     assert set(modes(tmp_path / "work").values()) == {0o666 & ~umask}  # the checkpoint, while training
+
+
+def test_resolve_reads_no_clip_and_run_reads_them_before_the_model(tmp_path, monkeypatch):
+    """The service checks a train request on the thread that reads requests: only quick checks there."""
+    from flash_engine.models import loading
+    from flash_engine.training import clips
+    from flash_engine.training.job import TrainRequest, resolve_train, run_train
+
+    folder = make_clips(tmp_path / "clips", count=2, frames=8)
+    (folder / "empty.mp4").write_bytes(b"")
+    request = TrainRequest(clips=[str(folder)], action="disc", prompt=["a disc is moving."], out=str(tmp_path / "d"),
+                           model="tiny", steps=1, decoder_steps=0, resolution="64", frames=6, stride=1)
+    real_read_video = clips.read_video
+    monkeypatch.setattr(clips, "read_video", lambda path: pytest.fail(f"{path.name} read while resolving"))
+    lines = []
+    job = resolve_train(request, report=lines.append)
+    assert job.scan is None and lines == []
+    with pytest.raises(FlashError, match="clips folder not found"):  # a missing folder is still caught here
+        resolve_train(TrainRequest(clips=[str(folder), str(tmp_path / "gone")], action="disc",
+                                   prompt=["a disc is moving."], out=str(tmp_path / "d"), model="tiny"))
+
+    order = []
+    monkeypatch.setattr(clips, "read_video", lambda path: order.append(path.name) or real_read_video(path))
+    real_load_base = loading.load_base
+    monkeypatch.setattr(loading, "load_base", lambda *a, **k: order.append("model") or real_load_base(*a, **k))
+    result = run_train(job, log=lines.append)
+    assert order == ["clip0.mp4", "empty.mp4", "model"]  # clip1 is a frame folder
+    assert lines[:2] == [f"skipped {folder / 'empty.mp4'}: the file is empty (0 bytes)", "using 2 of 3 clips"]
+    assert len(result["clips"]) == 2
+
+
+def test_scanning_stops_between_clips_when_cancelled(tmp_path):
+    from flash_engine.errors import JobCancelled
+
+    folder = make_clips(tmp_path / "clips", count=3, frames=8)
+    asked = []
+    with pytest.raises(JobCancelled):
+        scan_clips([(folder, "p")], 6, 1, (64, 64), should_cancel=lambda: asked.append(1) or len(asked) > 1)
+    assert len(asked) == 2  # asked before each clip; the second answer stopped it
+
+
+def test_no_steps_give_no_loss_rather_than_nan():
+    from flash_engine.training.trainer import loss_trend
+
+    assert loss_trend([]) == (None, None)
+    assert loss_trend([4.0, 2.0]) == (4.0, 2.0)
+
+
+def test_train_json_output_is_strict_json_without_unet_steps(clips_dir, tmp_path, capsys):
+    import json
+
+    from flash_engine.cli import main
+
+    code = main(["train", "--clips", str(clips_dir), "--action", "disc", "--prompt", "a disc is moving.",
+                 "--model", "tiny", "--steps", "0", "--decoder-steps", "1", "--resolution", "64", "--frames", "4",
+                 "--stride", "1", "--out", str(tmp_path / "action"), "--json"])
+    assert code == 0, capsys.readouterr().err
+    lines = capsys.readouterr().out.splitlines()
+    events = [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}")) for line in lines]
+    assert events[-1]["type"] == "result" and events[-1]["loss"] == {"unet_first": None, "unet_last": None}

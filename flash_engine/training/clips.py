@@ -2,7 +2,8 @@
 
 A clip is a video file (mp4/mov/webm/gif/avi, read with imageio + imageio-ffmpeg) or a
 folder of numbered frame images. Every clip is decoded once at scan time and kept in memory
-at a working size just above the training resolution, so steps never wait on ffmpeg.
+at a working size just above the training resolution, so steps never wait on ffmpeg. The
+scan is part of the train job (seconds per clip), never of the checks before it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from PIL import Image
 
 from flash_engine.errors import FlashError
 from flash_engine.devices import to_device
+from flash_engine.errors import JobCancelled
 from flash_engine.training.augment import MIN_CROP_SCALE
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".gif", ".avi", ".mkv", ".m4v"}
@@ -134,10 +137,14 @@ def _read_error(err: Exception) -> str:
     return str(err) if isinstance(err, ValueError) and str(err) else UNREADABLE_VIDEO
 
 
-def find_clip_paths(folder: Path) -> list[Path]:
+def check_clip_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise FlashError(f"clips folder not found: {folder}", "pass a folder of video files or frame folders",
                          code="bad_clips")
+
+
+def find_clip_paths(folder: Path) -> list[Path]:
+    check_clip_folder(folder)
     return sorted((p for p in folder.iterdir()
                    if not p.name.startswith(".") and (p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES)),
                   key=_natural_key)
@@ -147,26 +154,37 @@ def frames_needed(num_frames: int, stride: int) -> int:
     return (num_frames - 1) * stride + 1
 
 
-def scan_clips(sources: list[tuple[Path, str]], num_frames: int, stride: int,
-               resolution: tuple[int, int]) -> ClipScan:
-    """Read every clip of every (folder, prompt) source; bad ones are reported, not fatal."""
+def scan_clips(sources: list[tuple[Path, str]], num_frames: int, stride: int, resolution: tuple[int, int],
+               on_bad: Callable[[BadClip], None] | None = None,
+               should_cancel: Callable[[], bool] | None = None) -> ClipScan:
+    """Read every clip of every (folder, prompt) source; bad ones are reported, not fatal.
+
+    ``on_bad`` hears of each bad clip as it is found; ``should_cancel`` is asked before each
+    clip is read (JobCancelled when it says yes)."""
     needed = frames_needed(num_frames, stride)
     good, bad = [], []
+
+    def skip(path: Path, reason: str) -> None:
+        bad.append(BadClip(path, reason))
+        if on_bad is not None:
+            on_bad(bad[-1])
+
     for folder, prompt in sources:
         candidates = find_clip_paths(folder)
-        others = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() not in VIDEO_SUFFIXES]
-        bad += [BadClip(p, f"not a clip (use {', '.join(sorted(VIDEO_SUFFIXES))} or a folder of frames)")
-                for p in others]
+        for other in folder.iterdir():
+            if other.is_file() and not other.name.startswith(".") and other.suffix.lower() not in VIDEO_SUFFIXES:
+                skip(other, f"not a clip (use {', '.join(sorted(VIDEO_SUFFIXES))} or a folder of frames)")
         for path in candidates:
+            if should_cancel is not None and should_cancel():
+                raise JobCancelled()
             try:
                 frames = read_frame_folder(path) if path.is_dir() else read_video(path)
             except Exception as err:  # noqa: BLE001 - every reader failure is reported per clip
-                bad.append(BadClip(path, _read_error(err)))
+                skip(path, _read_error(err))
                 continue
             if len(frames) < needed:
-                bad.append(BadClip(path, f"has {len(frames)} frames, needs {needed} ({num_frames} frames at "
-                                         f"stride {stride}): use a longer clip or a smaller --stride"))
+                skip(path, f"has {len(frames)} frames, needs {needed} ({num_frames} frames at "
+                           f"stride {stride}): use a longer clip or a smaller --stride")
                 continue
             good.append(Clip(path=path, prompt=prompt, frames=_resize_all(frames, resolution),
                              fps=None if path.is_dir() else video_fps(path)))

@@ -1,7 +1,9 @@
 """The train job: from a request to an action artifact, resumable.
 
-Shared by ``python -m flash_engine train`` and the engine service. Clips are checked
-before any model is loaded. Checkpoints live in a hidden work folder beside the
+Shared by ``python -m flash_engine train`` and the engine service. ``resolve_train`` makes
+the cheap checks (names, prompts, folders, destination, checkpoint state: what the service
+runs before it accepts a job, on its reading thread); ``run_train`` reads the clips
+(cancellable between clips, each bad one reported) before any model is loaded. Checkpoints live in a hidden work folder beside the
 artifact (``.<name>.training/``); the artifact folder itself appears only when training
 has finished, and an existing one is never replaced without ``force``.
 """
@@ -9,60 +11,29 @@ has finished, and an existing one is never replaced without ``force``.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from flash_engine.actions import write_action, written_action_files
-from flash_engine.arguments import check_arguments
 from flash_engine.errors import FlashError
 from flash_engine.output import check_destination, staged_folder
-from flash_engine.training.clips import BadClip, ClipScan, learned_fps, scan_clips
+from flash_engine.requests import TrainRequest
+from flash_engine.training.clips import BadClip, ClipScan, check_clip_folder, learned_fps, scan_clips
 from flash_engine.training.config import TrainConfig
 from flash_engine.training.trainer import read_checkpoint_meta
-
-
-@dataclass
-class TrainRequest:
-    clips: list[str]
-    action: str
-    prompt: list[str]  # one for all clip folders, or one per folder (joint training)
-    out: str
-    model: str = "default"
-    motion_adapter: str | None = None
-    steps: int | None = None
-    decoder_steps: int | None = None
-    resolution: str | None = None  # "512" or "512x288"
-    frames: int | None = None
-    stride: int | None = None
-    variant: int | None = None
-    checkpoint_every: int | None = None
-    seed: int | None = None
-    resume: bool = False
-    force: bool = False
-    device: str = "auto"
-    precision: str = "auto"
-    options: dict = field(default_factory=dict)  # any other TrainConfig field
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainRequest":
-        check_arguments("train", data, set(cls.__dataclass_fields__), required=("clips", "action", "prompt", "out"))
-        data = dict(data)
-        for key in ("clips", "prompt"):
-            if isinstance(data[key], str):
-                data[key] = [data[key]]
-        return cls(**data)
 
 
 @dataclass
 class ResolvedTrain:
     request: TrainRequest
     config: TrainConfig
-    scan: ClipScan
+    sources: list[tuple[Path, str]]  # (clips folder, its prompt)
     out: Path
     work_dir: Path
     model: str
     resume_from: dict | None
+    scan: ClipScan | None = None  # the decoded clips: read when the job runs (scan_train_clips)
 
 
 def parse_resolution(text: str | None, config: TrainConfig) -> tuple[int, int]:
@@ -103,7 +74,8 @@ def build_config(request: TrainRequest) -> TrainConfig:
 
 
 def resolve_train(request: TrainRequest, report: Callable[[str], None] = lambda line: None) -> ResolvedTrain:
-    """Check everything that needs no model: names, folders, clips, what resuming would do."""
+    """Check what is quick to check: names, prompts, that the clip folders exist, the
+    destination, what resuming would do. The clips themselves are read by ``run_train``."""
     from flash_engine.weights import resolve_model_source
 
     if not request.action.strip():
@@ -134,21 +106,32 @@ def resolve_train(request: TrainRequest, report: Callable[[str], None] = lambda 
         config = TrainConfig.from_dict(resume_from["config"])
     sources = [(Path(folder).expanduser(), prompts[min(i, len(prompts) - 1)])
                for i, folder in enumerate(request.clips)]
-    scan = scan_clips(sources, config.num_frames, config.stride, (config.width, config.height))
-    for bad in scan.bad:
-        report(bad.line())
+    for folder, _ in sources:
+        check_clip_folder(folder)
+    return ResolvedTrain(request=request, config=config, sources=sources, out=out, work_dir=work_dir,
+                         model=resolve_model_source(request.model), resume_from=resume_from)
+
+
+def scan_train_clips(job: ResolvedTrain, report: Callable[[str], None] = lambda line: None,
+                     should_cancel: Callable[[], bool] | None = None) -> ClipScan:
+    """Read the job's clips (kept on ``job.scan``); each bad one is reported as it is found.
+    Raises FlashError (no_clips) when none is usable, JobCancelled when cancelled between clips."""
+    config = job.config
+    scan = scan_clips(job.sources, config.num_frames, config.stride, (config.width, config.height),
+                      on_bad=lambda bad: report(bad.line()), should_cancel=should_cancel)
     if not scan.good:
-        raise FlashError(f"no usable clips in {', '.join(request.clips)} ({len(scan.bad)} skipped)",
+        raise FlashError(f"no usable clips in {', '.join(job.request.clips)} ({len(scan.bad)} skipped)",
                          "add video files or frame folders with enough frames (see the lines above)",
                          code="no_clips")
     report(scan.summary())
-    return ResolvedTrain(request=request, config=config, scan=scan, out=out, work_dir=work_dir,
-                         model=resolve_model_source(request.model), resume_from=resume_from)
+    job.scan = scan
+    return scan
 
 
 def run_train(job: ResolvedTrain, progress: Callable | None = None, should_cancel: Callable[[], bool] | None = None,
               log: Callable[[str], None] = lambda line: None, base=None, device=None) -> dict:
-    """Train and write the artifact; returns a result dict (the artifact's manifest data)."""
+    """Train and write the artifact; returns a result dict (the artifact's manifest data).
+    Reads the clips first (reported through ``log``) unless ``scan_train_clips`` already did."""
     import torch
 
     from flash_engine.models.loading import load_base
@@ -156,6 +139,8 @@ def run_train(job: ResolvedTrain, progress: Callable | None = None, should_cance
     from flash_engine.training.trainer import FlashTrainer, loss_trend
 
     request, config = job.request, job.config
+    if job.scan is None:
+        scan_train_clips(job, report=log, should_cancel=should_cancel)
     device = device or pick_device(request.device)
     base = base or load_base(job.model, request.motion_adapter)
     if job.resume_from is not None and job.resume_from["base_model"] != base.identity:
@@ -191,4 +176,4 @@ def run_train(job: ResolvedTrain, progress: Callable | None = None, should_cance
     return {"action": str(job.out), "name": request.action, **meta}
 
 
-__all__ = ["BadClip", "TrainRequest", "resolve_train", "run_train"]
+__all__ = ["BadClip", "TrainRequest", "resolve_train", "run_train", "scan_train_clips"]

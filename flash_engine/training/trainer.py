@@ -280,9 +280,10 @@ def read_checkpoint_meta(work_dir: Path) -> dict | None:
         return None
 
 
-def loss_trend(losses: list[float], window: int = 10) -> tuple[float, float]:
-    """Mean loss of the first and last ``window`` steps (for reports)."""
+def loss_trend(losses: list[float], window: int = 10) -> tuple[float | None, float | None]:
+    """Mean loss of the first and last ``window`` steps (for reports); None without steps
+    (JSON and TOML readers take no NaN)."""
     if not losses:
-        return math.nan, math.nan
+        return None, None
     window = max(1, min(window, len(losses) // 2 or 1))
     return sum(losses[:window]) / window, sum(losses[-window:]) / window
