@@ -34,11 +34,13 @@ class ResolvedTrain:
     model: str
     resume_from: dict | None
     scan: ClipScan | None = None  # the decoded clips: read when the job runs (scan_train_clips)
+    start_over: bool = False  # --force over an earlier run's checkpoint: removed when training starts
 
 
-def parse_resolution(text: str | None, config: TrainConfig) -> tuple[int, int]:
+def parse_resolution(text: str | None, native: tuple[int, int]) -> tuple[int, int]:
+    """``N`` or ``WxH`` (multiples of 8); none: the base model's native size."""
     if not text:
-        return config.width, config.height
+        return native
     try:
         parts = [int(p) for p in str(text).lower().split("x")]
     except ValueError:
@@ -53,7 +55,9 @@ def work_dir_for(out: Path) -> Path:
     return out.parent / f".{out.name}.training"
 
 
-def build_config(request: TrainRequest) -> TrainConfig:
+def build_config(request: TrainRequest, limits: dict) -> TrainConfig:
+    """The training config: the paper's defaults, the variant, the request's settings, and
+    the base model's native size and motion length (``models.loading.model_limits``)."""
     config = TrainConfig()
     if request.variant is not None:
         config.apply_variant(request.variant)
@@ -68,7 +72,11 @@ def build_config(request: TrainRequest) -> TrainConfig:
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
-    config.width, config.height = parse_resolution(request.resolution, config)
+    config.width, config.height = parse_resolution(request.resolution, (limits["width"], limits["height"]))
+    if config.num_frames > limits["max_frames"]:
+        raise FlashError(f"frames must be at most {limits['max_frames']} for this model's motion modules "
+                         f"(got {config.num_frames})", f"use frames {min(16, limits['max_frames'])}",
+                         code="bad_frames")
     config.validate()
     return config
 
@@ -76,6 +84,7 @@ def build_config(request: TrainRequest) -> TrainConfig:
 def resolve_train(request: TrainRequest, report: Callable[[str], None] = lambda line: None) -> ResolvedTrain:
     """Check what is quick to check: names, prompts, that the clip folders exist, the
     destination, what resuming would do. The clips themselves are read by ``run_train``."""
+    from flash_engine.models.loading import model_limits
     from flash_engine.weights import resolve_model_source
 
     if not request.action.strip():
@@ -87,7 +96,8 @@ def resolve_train(request: TrainRequest, report: Callable[[str], None] = lambda 
         raise FlashError(f"{len(prompts)} prompts for {len(request.clips)} clip folders",
                          "pass one --prompt for all folders or one per folder, in the same order",
                          code="bad_argument")
-    config = build_config(request)
+    model = resolve_model_source(request.model)
+    config = build_config(request, model_limits(model, request.motion_adapter))
     out = Path(request.out).expanduser()
     out = check_destination(out, request.force, written_action_files)
     work_dir = work_dir_for(out)
@@ -100,8 +110,9 @@ def resolve_train(request: TrainRequest, report: Callable[[str], None] = lambda 
             raise FlashError(f"an earlier training of {out.name} stopped at {resume_from['phase']} step "
                              f"{resume_from['step']}", "pass --resume to continue it or --force to start over",
                              code="checkpoint_exists")
-        shutil.rmtree(work_dir)
-        resume_from = None
+        resume_from, start_over = None, True  # the old checkpoint goes when the job runs, not before
+    else:
+        start_over = False
     if resume_from is not None:
         config = TrainConfig.from_dict(resume_from["config"])
     sources = [(Path(folder).expanduser(), prompts[min(i, len(prompts) - 1)])
@@ -109,7 +120,7 @@ def resolve_train(request: TrainRequest, report: Callable[[str], None] = lambda 
     for folder, _ in sources:
         check_clip_folder(folder)
     return ResolvedTrain(request=request, config=config, sources=sources, out=out, work_dir=work_dir,
-                         model=resolve_model_source(request.model), resume_from=resume_from)
+                         model=model, resume_from=resume_from, start_over=start_over)
 
 
 def scan_train_clips(job: ResolvedTrain, report: Callable[[str], None] = lambda line: None,
@@ -142,6 +153,8 @@ def run_train(job: ResolvedTrain, progress: Callable | None = None, should_cance
     if job.scan is None:
         scan_train_clips(job, report=log, should_cancel=should_cancel)
     device = device or pick_device(request.device)
+    if job.start_over and read_checkpoint_meta(job.work_dir) is not None:  # still the engine's checkpoint
+        shutil.rmtree(job.work_dir)
     base = base or load_base(job.model, request.motion_adapter)
     if job.resume_from is not None and job.resume_from["base_model"] != base.identity:
         raise FlashError(f"the checkpoint was made with base model {job.resume_from['base_model']}, "
