@@ -6,7 +6,7 @@ environment and talks JSON lines over stdio (``docs/protocol.md``).
 
 This file only registers. Inside Blender (``bpy`` already imported) it exposes
 ``register``/``unregister`` from ``registration``; outside Blender — plain pytest of the
-bpy-free modules (``jobs``, ``camera_frame``, ``catalog``, ``progress``, ``engine``,
+bpy-free modules (``take_planning``, ``errors``, ``camera_frame``, ``catalog``, ``progress``, ``engine``,
 ``installer``, ``bundled``, ``clipcheck``, ``training``, ``batch``) — importing the package
 imports no bpy. ``flash_batch.py`` is the batch script Blender runs with ``-P``.
 """

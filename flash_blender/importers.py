@@ -10,7 +10,7 @@ from mathutils import Matrix
 
 from .camera_frame import CameraParams, clamp_distance, frame_corners, frame_fit
 from .display import frame_colorspace
-from .jobs import blend_relative, first_free_channel
+from .take_planning import blend_relative, first_free_channel
 from .reference import TAKE_PROPERTY, camera_kept
 from .timing import HIDE, HOLD, TakeTiming
 

@@ -7,8 +7,8 @@ import textwrap
 from bpy.types import Panel
 
 from .engine import MANAGER
-from .jobs import model_size
-from .preferences import get_catalog
+from .take_planning import model_size
+from .services import get_catalog
 from .progress import STATUS
 from .properties import current_action
 from .timing import DEFAULT_CLIP_FPS, TakeTiming, scene_fps

@@ -6,7 +6,7 @@ import bpy
 from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy.types import PropertyGroup
 
-from .preferences import get_catalog
+from .services import get_catalog
 
 DEFAULT_ACTION = "soccer_shoot"
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .clipcheck import user_paths
-from .jobs import PlanError
+from .errors import PlanError
 from .progress import AnimateJob, format_eta
 
 CHECKPOINT_JSON = "checkpoint.json"  # flash_engine/training/trainer.py

@@ -20,9 +20,9 @@ from bpy.types import Operator
 from .. import importers
 from ..timing import TakeTiming, clip_fps, scene_fps
 from ..engine import MANAGER
-from ..jobs import (PlanError, check_writable, model_size, output_root, plan_take, reserve_reference,
+from ..take_planning import (PlanError, check_writable, model_size, output_root, plan_take, reserve_reference,
                     staging_leftovers)
-from ..preferences import engine_config, get_catalog, get_prefs, user_dir
+from ..services import engine_config, get_catalog, get_prefs, user_dir
 from ..progress import STATUS, AnimateJob, one_line
 from ..properties import DEFAULT_ACTION, OUTPUT_ITEMS
 from ..reference import render_reference

@@ -25,8 +25,8 @@ from .. import importers
 from ..batch import (EXIT_USAGE, OUTPUT_FIX, BatchError, BatchOptions, ShotResult, exit_code, final_lines,
                      parse_args, save_target, script_argv, select_shots, split_names, summary_line)
 from ..engine import MANAGER
-from ..jobs import PlanError, check_writable, output_root
-from ..preferences import get_prefs, user_dir
+from ..take_planning import PlanError, check_writable, output_root
+from ..services import get_prefs, user_dir
 from ..progress import STATUS, one_line
 from ..properties import OUTPUT_ITEMS
 from ..reference import camera_kept

@@ -14,8 +14,8 @@ import bpy
 from bpy.types import Operator
 
 from .. import bundled, downloads, installer
-from ..jobs import PlanError
-from ..preferences import engine_python, get_prefs, user_dir, weights_dir
+from ..errors import PlanError
+from ..services import engine_python, get_prefs, user_dir, weights_dir
 from ..progress import STATUS
 from .modal import TimerOperator, redraw_panels
 

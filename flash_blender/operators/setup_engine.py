@@ -15,7 +15,7 @@ from bpy.types import Operator
 
 from .. import bundled, installer
 from ..engine import MANAGER
-from ..preferences import get_prefs, managed_env_dir, user_dir
+from ..services import get_prefs, managed_env_dir, user_dir
 from ..progress import STATUS
 from .modal import TimerOperator, redraw_panels
 

@@ -24,8 +24,9 @@ from bpy.types import Operator, OperatorFileListElement
 
 from .. import clipcheck, training
 from ..engine import MANAGER
-from ..jobs import PlanError
-from ..preferences import (FlashClipFile, actions_dir, chosen_clip_files, chosen_clips_folder, engine_config,
+from ..errors import PlanError
+from ..preferences import FlashClipFile
+from ..services import (actions_dir, chosen_clip_files, chosen_clips_folder, engine_config,
                            get_catalog, get_prefs, model_argument)
 from ..progress import STATUS, one_line
 from .modal import redraw_panels

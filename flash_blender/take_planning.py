@@ -19,23 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from .errors import PlanError
+
 DEFAULT_FOLDER = "flash"
 REFERENCE_SUFFIX = ".reference.png"
 TAKE_DIGITS = 3
 SIZE_MULTIPLE = 8
 MIN_SIDE = 8
 OUTPUT_FIX = "choose a writable Output Folder in Preferences > Add-ons > FLASH Previs, or make this one writable"
-
-
-class PlanError(Exception):
-    """A problem the user can fix; ``str()`` is one line with the fix."""
-
-    def __init__(self, message: str, hint: str = ""):
-        super().__init__(message)
-        self.message, self.hint = message, hint
-
-    def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
 def safe_name(text: str, fallback: str = "untitled") -> str:
