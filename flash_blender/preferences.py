@@ -6,8 +6,9 @@ from __future__ import annotations
 from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntProperty, StringProperty
 from bpy.types import AddonPreferences, PropertyGroup
 
-from . import bundled, downloads, engine
+from . import bundled, downloads, engine, training
 from .progress import STATUS
+from .request_limits import limits
 from .services import ADDON, managed_env_dir, weights_state
 from .training_ui import draw_custom_actions
 
@@ -76,16 +77,18 @@ class FLASH_AddonPreferences(AddonPreferences):
     train_folder: StringProperty(name="Clips Folder", subtype='DIR_PATH',
                                  description="Video files (mp4/mov/webm/gif/avi) and folders of frame images")
     train_files: CollectionProperty(type=FlashClipFile)
-    train_steps: IntProperty(name="UNet Steps", min=0, max=1_000_000, default=20_000,
+    # (limits: the engine's train request schema; defaults: its training config's)
+    train_steps: IntProperty(name="UNet Steps", **limits("steps", "train"), default=training.DEFAULT_STEPS,
                              description="Training steps of the motion modules (the paper: 20000)")
-    train_decoder_steps: IntProperty(name="Decoder Steps", min=0, max=1_000_000, default=10_000,
+    train_decoder_steps: IntProperty(name="Decoder Steps", **limits("decoder_steps", "train"),
+                                     default=training.DEFAULT_DECODER_STEPS,
                                      description="Training steps of the Detail Enhancement Decoder (the paper: "
                                                  "10000; 0 skips it)")
     train_resolution: IntProperty(name="Resolution", min=64, max=1024, default=512, step=8, subtype='PIXEL',
                                   description="Square training size in pixels, a multiple of 8 (the paper: 512)")
-    train_frames: IntProperty(name="Frames", min=2, max=64, default=16,
+    train_frames: IntProperty(name="Frames", **limits("frames", "train"), default=training.DEFAULT_FRAMES,
                               description="Frames per training sample")
-    train_stride: IntProperty(name="Stride", min=1, max=16, default=2,
+    train_stride: IntProperty(name="Stride", **limits("stride", "train"), default=training.DEFAULT_STRIDE,
                               description="Source frames between sampled frames: a clip needs "
                                           "(frames - 1) x stride + 1 frames")
 

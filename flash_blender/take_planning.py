@@ -146,10 +146,13 @@ def blend_relative(path: Path, blend_filepath: str) -> str:
     path = Path(path)
     if blend_filepath:
         base = Path(blend_filepath).parent
-        try:
-            return "//" + path.relative_to(base).as_posix()
-        except ValueError:
-            pass
+        # as given, else both resolved: the engine reports resolved paths, which may differ
+        # by a symlink from the .blend's folder as Blender names it
+        for inside, folder in ((path, base), (path.resolve(), base.resolve())):
+            try:
+                return "//" + inside.relative_to(folder).as_posix()
+            except ValueError:
+                pass
     return str(path)
 
 

@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 ADDON = REPO / "flash_blender"
 # Modules that must import without Blender (the rest of the add-on is bpy-facing).
 PURE = ("__init__", "batch", "bundled", "camera_frame", "catalog", "clipcheck", "display", "downloads", "engine",
-        "installer", "take_planning", "errors", "progress", "timing", "training")
+        "installer", "take_planning", "errors", "progress", "timing", "training", "takes", "job_loop",
+        "request_limits")
 
 
 def approx_corners(got, want, tol=1e-9):
@@ -464,8 +465,12 @@ def test_shutdown_during_a_slow_start_stops_it(manager):
 
 
 def test_run_blocking_reports_each_new_line(manager):
+    from flash_blender.job_loop import JobLoop, Outcome, changed_lines, run_blocking
+
     job = AnimateJob(manager, CONFIG, {})
     lines: list[str] = []
+    loop = JobLoop(advance=job.tick, finish=lambda: Outcome(job.state == "done"),
+                   lines=changed_lines(lambda: job.progress.text), interval=0.005)
 
     def finish():
         wait_until(lambda: job.state == "running")
@@ -475,7 +480,7 @@ def test_run_blocking_reports_each_new_line(manager):
         state.result, state.state = {"frames": []}, "done"
 
     threading.Thread(target=finish).start()
-    assert job.run_blocking(report=lines.append, interval=0.005)
+    assert run_blocking(loop, report=lines.append).ok
     assert "FLASH: Denoising 1/2" in lines
     assert all(a != b for a, b in zip(lines, lines[1:]))  # a line per change, not per tick
 

@@ -198,7 +198,7 @@ def check_drawing(bpy, addon, prefs) -> list[str]:  # pragma: no cover - runs in
 
     both_panels()
     status.last_error, status.warnings, status.last_message = "something failed (fix it)", ["a warning"], "done"
-    running = type("Job", (), {"finished": False, "meta": {"take": "S_C_a_001"},
+    running = type("Job", (), {"finished": False, "meta": type("Take", (), {"name": "S_C_a_001"})(),
                                "progress": progress.Progress("denoise", 3, 25, 10.0)})()
     status.job = running
     calls = [c for c in draw(panels.FLASH_PT_animate.draw, None) if c[0] == "progress"]
