@@ -6,8 +6,9 @@ environment and talks JSON lines over stdio (``docs/protocol.md``).
 
 This file only registers. Inside Blender (``bpy`` already imported) it exposes
 ``register``/``unregister`` from ``registration``; outside Blender — plain pytest of the
-bpy-free modules (``jobs``, ``camera_frame``, ``catalog``, ``progress``, ``engine``,
-``installer``, ``bundled``, ``clipcheck``, ``training``, ``batch``) — importing the package
+bpy-free modules (``takes``, ``take_planning``, ``job_loop``, ``request_limits``, ``errors``,
+``camera_frame``, ``catalog``, ``progress``, ``engine``, ``installer``, ``bundled``,
+``clipcheck``, ``training``, ``batch``, ``timing``) — importing the package
 imports no bpy. ``flash_batch.py`` is the batch script Blender runs with ``-P``.
 """
 

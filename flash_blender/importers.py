@@ -1,4 +1,5 @@
-"""Bring a finished take into the scene: a camera plane and/or a sequencer strip."""
+"""Bring a finished take into the scene: a camera plane and/or a sequencer strip, from the
+files the engine says it wrote (``takes.TakeResult``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from mathutils import Matrix
 
 from .camera_frame import CameraParams, clamp_distance, frame_corners, frame_fit
 from .display import frame_colorspace
-from .jobs import blend_relative, first_free_channel
+from .take_planning import blend_relative, first_free_channel
+from .errors import PlanError
 from .reference import TAKE_PROPERTY, camera_kept
-from .timing import HIDE, HOLD, TakeTiming
+from .takes import Take, TakeResult
+from .timing import HIDE, HOLD, TakeTiming, scene_fps
 
 COLLECTION_NAME = "FLASH"
 COLLECTION_PROPERTY = "flash_results"
@@ -244,3 +247,37 @@ def add_strip(scene, frames: list[str], stored_dir: str, name: str, timing: Take
 def stored_path(path: str | Path, in_project: bool) -> str:
     """How Blender should store a path: ``//``-relative inside the project, else absolute."""
     return blend_relative(Path(path), bpy.data.filepath) if in_project else str(path)
+
+
+def import_take(context, take: Take, result: TakeResult) -> tuple[str, list[str]]:
+    """The take's plane and/or strip in its scene, as ``take.output`` asks. Returns the
+    summary line and notes for the user (a camera gone, shading or sequencer changed)."""
+    scene = bpy.data.scenes.get(take.scene)
+    if scene is None:
+        raise PlanError(f"scene '{take.scene}' is gone", "the frames are on disk: import them by hand")
+    frames = [str(frame) for frame in result.frames]
+    folder = stored_path(result.folder, take.in_project)
+    name, made, notes = take.name, [], []
+    tags = take.tags(folder)
+    render = scene.render
+    timing = TakeTiming(frame_start=take.frame_start, clip_frames=len(frames), clip_fps=result.fps,
+                        scene_fps=scene_fps(render.fps, render.fps_base))
+    if take.output in ('PLANE', 'BOTH'):
+        camera = bpy.data.objects.get(take.camera)
+        if camera is None or camera.type != 'CAMERA':
+            notes.append(f"camera '{take.camera}' is gone: no plane for {name}")
+        else:
+            add_plane(scene, camera, frames, stored_path(frames[0], take.in_project), name, take.distance, timing,
+                      tags, outside=take.outside)
+            made.append("plane")
+            if show_textures_in_solid(scene):
+                notes.append("Solid shading now colours by Texture, so the take shows in the viewport and Workbench")
+    if take.output in ('VSE', 'BOTH'):
+        _, shown_elsewhere = add_strip(scene, frames, folder.rstrip("/\\") + "/", name, timing, tags, context)
+        made.append("strip")
+        if shown_elsewhere is not None:
+            notes.append(f"the sequencer now shows scene '{scene.name}' (it showed '{shown_elsewhere.name}')")
+    base = " (base model only)" if take.base_model_only else ""
+    message = (f"{name}: {timing.describe()}{base}, scene frames {timing.frame_start}-{timing.frame_end}, "
+               f"as {' and '.join(made) or 'files only'}, in {folder}")
+    return message, notes

@@ -7,8 +7,8 @@ import textwrap
 from bpy.types import Panel
 
 from .engine import MANAGER
-from .jobs import model_size
-from .preferences import get_catalog
+from .takes import Shot, frames_problem, size_text
+from .services import get_catalog
 from .progress import STATUS
 from .properties import current_action
 from .timing import DEFAULT_CLIP_FPS, TakeTiming, scene_fps
@@ -55,8 +55,7 @@ class FLASH_PT_animate(Panel):
 
         job = STATUS.job
         if job is not None and not job.finished:
-            meta = job.meta
-            layout.label(text=f"{meta.get('take', '')}", icon='RENDER_ANIMATION')
+            layout.label(text=job.meta.name, icon='RENDER_ANIMATION')
             layout.progress(factor=job.progress.factor, type='BAR', text=job.progress.text)
             layout.operator("flash.cancel_job", text="Cancel", icon='CANCEL')
         else:
@@ -92,6 +91,10 @@ class FLASH_PT_settings(Panel):
         layout.use_property_decorate = False
         settings = context.scene.flash
         layout.prop(settings, "frames")
+        limits = MANAGER.model_limits()
+        problem = frames_problem(settings.frames, limits)
+        if problem:
+            layout.label(text=problem, icon='ERROR')
         action = current_action(settings)
         render = context.scene.render
         timing = TakeTiming(context.scene.frame_current, settings.frames,
@@ -102,13 +105,12 @@ class FLASH_PT_settings(Panel):
         row.operator("flash.randomize_seed", text="", icon='FILE_REFRESH')
         layout.prop(settings, "steps")
         layout.prop(settings, "guidance")
-        layout.prop(settings, "long_side")
-        try:
-            width, height = model_size(render.resolution_x, render.resolution_y, settings.long_side,
-                                       render.pixel_aspect_x, render.pixel_aspect_y)
-            layout.label(text=f"Clip: {width} × {height} px (camera aspect)")
-        except Exception as err:
-            layout.label(text=str(err), icon='ERROR')
+        layout.prop(settings, "native_size")
+        row = layout.row()
+        row.enabled = not settings.native_size
+        row.prop(settings, "long_side")
+        shot = Shot("", "", 0, render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y)
+        layout.label(text=size_text(shot, None if settings.native_size else settings.long_side, limits))
         layout.prop(settings, "output")
         if settings.output in ('PLANE', 'BOTH'):
             layout.prop(settings, "plane_distance")

@@ -1,154 +1,16 @@
-"""Add-on preferences: the engine's interpreter, model source, device, output folder.
-
-Also the session-wide helpers the other modules share: the add-on's package name, its
-user directory, and the action catalog.
-"""
+"""Add-on preferences: the engine's interpreter, model source, device, output folder, and
+the "Custom actions" training fields. What reads them lives in ``services.py``."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import bpy
 from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntProperty, StringProperty
 from bpy.types import AddonPreferences, PropertyGroup
 
-from . import bundled, downloads, engine
-from .catalog import Catalog
-from .clipcheck import CheckCache, ClipCheck
-from .jobs import PlanError
+from . import bundled, downloads, engine, training
 from .progress import STATUS
-
-ADDON = __package__  # "bl_ext.<repository>.flash_previs" when installed as an extension
-ENGINE_ENV = "engine-env"
-ACTIONS = "actions"
-WEIGHTS = "weights"  # "Download base weights" puts them here
-
-_catalog: Catalog | None = None
-
-
-def user_dir(*parts: str, create: bool = True) -> Path:
-    """The extension's user directory (kept across updates), or a sub-folder of it (created
-    unless ``create`` is false)."""
-    path = "/".join(parts)
-    try:
-        base = bpy.utils.extension_path_user(ADDON, path=path, create=create)
-    except ValueError:  # loaded as a plain add-on from a source checkout (development)
-        base = bpy.utils.user_resource('DATAFILES', path="/".join(("flash_previs",) + parts), create=create)
-    return Path(base)
-
-
-def get_prefs(context=None) -> "FLASH_AddonPreferences":
-    context = context or bpy.context
-    return context.preferences.addons[ADDON].preferences
-
-
-def get_catalog() -> Catalog:
-    """Presets shipped with the engine + trained actions in the user directory."""
-    global _catalog
-    if _catalog is None:
-        presets = bundled.engine_module("presets")
-        _catalog = Catalog(presets_dir=Path(presets.PRESETS_DIR), actions_dir=user_dir(ACTIONS),
-                           load_preset=presets.load_preset)
-    return _catalog
-
-
-def forget_catalog() -> None:
-    global _catalog
-    _catalog = None
-
-
-def actions_dir() -> Path:
-    """Trained actions live here (never in the add-on's own folder: they survive updates)."""
-    return user_dir(ACTIONS)
-
-
-_clip_checks = CheckCache()
-
-
-def chosen_clip_files(prefs) -> list[str]:
-    return [_absolute(item.path) for item in prefs.train_files if item.path]
-
-
-def chosen_clips_folder(prefs) -> str:
-    return _absolute(prefs.train_folder.strip())
-
-
-def clip_check(prefs) -> ClipCheck:
-    """The light clip check of the clips chosen in "Custom actions" (cached: it is drawn)."""
-    frames, stride = prefs.train_frames, prefs.train_stride
-    if prefs.train_source == 'FILES':
-        return _clip_checks.files(chosen_clip_files(prefs), frames, stride)
-    return _clip_checks.folder(chosen_clips_folder(prefs), frames, stride)
-
-
-def _absolute(path: str) -> str:
-    return bpy.path.abspath(path) if path else ""
-
-
-def managed_env_dir() -> Path:
-    """Never created here: only the setup makes it, so "not set up" stays true until it runs."""
-    return user_dir(ENGINE_ENV, create=False)
-
-
-def weights_dir() -> Path:
-    """Where the Preferences' download puts the base weights (made by the download itself)."""
-    return user_dir(WEIGHTS, create=False)
-
-
-def weights_state() -> dict:
-    """How far the download into ``weights_dir()`` got (``flash_engine.weights.download_state``)."""
-    return bundled.engine_module("weights").download_state(weights_dir())
-
-
-def engine_python(prefs) -> str:
-    """The engine's interpreter, or PlanError saying how to get one."""
-    setup = bundled.engine_module("setup")
-    if prefs.engine_source == 'CUSTOM':
-        raw = _absolute(prefs.python_path.strip())
-        if not raw:
-            raise PlanError("no engine Python chosen",
-                            "Preferences > Add-ons > FLASH Previs: pick the python executable, or use Managed")
-        path = Path(raw)
-        if path.is_dir():  # an environment folder: its interpreter
-            path = setup.env_python(path)
-        if not path.is_file():
-            raise PlanError(f"engine Python not found: {path}",
-                            "Preferences > Add-ons > FLASH Previs: pick an existing python executable")
-        return str(path)
-    status = setup.env_status(managed_env_dir())
-    if not status["ready"]:
-        reason = status["reason"]
-        raise PlanError("the engine is not set up" if reason == "not set up" else f"the engine is not ready: {reason}",
-                        "Preferences > Add-ons > FLASH Previs: press Set up engine, or choose an existing Python")
-    return status["python"]
-
-
-def model_argument(prefs) -> str:
-    if prefs.model_source == 'TINY':
-        return "tiny"
-    if prefs.model_source == 'FOLDER':
-        folder = _absolute(prefs.model_folder.strip())
-        if not folder or not Path(folder).is_dir():
-            raise PlanError(f"model weights folder not found: {folder or '(none chosen)'}",
-                            "Preferences > Add-ons > FLASH Previs: choose a folder with unet/ vae/ text_encoder/ "
-                            "tokenizer/ scheduler/ motion_adapter/, or use the built-in model")
-        return folder
-    if not os.environ.get("FLASH_MODEL") and weights_state()["state"] == "complete":
-        return str(weights_dir())  # the weights the Preferences downloaded
-    return "default"
-
-
-def engine_config(prefs) -> engine.EngineConfig:
-    """What the engine process is started with; PlanError when it cannot be."""
-    root = bundled.engine_root()
-    home = user_dir()
-    return engine.EngineConfig(
-        python=engine_python(prefs),
-        serve_args=engine.serve_args(model_argument(prefs), prefs.device, prefs.precision, prefs.offload),
-        engine_path=str(root), cwd=str(home), log_path=str(engine.log_file(home)),
-        client_name=f"flash_blender (Blender {bpy.app.version_string})",
-    )
+from .request_limits import limits
+from .services import ADDON, managed_env_dir, weights_state
+from .training_ui import draw_custom_actions
 
 
 class FlashClipFile(PropertyGroup):
@@ -215,16 +77,18 @@ class FLASH_AddonPreferences(AddonPreferences):
     train_folder: StringProperty(name="Clips Folder", subtype='DIR_PATH',
                                  description="Video files (mp4/mov/webm/gif/avi) and folders of frame images")
     train_files: CollectionProperty(type=FlashClipFile)
-    train_steps: IntProperty(name="UNet Steps", min=0, max=1_000_000, default=20_000,
+    # (limits: the engine's train request schema; defaults: its training config's)
+    train_steps: IntProperty(name="UNet Steps", **limits("steps", "train"), default=training.DEFAULT_STEPS,
                              description="Training steps of the motion modules (the paper: 20000)")
-    train_decoder_steps: IntProperty(name="Decoder Steps", min=0, max=1_000_000, default=10_000,
+    train_decoder_steps: IntProperty(name="Decoder Steps", **limits("decoder_steps", "train"),
+                                     default=training.DEFAULT_DECODER_STEPS,
                                      description="Training steps of the Detail Enhancement Decoder (the paper: "
                                                  "10000; 0 skips it)")
     train_resolution: IntProperty(name="Resolution", min=64, max=1024, default=512, step=8, subtype='PIXEL',
                                   description="Square training size in pixels, a multiple of 8 (the paper: 512)")
-    train_frames: IntProperty(name="Frames", min=2, max=64, default=16,
+    train_frames: IntProperty(name="Frames", **limits("frames", "train"), default=training.DEFAULT_FRAMES,
                               description="Frames per training sample")
-    train_stride: IntProperty(name="Stride", min=1, max=16, default=2,
+    train_stride: IntProperty(name="Stride", **limits("stride", "train"), default=training.DEFAULT_STRIDE,
                               description="Source frames between sampled frames: a clip needs "
                                           "(frames - 1) x stride + 1 frames")
 
@@ -258,8 +122,6 @@ class FLASH_AddonPreferences(AddonPreferences):
         box = layout.box()
         box.label(text="Output", icon='FILE_FOLDER')
         box.prop(self, "output_root", placeholder="//flash/")
-
-        from .training_ui import draw_custom_actions  # the "Custom actions" section
 
         draw_custom_actions(self, layout.box(), context)
 

@@ -1,7 +1,7 @@
 """A running animate job as the panel sees it: state, phase, step, ETA, result or error.
 
-Pure Python (no bpy). :class:`AnimateJob` is driven by ``tick()`` — from the modal
-operator's timer in the UI, from a plain loop in background mode — and never blocks: it
+Pure Python (no bpy). :class:`AnimateJob` is driven by ``tick()`` — by the job loop
+(``job_loop.py``): from a timer in the UI, blocking in background mode — and never blocks: it
 polls the engine manager until the engine is up, submits the request, then drains the
 engine's events and reads the job's state from the client.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
+from .takes import check_model_limits
 
 # phase → (label, where it starts and ends on the overall bar)
 PHASES = {
@@ -75,9 +77,9 @@ class AnimateJob:
 
     job_type = "animate"  # the engine request this job submits (TrainJob: "train")
 
-    def __init__(self, manager, config, args: dict, meta: dict | None = None, clock=time.monotonic):
+    def __init__(self, manager, config, args: dict, meta=None, clock=time.monotonic):
         self.manager, self.config, self.args = manager, config, dict(args)
-        self.meta = dict(meta or {})  # what the operator needs to finish (scene, camera, take, ...)
+        self.meta = meta  # what its end needs: the take (takes.Take), or a training's dict
         self.state = "starting"  # starting → running → done | failed | cancelled
         self.progress = self.phase_progress("start")
         self.job_id: str | None = None
@@ -127,6 +129,7 @@ class AnimateJob:
                 self.state = "cancelled"
                 return True
             try:
+                self.check_engine(client.hello_info or {})
                 self.job_id = client.submit(self.job_type, self.args)
             except Exception as err:
                 return self._fail(err)
@@ -147,6 +150,11 @@ class AnimateJob:
                 return True
             return self._fail(state.error)
         return False
+
+    def check_engine(self, hello: dict) -> None:
+        """Before submitting: refuse what the started engine's model cannot take (its
+        ``hello``), so a too-long clip fails in one line before the job, not after a model load."""
+        check_model_limits(self.args, hello.get("model_limits"))
 
     def on_event(self, event: dict) -> None:
         """Each engine event of this job, in order (subclasses keep what they need)."""
@@ -177,21 +185,6 @@ class AnimateJob:
         self.cancel()
         self.state = "cancelled"
         self.error = self.error or RuntimeError(reason)
-
-    def run_blocking(self, report=print, interval: float = 0.05, timeout: float | None = None) -> bool:
-        """Tick until finished (background mode), reporting each new progress line; True if done."""
-        last = None
-        deadline = None if timeout is None else self._clock() + timeout
-        while not self.tick():
-            line = self.progress.text
-            if line != last:
-                report(f"FLASH: {line}")
-                last = line
-            if deadline is not None and self._clock() > deadline:
-                self.cancel()
-                deadline = None
-            time.sleep(interval)
-        return self.state == "done"
 
 
 @dataclass

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy.types import PropertyGroup
 
-from .preferences import get_catalog
+from .request_limits import options
+from .services import get_catalog
 
 DEFAULT_ACTION = "soccer_shoot"
+DEFAULT_SEED = 42
+CUSTOM_LONG_SIDE = 512  # where Long Side starts when Native Size is switched off
 
 OUTPUT_ITEMS = [
     ('PLANE', "Plane", "A camera-facing image-sequence plane that fills the camera's frame"),
@@ -56,15 +59,23 @@ class FlashSceneSettings(PropertyGroup):
     action: EnumProperty(name="Action", description="What the person in the shot does",
                          items=_action_items, get=_get_action, set=_set_action)
     prompt: StringProperty(name="Prompt", description="The action sentence (empty: the action's own)")
-    seed: IntProperty(name="Seed", min=0, default=42, description="Same seed, same settings: the same clip")
-    frames: IntProperty(name="Frames", min=2, max=64, default=16)
-    steps: IntProperty(name="Steps", min=1, max=200, default=25, description="Denoising steps (DDIM)")
-    guidance: FloatProperty(name="Guidance", min=1.0, max=30.0, default=7.5, precision=1,
+    # Limits and defaults: the engine's request schema (request_limits.py).
+    seed: IntProperty(name="Seed", **{**options("seed"), "default": DEFAULT_SEED},
+                      description="Same seed, same settings: the same clip")
+    frames: IntProperty(name="Frames", **options("frames"),
+                        description="Frames in the clip (at most what the model's motion takes)")
+    steps: IntProperty(name="Steps", **options("steps"), description="Denoising steps (DDIM)")
+    guidance: FloatProperty(name="Guidance", **options("guidance"), precision=1,
                             description="Classifier-free guidance scale")
     output: EnumProperty(name="Output", items=OUTPUT_ITEMS, default='BOTH')
-    long_side: IntProperty(name="Long Side", min=64, max=2048, default=512, step=8, subtype='PIXEL',
-                           description="The clip's long side in pixels (rounded to a multiple of 8); "
-                                       "the short side follows the camera's aspect ratio")
+    native_size: BoolProperty(name="Native Size", default=True,
+                              description="Clips at the model's own size (64 px for the built-in mannequin model, "
+                                          "512 for Stable Diffusion 1.5), the short side following the camera's "
+                                          "aspect ratio; off: Long Side")
+    long_side: IntProperty(name="Long Side", **{**options("long_side"), "default": CUSTOM_LONG_SIDE}, step=8,
+                           subtype='PIXEL', description="The clip's long side in pixels when Native Size is off "
+                                                        "(rounded to a multiple of 8); the short side follows the "
+                                                        "camera's aspect ratio")
     plane_distance: FloatProperty(name="Plane Distance", min=0.001, default=10.0, unit='LENGTH',
                                   description="How far in front of the camera the clip's plane sits "
                                               "(kept inside the camera's clipping range)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import bpy
 
-from .jobs import PlanError
+from .errors import PlanError
 
 # The render settings the reference render changes, restored afterwards in this order
 # (media type before file format: the format's choices depend on it).

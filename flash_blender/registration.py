@@ -7,7 +7,7 @@ from __future__ import annotations
 import bpy
 from bpy.app.handlers import persistent
 
-from . import bundled, importers, operators, panels, preferences, properties
+from . import bundled, importers, operators, panels, preferences, properties, services
 from .engine import MANAGER
 from .operators.animate import abandon_running_job
 from .operators.modal import remove_all_timers
@@ -72,5 +72,5 @@ def unregister() -> None:
     STATUS.job, STATUS.setup, STATUS.training, STATUS.download = None, None, None, None
     STATUS.clear_messages()
     STATUS.clear_train_messages()
-    preferences.forget_catalog()
+    services.forget_catalog()
     bundled.unload_engine()

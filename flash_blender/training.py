@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .clipcheck import user_paths
-from .jobs import PlanError
+from .errors import PlanError
 from .progress import AnimateJob, format_eta
 
 CHECKPOINT_JSON = "checkpoint.json"  # flash_engine/training/trainer.py
 SOURCES_JSON = "sources.json"
 DEFAULT_STEPS, DEFAULT_DECODER_STEPS = 20_000, 10_000  # flash_engine/training/config.py
+DEFAULT_FRAMES, DEFAULT_STRIDE = 16, 2  # ditto
 PHASE_LABELS = {"start": "Starting engine", "submitted": "Reading clips", "unet": "Training motion (UNet)",
                 "decoder": "Training details (decoder)"}
 
@@ -166,6 +167,9 @@ class TrainJob(AnimateJob):
         self.planned = (int(meta.get("steps", args.get("steps") or 0)),
                         int(meta.get("decoder_steps", args.get("decoder_steps") or 0)))
         super().__init__(manager, config, args, meta, **kwargs)
+
+    def check_engine(self, hello: dict) -> None:
+        """(The engine checks a training's frames against its model itself.)"""
 
     def phase_progress(self, phase: str) -> TrainProgress:
         return TrainProgress(phase, steps=self.planned[0], decoder_steps=self.planned[1])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import training
 from .clipcheck import group_files
-from .preferences import actions_dir, clip_check, get_catalog
+from .services import actions_dir, clip_check, get_catalog
 from .progress import STATUS
 
 MAX_LINES = 6

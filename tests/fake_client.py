@@ -9,9 +9,10 @@ from flash_engine.client import EngineDeath, EngineDied, EngineError, JobState
 
 
 class FakeClient:
-    def __init__(self, config=None):
+    def __init__(self, config=None, model_limits: dict | None = None):
         self.config, self.alive, self.pid, self.death = config, False, 4242, None
-        self.hello_info = {"device": "cpu"}
+        # what the engine's hello says; model_limits as the service reports its default model's
+        self.hello_info = {"device": "cpu", **({"model_limits": model_limits} if model_limits else {})}
         self.jobs: dict[str, JobState] = {}
         self.events: list[dict] = []
         self.submitted, self.cancelled, self.closed = [], [], 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flash_blender import batch, jobs
+from flash_blender import batch, take_planning
 from flash_blender.catalog import Catalog
 from flash_blender.engine import EngineConfig, EngineGone, EngineManager
 from flash_blender.progress import AnimateJob
@@ -79,23 +79,23 @@ def test_a_real_kill_is_still_reported_as_one():
 
 
 def test_an_output_folder_that_cannot_be_written_is_one_line_with_the_fix(tmp_path):
-    jobs.check_writable(tmp_path / "new" / "flash")  # creatable: fine, and made
+    take_planning.check_writable(tmp_path / "new" / "flash")  # creatable: fine, and made
     assert (tmp_path / "new" / "flash").is_dir()
     (tmp_path / "file").write_text("x")
-    with pytest.raises(jobs.PlanError) as err:
-        jobs.check_writable(tmp_path / "file" / "flash")
+    with pytest.raises(take_planning.PlanError) as err:
+        take_planning.check_writable(tmp_path / "file" / "flash")
     assert str(err.value) == (f"cannot write takes to {tmp_path / 'file' / 'flash'}: Not a directory "
-                              f"({jobs.OUTPUT_FIX})")
-    with pytest.raises(jobs.PlanError, match="is a file, not a folder"):
-        jobs.check_writable(tmp_path / "file")
+                              f"({take_planning.OUTPUT_FIX})")
+    with pytest.raises(take_planning.PlanError, match="is a file, not a folder"):
+        take_planning.check_writable(tmp_path / "file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "new"]
     assert list((tmp_path / "new" / "flash").iterdir()) == []  # the probe leaves nothing
 
 
 @pytest.mark.skipif(not Path("/sys").is_dir(), reason="needs a read-only system folder")
 def test_a_system_folder_is_refused_even_for_root():
-    with pytest.raises(jobs.PlanError, match=r"cannot write takes to /sys/flash-takes: Operation not permitted"):
-        jobs.check_writable(Path("/sys/flash-takes"))
+    with pytest.raises(take_planning.PlanError, match=r"cannot write takes to /sys/flash-takes: Operation not permitted"):
+        take_planning.check_writable(Path("/sys/flash-takes"))
 
 
 # -- a deleted trained action ----------------------------------------------------------

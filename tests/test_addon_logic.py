@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from flash_blender import camera_frame as cf
-from flash_blender import jobs
+from flash_blender import take_planning
 from flash_blender.bundled import engine_root
 from flash_blender.catalog import Catalog, read_trained_action
 from flash_blender.engine import EngineConfig, EngineGone, EngineManager, serve_args
@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 ADDON = REPO / "flash_blender"
 # Modules that must import without Blender (the rest of the add-on is bpy-facing).
 PURE = ("__init__", "batch", "bundled", "camera_frame", "catalog", "clipcheck", "display", "downloads", "engine",
-        "installer", "jobs", "progress", "timing", "training")
+        "installer", "take_planning", "errors", "progress", "timing", "training", "takes", "job_loop",
+        "request_limits")
 
 
 def approx_corners(got, want, tol=1e-9):
@@ -131,69 +132,69 @@ def test_plane_distance_stays_inside_the_clipping_range():
 
 
 # ---------------------------------------------------------------------------------------
-# jobs: names, take numbers, folders, sizes, channels
+# take_planning: names, take numbers, folders, sizes, channels
 
 
 def test_names_are_file_safe():
-    assert jobs.safe_name("Shot 010/cam A") == "Shot_010_cam_A"
-    assert jobs.safe_name("Kamera Ü.1") == "Kamera_Ü.1"
-    assert jobs.safe_name("../..") == "untitled"
-    assert jobs.take_prefix("Scene", "Camera", "soccer_shoot") == "Scene_Camera_soccer_shoot"
+    assert take_planning.safe_name("Shot 010/cam A") == "Shot_010_cam_A"
+    assert take_planning.safe_name("Kamera Ü.1") == "Kamera_Ü.1"
+    assert take_planning.safe_name("../..") == "untitled"
+    assert take_planning.take_prefix("Scene", "Camera", "soccer_shoot") == "Scene_Camera_soccer_shoot"
 
 
 def test_take_numbers_never_reuse_anything_on_disk(tmp_path):
-    plan = jobs.plan_take(tmp_path / "flash", "Scene", "Camera", "soccer_shoot")
+    plan = take_planning.plan_take(tmp_path / "flash", "Scene", "Camera", "soccer_shoot")
     assert plan.name == "Scene_Camera_soccer_shoot_001" and plan.number == 1
     assert plan.folder == tmp_path / "flash" / plan.name
     assert plan.reference == tmp_path / "flash" / "Scene_Camera_soccer_shoot_001.reference.png"
     root = tmp_path / "flash"
     (root / "Scene_Camera_soccer_shoot_001").mkdir(parents=True)
     (root / "Scene_Camera_soccer_shoot_003").mkdir()  # gaps are not filled
-    assert jobs.plan_take(root, "Scene", "Camera", "soccer_shoot").number == 4
+    assert take_planning.plan_take(root, "Scene", "Camera", "soccer_shoot").number == 4
     (root / ".Scene_Camera_soccer_shoot_004.partial-x1y2").mkdir()  # the engine at work
-    assert jobs.plan_take(root, "Scene", "Camera", "soccer_shoot").number == 5
+    assert take_planning.plan_take(root, "Scene", "Camera", "soccer_shoot").number == 5
     (root / "Scene_Camera_soccer_shoot_005.reference.png").write_bytes(b"")  # a job being prepared
-    assert jobs.plan_take(root, "Scene", "Camera", "soccer_shoot").number == 6
+    assert take_planning.plan_take(root, "Scene", "Camera", "soccer_shoot").number == 6
     (root / "Scene_Camera_push_up_009").mkdir()  # other actions and cameras count apart
     (root / "Scene_Camera_soccer_shoot_extra").mkdir()
-    assert jobs.plan_take(root, "Scene", "Camera", "soccer_shoot").number == 6
-    assert jobs.plan_take(root, "Scene", "Camera", "push_up").number == 10
+    assert take_planning.plan_take(root, "Scene", "Camera", "soccer_shoot").number == 6
+    assert take_planning.plan_take(root, "Scene", "Camera", "push_up").number == 10
 
 
 def test_reserving_claims_the_reference_name_once(tmp_path):
-    plan = jobs.plan_take(tmp_path / "new" / "flash", "S", "C", "a")
-    jobs.reserve_reference(plan)
+    plan = take_planning.plan_take(tmp_path / "new" / "flash", "S", "C", "a")
+    take_planning.reserve_reference(plan)
     assert plan.reference.is_file()
-    assert jobs.plan_take(plan.root, "S", "C", "a").number == 2
-    with pytest.raises(jobs.PlanError, match="appeared"):
-        jobs.reserve_reference(plan)
+    assert take_planning.plan_take(plan.root, "S", "C", "a").number == 2
+    with pytest.raises(take_planning.PlanError, match="appeared"):
+        take_planning.reserve_reference(plan)
 
 
 def test_staging_leftovers_are_only_this_takes_hidden_folders(tmp_path):
-    plan = jobs.plan_take(tmp_path, "S", "C", "a")
+    plan = take_planning.plan_take(tmp_path, "S", "C", "a")
     (tmp_path / f".{plan.name}.partial-abc").mkdir()
     (tmp_path / ".S_C_a_002.partial-abc").mkdir()
-    assert jobs.staging_leftovers(plan) == [tmp_path / f".{plan.name}.partial-abc"]
+    assert take_planning.staging_leftovers(plan) == [tmp_path / f".{plan.name}.partial-abc"]
 
 
 def test_output_root_rules(tmp_path):
     user = tmp_path / "user"
     saved = str(tmp_path / "shots" / "shot.blend")
-    assert jobs.output_root(saved, "", user) == jobs.OutputRoot(tmp_path / "shots" / "flash", in_project=True)
-    assert jobs.output_root(saved, "//clips/ai", user).folder == tmp_path / "shots" / "clips" / "ai"
-    assert jobs.output_root(saved, str(tmp_path / "elsewhere"), user) == jobs.OutputRoot(
+    assert take_planning.output_root(saved, "", user) == take_planning.OutputRoot(tmp_path / "shots" / "flash", in_project=True)
+    assert take_planning.output_root(saved, "//clips/ai", user).folder == tmp_path / "shots" / "clips" / "ai"
+    assert take_planning.output_root(saved, str(tmp_path / "elsewhere"), user) == take_planning.OutputRoot(
         tmp_path / "elsewhere", in_project=False)
-    unsaved = jobs.output_root("", "", user)
+    unsaved = take_planning.output_root("", "", user)
     assert unsaved.folder == user / "takes" and not unsaved.in_project
     assert "outside the project" in unsaved.warning and "save the .blend" in unsaved.warning
-    assert jobs.output_root("", "//flash", user).warning
+    assert take_planning.output_root("", "//flash", user).warning
 
 
 def test_blend_relative_paths(tmp_path):
     blend = str(tmp_path / "shot.blend")
-    assert jobs.blend_relative(tmp_path / "flash" / "t_001", blend) == "//flash/t_001"
-    assert jobs.blend_relative(Path("/elsewhere/t_001"), blend) == "/elsewhere/t_001"
-    assert jobs.blend_relative(tmp_path / "x", "") == str(tmp_path / "x")
+    assert take_planning.blend_relative(tmp_path / "flash" / "t_001", blend) == "//flash/t_001"
+    assert take_planning.blend_relative(Path("/elsewhere/t_001"), blend) == "/elsewhere/t_001"
+    assert take_planning.blend_relative(tmp_path / "x", "") == str(tmp_path / "x")
 
 
 @pytest.mark.parametrize("resolution, long_side, expected", [
@@ -206,22 +207,22 @@ def test_blend_relative_paths(tmp_path):
 ])
 def test_model_size_follows_the_camera_aspect(resolution, long_side, expected):
     x, y, px, py = resolution
-    assert jobs.model_size(x, y, long_side, px, py) == expected
+    assert take_planning.model_size(x, y, long_side, px, py) == expected
 
 
 def test_model_size_refuses_an_empty_frame():
-    with pytest.raises(jobs.PlanError, match="resolution"):
-        jobs.model_size(0, 1080, 512)
+    with pytest.raises(take_planning.PlanError, match="resolution"):
+        take_planning.model_size(0, 1080, 512)
 
 
 def test_first_free_channel_at_the_current_frame():
     strips = [(1, 1, 100), (2, 50, 60), (3, 1, 5)]
-    assert jobs.first_free_channel(strips, 10, 16) == 2  # 2 is free until 50
-    assert jobs.first_free_channel(strips, 45, 16) == 3  # 45..61 meets 2's strip; 3 ended at 5
-    assert jobs.first_free_channel([], 1, 16) == 1
-    assert jobs.first_free_channel([(1, 0, 10)], 10, 5) == 1  # end is exclusive
-    with pytest.raises(jobs.PlanError):
-        jobs.first_free_channel([(c, 0, 100) for c in range(1, 129)], 5, 5)
+    assert take_planning.first_free_channel(strips, 10, 16) == 2  # 2 is free until 50
+    assert take_planning.first_free_channel(strips, 45, 16) == 3  # 45..61 meets 2's strip; 3 ended at 5
+    assert take_planning.first_free_channel([], 1, 16) == 1
+    assert take_planning.first_free_channel([(1, 0, 10)], 10, 5) == 1  # end is exclusive
+    with pytest.raises(take_planning.PlanError):
+        take_planning.first_free_channel([(c, 0, 100) for c in range(1, 129)], 5, 5)
 
 
 # ---------------------------------------------------------------------------------------
@@ -464,8 +465,12 @@ def test_shutdown_during_a_slow_start_stops_it(manager):
 
 
 def test_run_blocking_reports_each_new_line(manager):
+    from flash_blender.job_loop import JobLoop, Outcome, changed_lines, run_blocking
+
     job = AnimateJob(manager, CONFIG, {})
     lines: list[str] = []
+    loop = JobLoop(advance=job.tick, finish=lambda: Outcome(job.state == "done"),
+                   lines=changed_lines(lambda: job.progress.text), interval=0.005)
 
     def finish():
         wait_until(lambda: job.state == "running")
@@ -475,7 +480,7 @@ def test_run_blocking_reports_each_new_line(manager):
         state.result, state.state = {"frames": []}, "done"
 
     threading.Thread(target=finish).start()
-    assert job.run_blocking(report=lines.append, interval=0.005)
+    assert run_blocking(loop, report=lines.append).ok
     assert "FLASH: Denoising 1/2" in lines
     assert all(a != b for a, b in zip(lines, lines[1:]))  # a line per change, not per tick
 

@@ -15,7 +15,7 @@ import pytest
 
 from flash_blender import batch, clipcheck, training
 from flash_blender.engine import EngineConfig, EngineManager
-from flash_blender.jobs import PlanError
+from flash_blender.errors import PlanError
 from flash_engine.client import EngineError
 from tests.fake_client import FakeClient
 

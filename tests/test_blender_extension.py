@@ -90,6 +90,12 @@ def test_an_unsaved_file_puts_frames_in_the_user_directory_with_a_warning(record
     assert unsaved["image_path"].endswith("Scene_Camera_backflip_001/frame_0001.png")
 
 
+def test_without_a_long_side_a_take_has_the_models_native_size(record):
+    unsaved = part(record, "unsaved")
+    assert unsaved["native_default"] is True
+    assert unsaved["native_size"] == [64, 48]  # the tiny model's 64 at the shot's 4:3 (not 512x384)
+
+
 def test_a_failed_render_restores_the_settings_and_leaves_nothing(record):
     failed = part(record, "render_fails")
     assert "the reference render failed: Error: simulated render failure" in failed["error"]
@@ -198,7 +204,7 @@ def check_drawing(bpy, addon, prefs) -> list[str]:  # pragma: no cover - runs in
 
     both_panels()
     status.last_error, status.warnings, status.last_message = "something failed (fix it)", ["a warning"], "done"
-    running = type("Job", (), {"finished": False, "meta": {"take": "S_C_a_001"},
+    running = type("Job", (), {"finished": False, "meta": type("Take", (), {"name": "S_C_a_001"})(),
                                "progress": progress.Progress("denoise", 3, 25, 10.0)})()
     status.job = running
     calls = [c for c in draw(panels.FLASH_PT_animate.draw, None) if c[0] == "progress"]
@@ -389,13 +395,23 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
                         "soccer_prompt": settings.prompt}
         save("ui")
 
-        # an unsaved file: frames go to the user directory, with a warning
-        result, error = call(action="backflip", output='PLANE', **SMALL)
+        # an unsaved file: frames go to the user directory, with a warning; no Long Side set:
+        # the model's native size (tiny: 64) at the camera's 4:3
+        result, error = call(action="backflip", output='PLANE', frames=3, steps=2)
         plane = bpy.data.objects.get("Scene_Camera_backflip_001")
         texture = plane and next(n for n in plane.active_material.node_tree.nodes if n.type == 'TEX_IMAGE')
+        takes_dir = bpy.utils.extension_path_user(MODULE, path="takes")
+        first = Path(takes_dir) / "Scene_Camera_backflip_001" / "frame_0001.png"
+        if first.is_file():
+            from PIL import Image
+
+            with Image.open(first) as image:
+                native_size = list(image.size)
+        else:
+            native_size = None
         record["unsaved"] = {"result": result, "error": error, "warnings": list(status.warnings),
-                             "image_path": texture.image.filepath if texture else None,
-                             "user_dir": bpy.utils.extension_path_user(MODULE, path="takes")}
+                             "image_path": texture.image.filepath if texture else None, "user_dir": takes_dir,
+                             "native_size": native_size, "native_default": scene.flash.native_size}
         save("unsaved")
         bpy.ops.wm.save_as_mainfile(filepath=str(work_dir / "shot.blend"))
 

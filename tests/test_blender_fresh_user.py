@@ -268,10 +268,10 @@ def scenario(zip_path: str, work: str, out: str, no_torch: str, stall: str) -> N
         save()
 
         # 4. the scene's trained action is deleted
-        actions = Path(addon("preferences").actions_dir())
+        actions = Path(addon("services").actions_dir())
         (actions / "slide").mkdir()
         (actions / "slide" / "action.toml").write_text('name = "Slide"\nprompt = "a person slides."\n')
-        addon("preferences").get_catalog().refresh(force=True)
+        addon("services").get_catalog().refresh(force=True)
         settings = bpy.context.scene.flash
         settings.action = "trained:slide"
         before = settings.action
@@ -301,12 +301,12 @@ def scenario(zip_path: str, work: str, out: str, no_torch: str, stall: str) -> N
         save()
 
         # 6. base weights from the preferences, against the stand-in hub: cancelled, then resumed
-        preferences = addon("preferences")
+        services = addon("services")
         prefs.model_source = 'DEFAULT'
         labels, operators, problems = draw(type(prefs).draw, prefs)
-        download = record["download"] = {"before": {"state": preferences.weights_state()["state"], "labels": labels,
+        download = record["download"] = {"before": {"state": services.weights_state()["state"], "labels": labels,
                                                     "operators": operators, "problems": problems}}
-        part_file = preferences.weights_dir() / ".flash-download" / (UNET + ".part")
+        part_file = services.weights_dir() / ".flash-download" / (UNET + ".part")
         running: dict = {"progress": []}
 
         def cancel_when_stalled():  # the user watches the bar, then presses Cancel
@@ -330,16 +330,16 @@ def scenario(zip_path: str, work: str, out: str, no_torch: str, stall: str) -> N
         thread.join(10)
         download["running"] = running
         labels, operators, problems = draw(type(prefs).draw, prefs)
-        download["cancelled"] = {"result": result, "state": preferences.weights_state(), "labels": labels,
+        download["cancelled"] = {"result": result, "state": services.weights_state(), "labels": labels,
                                  "operators": operators, "problems": problems,
-                                 "unet_in_place": (preferences.weights_dir() / UNET).exists(),
-                                 "model": preferences.model_argument(prefs)}
+                                 "unet_in_place": (services.weights_dir() / UNET).exists(),
+                                 "model": services.model_argument(prefs)}
         save()
         result = sorted(bpy.ops.flash.download_weights())  # the same button: resumes
         labels, operators, problems = draw(type(prefs).draw, prefs)
-        download["resumed"] = {"result": result, "state": preferences.weights_state(), "labels": labels,
+        download["resumed"] = {"result": result, "state": services.weights_state(), "labels": labels,
                                "operators": operators, "problems": problems,
-                               "folder": str(preferences.weights_dir()), "model": preferences.model_argument(prefs)}
+                               "folder": str(services.weights_dir()), "model": services.model_argument(prefs)}
         save()
     except Exception:
         record["error"] = traceback.format_exc()

@@ -220,7 +220,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
                 "mean_bias": round(abs(float((image - frames[nearest]).mean())), 3)}
 
     def last_take() -> str:
-        return addon("progress").STATUS.job.meta["take"]
+        return addon("progress").STATUS.job.meta.name
 
     def take_frames(name) -> list:
         folder = work_dir / "flash" / name
@@ -455,14 +455,14 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
         # a trained action that learned 12 fps (no tensors: the tiny base model animates as is)
         from safetensors.numpy import save_file
 
-        folder = addon("preferences").actions_dir() / "slow_roll"
+        folder = addon("services").actions_dir() / "slow_roll"
         folder.mkdir()
         metadata = json.loads((work_dir / "flash" / marker_take / "flash.json").read_text())
         (folder / "action.toml").write_text(
             f'name = "Slow Roll"\nprompt = "a person rolls"\nbase_model = "{metadata["model"]["identity"]}"\n'
             'fps = 12.0\n')
         save_file({}, str(folder / "unet.safetensors"))
-        addon("preferences").get_catalog().refresh(force=True)
+        addon("services").get_catalog().refresh(force=True)
         scene.camera = cameras["CamB"]
         scene.frame_set(90)
         scene.flash.action_id, scene.flash.frames = "trained:slow_roll", 3

@@ -310,8 +310,8 @@ def scenario(zip_path: str, work: str, out: str, clips: str) -> None:  # pragma:
         prefs.model_source = 'TINY'
         prefs.device = 'cpu'
         bpy.ops.wm.save_userpref()  # the batch runs below start from these preferences
-        status, catalog = addon("progress").STATUS, addon("preferences").get_catalog()
-        actions_dir = addon("preferences").actions_dir()
+        status, catalog = addon("progress").STATUS, addon("services").get_catalog()
+        actions_dir = addon("services").actions_dir()
         scene = bpy.context.scene
         scene.render.engine = 'CYCLES'
         scene.cycles.samples = 1
@@ -327,7 +327,7 @@ def scenario(zip_path: str, work: str, out: str, clips: str) -> None:  # pragma:
         prefs.train_name, prefs.train_prompt = "Disc Roll", "a disc is rolling."
         for key, value in TRAIN.items():
             setattr(prefs, "train_" + key, value)
-        check = addon("preferences").clip_check(prefs)
+        check = addon("services").clip_check(prefs)
         precheck = {"summary": check.summary(), "bad": check.lines()}
         result, error = call(bpy.ops.flash.train_action)
         folder = actions_dir / "disc_roll"
@@ -390,7 +390,8 @@ def scenario(zip_path: str, work: str, out: str, clips: str) -> None:  # pragma:
             def __getattr__(self, name):
                 return getattr(real_bpy, name)
 
-        ops_training.bpy = UIBpy()
+        ops_modal = addon("operators.modal")  # the job loop's timers (the operator's own follow the UI's bpy too)
+        ops_training.bpy = ops_modal.bpy = UIBpy()
         cancelled_at, ticks = [], 0
         try:
             status.clear_train_messages()
@@ -409,7 +410,7 @@ def scenario(zip_path: str, work: str, out: str, clips: str) -> None:  # pragma:
                     break
                 time.sleep(delay)
         finally:
-            ops_training.bpy = real_bpy
+            ops_training.bpy = ops_modal.bpy = real_bpy
         first_result = ["CANCELLED"] if status.training is not None and status.training.state == "cancelled" else \
             [getattr(status.training, "state", None)]
         first_message = status.train_message or status.train_error

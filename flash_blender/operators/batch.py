@@ -1,7 +1,7 @@
 """``flash.batch_animate`` and the batch script's entry: several shots in one run.
 
-Each shot runs ``flash.animate_action`` blocking (as in background mode) with the shot's
-camera made active (and, for marker shots, the marker's frame current; the frame first, as a
+Each shot runs the animate use case (``animate_take``, what ``flash.animate_action`` runs)
+blocking, as in background mode, with the shot's camera made active (and, for marker shots, the marker's frame current; the frame first, as a
 frame change lets markers switch the camera); the file's own frame and then its active camera
 are put back afterwards, before the copy is saved. A shot that fails is reported and the
 next one runs. With ``save`` the file, with the planes and strips of the shots that worked,
@@ -21,17 +21,18 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy.types import Operator
 
-from .. import importers
+from ..animate_take import OVERRIDES, start_take, stored_folder, take_loop
 from ..batch import (EXIT_USAGE, OUTPUT_FIX, BatchError, BatchOptions, ShotResult, exit_code, final_lines,
                      parse_args, save_target, script_argv, select_shots, split_names, summary_line)
 from ..engine import MANAGER
-from ..jobs import PlanError, check_writable, output_root
-from ..preferences import get_prefs, user_dir
+from ..errors import PlanError
+from ..job_loop import run_blocking
 from ..progress import STATUS, one_line
-from ..properties import OUTPUT_ITEMS
+from ..properties import CUSTOM_LONG_SIDE, OUTPUT_ITEMS
 from ..reference import camera_kept
-
-OVERRIDES = ("action", "prompt", "seed", "frames", "steps", "guidance", "long_side", "output")
+from ..request_limits import options
+from ..services import get_prefs, user_dir
+from ..take_planning import check_writable, output_root
 
 
 @dataclass
@@ -56,30 +57,28 @@ def _run_shot(context, scene, shot, options: BatchOptions) -> ShotResult:
     if shot.frame is not None:
         scene.frame_set(shot.frame)
     scene.camera = camera  # after the frame: a frame change lets markers switch the camera
-    kwargs = dict(options.overrides)
-    if options.output_root:
-        kwargs["output_root"] = options.output_root
-    if options.mp4:
-        kwargs["mp4"] = True
-    STATUS.last_error = ""
-    error = ""
     try:
         if context.scene != scene:
             with context.temp_override(scene=scene):
-                outcome = bpy.ops.flash.animate_action(**kwargs)
-        else:
-            outcome = bpy.ops.flash.animate_action(**kwargs)
-    except (RuntimeError, TypeError) as err:  # the operator's error report, or a bad override
-        outcome, error = {'CANCELLED'}, one_line(err).removeprefix("Error: ").removeprefix("FLASH: ")
-    job = STATUS.job
-    if 'FINISHED' not in outcome or job is None or job.state != "done":
-        reason = STATUS.last_error or error or (job.error_line if job is not None and job.error else "") or \
-            "the animate operator did not run"
-        return ShotResult(shot, False, reason=reason)
-    meta, result = job.meta, job.result or {}
-    return ShotResult(shot, True, take=meta["take"], folder=importers.stored_path(meta["folder"], meta["in_project"]),
+                return _animate_shot(bpy.context, shot, options)
+        return _animate_shot(context, shot, options)
+    except PlanError as err:  # refused before the job: nothing was made
+        return ShotResult(shot, False, reason=str(err))
+
+
+def _animate_shot(context, shot, options: BatchOptions) -> ShotResult:
+    """One take, blocking: what ``flash.animate_action`` does, without the operator."""
+    start = start_take(context, dict(options.overrides), options.output_root or None, mp4=options.mp4)
+    job = start.job
+    for warning in start.warnings:
+        print(f"FLASH: {warning}")
+    end = run_blocking(take_loop(job, context))
+    if not end.ok:
+        return ShotResult(shot, False, reason=end.message)
+    take, result = job.meta, job.result or {}
+    return ShotResult(shot, True, take=take.name, folder=stored_folder(take, result),
                       frames=len(result.get("frames") or []), mp4=result.get("mp4"),
-                      base_model_only=bool(meta.get("base_model_only")))
+                      base_model_only=take.base_model_only)
 
 
 def _check_output(options: BatchOptions, target: Path | None) -> None:
@@ -159,11 +158,12 @@ class FLASH_OT_batch_animate(Operator):
     camera_names: StringProperty(name="Camera Names", options={'SKIP_SAVE'}, description="Comma-separated")
     action: StringProperty(name="Action", options={'SKIP_SAVE'})
     prompt: StringProperty(name="Prompt", options={'SKIP_SAVE'})
-    seed: IntProperty(name="Seed", min=0, options={'SKIP_SAVE'})
-    frames: IntProperty(name="Frames", min=2, max=256, default=16, options={'SKIP_SAVE'})
-    steps: IntProperty(name="Steps", min=1, max=1000, default=25, options={'SKIP_SAVE'})
-    guidance: FloatProperty(name="Guidance", min=1.0, max=30.0, default=7.5, options={'SKIP_SAVE'})
-    long_side: IntProperty(name="Long Side", min=64, max=4096, default=512, options={'SKIP_SAVE'})
+    seed: IntProperty(name="Seed", **options("seed"), options={'SKIP_SAVE'})
+    frames: IntProperty(name="Frames", **options("frames"), options={'SKIP_SAVE'})
+    steps: IntProperty(name="Steps", **options("steps"), options={'SKIP_SAVE'})
+    guidance: FloatProperty(name="Guidance", **options("guidance"), options={'SKIP_SAVE'})
+    long_side: IntProperty(name="Long Side", **{**options("long_side"), "default": CUSTOM_LONG_SIDE},
+                           options={'SKIP_SAVE'}, description="Set: this long side instead of the model's native size")
     output: EnumProperty(name="Output", items=OUTPUT_ITEMS, default='BOTH', options={'SKIP_SAVE'})
     output_root: StringProperty(name="Output Folder", options={'SKIP_SAVE'},
                                 description="Where the take folders go (empty: the preferences', else //flash/)")

@@ -1,30 +1,30 @@
 """``flash.download_weights`` and ``flash.cancel_download``: the base weights, from Preferences.
 
 Runs ``<engine python> -m flash_engine.weights fetch --dest <user dir>/weights --json`` (see
-``downloads.py``). In the UI a modal timer follows it (the preferences show the size, a
-progress bar and Cancel); in background mode it runs blocking and prints its progress. A
-cancelled or failed download keeps what it got: pressing the button again resumes.
+``downloads.py``), followed by the add-on's job loop: in the UI on a modal timer (the
+preferences show the size, a progress bar and Cancel); in background mode blocking, printing
+its progress. A cancelled or failed download keeps what it got: pressing the button again
+resumes.
 """
 
 from __future__ import annotations
 
-import time
-
-import bpy
 from bpy.types import Operator
 
 from .. import bundled, downloads, installer
-from ..jobs import PlanError
-from ..preferences import engine_python, get_prefs, user_dir, weights_dir
+from ..job_loop import JobLoop, Outcome, changed_lines
 from ..progress import STATUS
-from .modal import TimerOperator, redraw_panels
+from ..services import engine_python, get_prefs, user_dir, weights_dir
+from .modal import JobOperator, redraw_panels
+
+DOWNLOAD_TICK_S = 0.2
 
 
 def _download_running() -> bool:
     return STATUS.download is not None and not STATUS.download.finished
 
 
-class FLASH_OT_download_weights(TimerOperator, Operator):
+class FLASH_OT_download_weights(JobOperator, Operator):
     bl_idname = "flash.download_weights"
     bl_label = "Download Base Weights"
     bl_description = ("Download Stable Diffusion 1.5 and the AnimateDiff motion adapter (several GB) into the "
@@ -37,68 +37,22 @@ class FLASH_OT_download_weights(TimerOperator, Operator):
             return False
         return True
 
-    def _start(self, context) -> downloads.DownloadRun:
+    def start_job(self, context) -> JobLoop:
         python = engine_python(get_prefs(context))  # the engine's environment has huggingface_hub
         run = downloads.DownloadRun(downloads.fetch_command(python, weights_dir()),
                                     env=installer.child_environment(bundled.engine_root()), cwd=str(user_dir()))
         STATUS.download = run
-        return run
 
-    def execute(self, context):
-        try:
-            run = self._start(context)
-        except PlanError as err:
-            self.report({'ERROR'}, f"FLASH: {err}")
-            return {'CANCELLED'}
-        last = ""
-        while not run.finished:
-            if run.text != last:
-                last = run.text
-                print(f"FLASH download: {last}")
-            time.sleep(0.1)
-        return self._end(context, run)
+        def finish() -> Outcome:
+            if run.cancelled:
+                return Outcome(False, run.text, "WARNING")
+            if not run.ok:
+                return Outcome(False, run.text)
+            return Outcome(True, f"base weights downloaded to {weights_dir()}")
 
-    def invoke(self, context, event):
-        if bpy.app.background:
-            return self.execute(context)
-        try:
-            self._start(context)
-        except PlanError as err:
-            self.report({'ERROR'}, f"FLASH: {err}")
-            return {'CANCELLED'}
-        self.add_timer(context, 0.2)
-        context.window_manager.modal_handler_add(self)
-        redraw_panels()
-        return {'RUNNING_MODAL'}
-
-    def modal(self, context, event):
-        if event.type != 'TIMER':
-            return {'PASS_THROUGH'}
-        run = STATUS.download
-        if run is None:
-            self.remove_timer(context)
-            return {'CANCELLED'}
-        redraw_panels()
-        if run.finished:
-            return self._end(context, run)
-        return {'PASS_THROUGH'}
-
-    def cancel(self, context):
-        if STATUS.download is not None:
-            STATUS.download.cancel()
-        self.remove_timer(context)
-
-    def _end(self, context, run: downloads.DownloadRun):
-        self.remove_timer(context)
-        redraw_panels()
-        if run.cancelled:
-            self.report({'WARNING'}, f"FLASH: {run.text}")
-            return {'CANCELLED'}
-        if not run.ok:
-            self.report({'ERROR'}, f"FLASH: {run.text}")
-            return {'CANCELLED'}
-        self.report({'INFO'}, f"FLASH: base weights downloaded to {weights_dir()}")
-        return {'FINISHED'}
+        return JobLoop(advance=lambda: run.finished, finish=finish,
+                       lines=changed_lines(lambda: run.text, prefix="FLASH download: "), stop=run.cancel,
+                       interval=DOWNLOAD_TICK_S)
 
 
 class FLASH_OT_cancel_download(Operator):

@@ -7,7 +7,7 @@ import random
 from bpy.types import Operator
 
 from ..engine import MANAGER
-from ..preferences import get_catalog
+from ..services import get_catalog
 from ..progress import STATUS
 from ..properties import current_action
 

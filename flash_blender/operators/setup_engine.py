@@ -1,30 +1,31 @@
 """``flash.setup_engine``: create the managed engine environment (the "Set up engine" button).
 
 Runs ``python -m flash_engine.setup --env <user dir>/engine-env`` with Blender's own Python
-in a subprocess. In the UI a modal timer follows its lines (the preferences show them and
-a progress bar); in background mode it runs blocking and prints them.
+in a subprocess, followed by the add-on's job loop: in the UI on a modal timer (the
+preferences show its lines and a progress bar); in background mode blocking, printing them.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
-import bpy
 from bpy.types import Operator
 
 from .. import bundled, installer
 from ..engine import MANAGER
-from ..preferences import get_prefs, managed_env_dir, user_dir
+from ..job_loop import JobLoop, Outcome
 from ..progress import STATUS
-from .modal import TimerOperator, redraw_panels
+from ..services import get_prefs, managed_env_dir, user_dir
+from .modal import JobOperator
+
+SETUP_TICK_S = 0.2
 
 
 def _setup_running() -> bool:
     return STATUS.setup is not None and not STATUS.setup.finished
 
 
-class FLASH_OT_setup_engine(TimerOperator, Operator):
+class FLASH_OT_setup_engine(JobOperator, Operator):
     bl_idname = "flash.setup_engine"
     bl_label = "Set up engine"
     bl_description = ("Create the engine's own Python environment (PyTorch, diffusers) in the extension's user "
@@ -37,62 +38,27 @@ class FLASH_OT_setup_engine(TimerOperator, Operator):
             return False
         return True
 
-    def _start(self) -> installer.SetupRun:
+    def start_job(self, context) -> JobLoop:
         command = installer.setup_command(managed_env_dir(), python=sys.executable)
         run = installer.SetupRun(command, env=installer.child_environment(bundled.engine_root()),
                                  cwd=str(user_dir()))
         STATUS.setup = run
-        return run
-
-    def execute(self, context):
-        run = self._start()
         seen = 0
-        while True:
-            finished = run.finished  # before reading: every line is in once it is set
-            lines, seen = run.new_lines(seen)
-            for line in lines:
-                print(f"FLASH setup: {line}")
-            if finished:
-                break
-            time.sleep(0.1)
-        return self._end(context, run)
 
-    def invoke(self, context, event):
-        if bpy.app.background:
-            return self.execute(context)
-        self._start()
-        self.add_timer(context, 0.2)
-        context.window_manager.modal_handler_add(self)
-        redraw_panels()
-        return {'RUNNING_MODAL'}
+        def lines() -> list[str]:
+            nonlocal seen
+            new, seen = run.new_lines(seen)
+            return [f"FLASH setup: {line}" for line in new]
 
-    def modal(self, context, event):
-        if event.type != 'TIMER':
-            return {'PASS_THROUGH'}
-        run = STATUS.setup
-        if run is None:
-            self.remove_timer(context)
-            return {'CANCELLED'}
-        redraw_panels()
-        if run.finished:
-            return self._end(context, run)
-        return {'PASS_THROUGH'}
+        def finish() -> Outcome:
+            if not run.ok:
+                return Outcome(False, run.text)
+            get_prefs(context).engine_source = 'MANAGED'
+            MANAGER.shutdown()  # the next job starts an engine from the fresh environment
+            return Outcome(True, "the engine is set up")
 
-    def cancel(self, context):
-        if STATUS.setup is not None:
-            STATUS.setup.stop()
-        self.remove_timer(context)
-
-    def _end(self, context, run: installer.SetupRun):
-        self.remove_timer(context)
-        redraw_panels()
-        if not run.ok:
-            self.report({'ERROR'}, f"FLASH: {run.text}")
-            return {'CANCELLED'}
-        get_prefs(context).engine_source = 'MANAGED'
-        MANAGER.shutdown()  # the next job starts an engine from the fresh environment
-        self.report({'INFO'}, "FLASH: the engine is set up")
-        return {'FINISHED'}
+        return JobLoop(advance=lambda: run.finished, finish=finish, lines=lines, stop=run.stop,
+                       interval=SETUP_TICK_S)
 
 
 classes = (FLASH_OT_setup_engine,)

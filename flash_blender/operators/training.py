@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import shutil
-import time
 import traceback
 from pathlib import Path
 
@@ -24,44 +23,25 @@ from bpy.types import Operator, OperatorFileListElement
 
 from .. import clipcheck, training
 from ..engine import MANAGER
-from ..jobs import PlanError
-from ..preferences import (FlashClipFile, actions_dir, chosen_clip_files, chosen_clips_folder, engine_config,
+from ..errors import PlanError
+from ..preferences import FlashClipFile
+from ..services import (actions_dir, chosen_clip_files, chosen_clips_folder, engine_config,
                            get_catalog, get_prefs, model_argument)
+from ..job_loop import JobLoop, Outcome, changed_lines
+from ..request_limits import limits
 from ..progress import STATUS, one_line
-from .modal import redraw_panels
+from .modal import JobOperator, follow_with_app_timer, redraw_panels, stop_app_timer
 
 TICK_S = 0.2
 PRINT_EVERY_S = 2.0
+STOP_WAIT_S = 30.0  # after Ctrl-C: time for the engine to write its checkpoint
+TRAINING_TIMER = "training"
 CLIP_GLOB = ";".join(f"*{suffix}" for suffix in clipcheck.VIDEO_SUFFIXES + clipcheck.IMAGE_SUFFIXES)
-
-
-def _timer() -> float | None:
-    """The UI's follower of the running training (an application timer: it survives file loads)."""
-    job = STATUS.training
-    if job is None:
-        return None
-    try:
-        finished = job.tick()
-    except Exception as err:  # never let a timer die silently with the job still "running"
-        traceback.print_exc()
-        job._fail(err)
-        finished = True
-    redraw_panels()
-    if finished:
-        level, message = finish_training(job)
-        print(f"FLASH train: {message}")
-        return None
-    return TICK_S
-
-
-def stop_timer() -> None:
-    if bpy.app.timers.is_registered(_timer):
-        bpy.app.timers.unregister(_timer)
 
 
 def abandon_training(reason: str) -> None:
     """The add-on goes away: cancel (the engine writes a checkpoint, Resume continues)."""
-    stop_timer()
+    stop_app_timer(TRAINING_TIMER)
     job = STATUS.training
     if job is not None and not job.finished:
         job.abandon(reason)
@@ -207,57 +187,61 @@ def _resume(prefs, name: str, paths: training.TrainPaths) -> training.TrainJob:
     return training.TrainJob(MANAGER, config, args, meta)
 
 
+def training_loop(job: training.TrainJob) -> JobLoop:
+    """The job loop of a training: its progress printed at most every few seconds (and at
+    each new phase); Ctrl-C (blocking) stops it at its next step, keeping a checkpoint."""
+
+    def advance() -> bool:
+        try:
+            return job.tick()
+        except Exception as err:  # never let a timer die silently with the job still "running"
+            traceback.print_exc()
+            job._fail(err)
+            return True
+
+    def finish() -> Outcome:
+        level, message = finish_training(job)
+        for note in STATUS.train_notes:
+            print(f"FLASH train: {note}")
+        return Outcome(job.state == "done", message, level)
+
+    return JobLoop(advance=advance, finish=finish,
+                   lines=changed_lines(lambda: job.progress.text, prefix="FLASH train: ", every_s=PRINT_EVERY_S,
+                                       phase=lambda: job.progress.phase),
+                   stop=job.cancel, interval=TICK_S, stop_wait=STOP_WAIT_S)
+
+
 def follow_in_ui(job: training.TrainJob) -> None:
-    """The UI's way: the job runs in the engine, a persistent application timer follows it."""
+    """The UI's way: the job runs in the engine, a persistent application timer follows it
+    (it survives opening another file)."""
     STATUS.training = job
-    stop_timer()
-    bpy.app.timers.register(_timer, first_interval=TICK_S, persistent=True)
+    follow_with_app_timer(TRAINING_TIMER, training_loop(job), prefix="FLASH train: ")
     redraw_panels()
 
 
-def run_blocking(job: training.TrainJob) -> tuple[str, str]:
-    """Background mode and scripts: wait for the end, printing the progress (at most every
-    few seconds, and at each new phase). Ctrl-C stops the training at its next step."""
-    STATUS.training = job
-    print(f"FLASH train: '{job.meta['name']}'" + (" (resuming)" if job.meta.get("resumed") else "")
-          + f" → {job.args['out']}")
-    last_line, last_phase, last_time = None, None, 0.0
-    try:
-        while not job.tick():
-            progress, now = job.progress, time.monotonic()
-            if progress.text != last_line and (progress.phase != last_phase or now - last_time >= PRINT_EVERY_S):
-                print(f"FLASH train: {progress.text}")
-                last_line, last_phase, last_time = progress.text, progress.phase, now
-            time.sleep(0.05)
-    except KeyboardInterrupt:  # keep the checkpoint the engine writes when it stops
-        job.cancel()
-        deadline = time.monotonic() + 30
-        while not job.tick() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        finish_training(job)
-        raise
-    level, message = finish_training(job)
-    for note in STATUS.train_notes:
-        print(f"FLASH train: {note}")
-    return level, message
-
-
-class FLASH_OT_train_action(Operator):
+class FLASH_OT_train_action(JobOperator, Operator):
     bl_idname = "flash.train_action"
     bl_label = "Train Action"
     bl_description = ("Teach the engine a new action from your clips (the preferences' Custom actions); "
                       "it then appears in the sidebar's Action list")
+    # A training takes hours: in the UI an application timer follows it, so the operator
+    # ends at once and the job outlives the file it started in.
+    follow_app_timer = TRAINING_TIMER
+    console_prefix = "FLASH train: "
 
     # Overrides of the preferences' fields (unset: the preferences').
     action_name: StringProperty(name="Action Name", options={'SKIP_SAVE'})
     prompt: StringProperty(name="Prompt", options={'SKIP_SAVE'})
     clips_folder: StringProperty(name="Clips Folder", subtype='DIR_PATH', options={'SKIP_SAVE'})
     clip_files: CollectionProperty(type=FlashClipFile, options={'SKIP_SAVE'})
-    steps: IntProperty(name="UNet Steps", min=0, default=20_000, options={'SKIP_SAVE'})
-    decoder_steps: IntProperty(name="Decoder Steps", min=0, default=10_000, options={'SKIP_SAVE'})
+    # (limits: the engine's train request schema)
+    steps: IntProperty(name="UNet Steps", **limits("steps", "train"), default=training.DEFAULT_STEPS,
+                       options={'SKIP_SAVE'})
+    decoder_steps: IntProperty(name="Decoder Steps", **limits("decoder_steps", "train"),
+                               default=training.DEFAULT_DECODER_STEPS, options={'SKIP_SAVE'})
     resolution: IntProperty(name="Resolution", min=8, default=512, options={'SKIP_SAVE'})
-    frames: IntProperty(name="Frames", min=2, max=256, default=16, options={'SKIP_SAVE'})
-    stride: IntProperty(name="Stride", min=1, max=64, default=2, options={'SKIP_SAVE'})
+    frames: IntProperty(name="Frames", **limits("frames", "train"), default=training.DEFAULT_FRAMES, options={'SKIP_SAVE'})
+    stride: IntProperty(name="Stride", **limits("stride", "train"), default=training.DEFAULT_STRIDE, options={'SKIP_SAVE'})
     resume: BoolProperty(name="Resume", default=False, options={'SKIP_SAVE'},
                          description="Continue an interrupted training of this action from its last checkpoint")
 
@@ -278,37 +262,17 @@ class FLASH_OT_train_action(Operator):
             overrides["clip_files"] = [item.path for item in self.clip_files]
         return overrides
 
-    def _begin(self, context) -> training.TrainJob | None:
+    def refused(self, context, error: BaseException) -> str:
+        STATUS.train_error = one_line(error)
+        return STATUS.train_error
+
+    def start_job(self, context) -> JobLoop:
         STATUS.clear_train_messages()
-        try:
-            return begin_training(context, self._overrides(), resume=self.resume)
-        except Exception as err:
-            if not isinstance(err, PlanError):
-                traceback.print_exc()
-            STATUS.train_error = one_line(err)
-            self.report({'ERROR'}, f"FLASH: {STATUS.train_error}")
-            redraw_panels()
-            return None
+        job = STATUS.training = begin_training(context, self._overrides(), resume=self.resume)
+        print(f"FLASH train: '{job.meta['name']}'" + (" (resuming)" if job.meta.get("resumed") else "")
+              + f" → {job.args['out']}")
+        return training_loop(job)
 
-    def execute(self, context):
-        """Blocking: background mode and scripts."""
-        job = self._begin(context)
-        if job is None:
-            return {'CANCELLED'}
-        level, message = run_blocking(job)
-        self.report({level}, f"FLASH: {message}")
-        return {'FINISHED'} if job.state == "done" else {'CANCELLED'}
-
-    def invoke(self, context, event):
-        # (Blender calls invoke only with an event, i.e. from the UI: scripts and background
-        # mode get execute.)
-        if bpy.app.background:
-            return self.execute(context)
-        job = self._begin(context)
-        if job is None:
-            return {'CANCELLED'}
-        follow_in_ui(job)
-        return {'FINISHED'}
 
 
 class FLASH_OT_train_cancel(Operator):

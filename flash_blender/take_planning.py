@@ -19,23 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from .errors import PlanError
+
 DEFAULT_FOLDER = "flash"
 REFERENCE_SUFFIX = ".reference.png"
 TAKE_DIGITS = 3
 SIZE_MULTIPLE = 8
 MIN_SIDE = 8
 OUTPUT_FIX = "choose a writable Output Folder in Preferences > Add-ons > FLASH Previs, or make this one writable"
-
-
-class PlanError(Exception):
-    """A problem the user can fix; ``str()`` is one line with the fix."""
-
-    def __init__(self, message: str, hint: str = ""):
-        super().__init__(message)
-        self.message, self.hint = message, hint
-
-    def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
 def safe_name(text: str, fallback: str = "untitled") -> str:
@@ -155,10 +146,13 @@ def blend_relative(path: Path, blend_filepath: str) -> str:
     path = Path(path)
     if blend_filepath:
         base = Path(blend_filepath).parent
-        try:
-            return "//" + path.relative_to(base).as_posix()
-        except ValueError:
-            pass
+        # as given, else both resolved: the engine reports resolved paths, which may differ
+        # by a symlink from the .blend's folder as Blender names it
+        for inside, folder in ((path, base), (path.resolve(), base.resolve())):
+            try:
+                return "//" + inside.relative_to(folder).as_posix()
+            except ValueError:
+                pass
     return str(path)
 
 
