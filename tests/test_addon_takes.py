@@ -93,9 +93,9 @@ def test_more_frames_than_the_model_takes_are_refused_in_one_line_before_the_job
 
 
 def test_what_the_schema_refuses_is_refused_before_the_job(tmp_path):
-    with pytest.raises(PlanError, match=r"'frames' must be at most 64 \(got 100\)"):
+    with pytest.raises(PlanError, match=r"'frames' must be between 2 and 64 \(got 100\)"):
         planned(tmp_path, None, frames=100)  # a batch's --frames is not clamped by a Blender property
-    with pytest.raises(PlanError, match="'guidance' must be at most 30"):
+    with pytest.raises(PlanError, match="'guidance' must be between 0 and 30"):
         planned(tmp_path, None, guidance=31.0)
     with pytest.raises(PlanError, match="unknown output"):
         planned(tmp_path, None, output="MOVIE")
