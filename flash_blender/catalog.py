@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-ACTION_MANIFEST = "action.toml"
-UNET_WEIGHTS = "unet.safetensors"
+from .bundled import engine_module
+
+ACTION_MANIFEST = engine_module("layout").ACTION_MANIFEST
+UNET_WEIGHTS = engine_module("layout").ACTION_UNET
 TRAINED_PREFIX = "trained:"
 
 

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-# The engine's lists (flash_engine/training/clips.py), repeated here: the add-on never
-# imports the torch side of the engine.
-VIDEO_SUFFIXES = (".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".webm")
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+from .bundled import engine_module
+
+# The engine's lists, from its stdlib-only layout module (the add-on never imports the torch side).
+VIDEO_SUFFIXES = engine_module("layout").VIDEO_SUFFIXES
+IMAGE_SUFFIXES = engine_module("layout").IMAGE_SUFFIXES
 NOT_A_CLIP = f"not a clip (use {', '.join(VIDEO_SUFFIXES)} or a folder of frames)"
 EMPTY_FILE = "the file is empty (0 bytes)"
 NOT_A_VIDEO = "not a readable video (its first bytes are not MP4/MOV, WebM/MKV, GIF or AVI)"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from .bundled import engine_module
 from .errors import PlanError
 
 DEFAULT_FOLDER = "flash"
@@ -109,7 +110,8 @@ def staging_leftovers(plan: TakePlan) -> list[Path]:
     """The hidden ``.<take>.partial-…`` folders an engine that died mid-job leaves behind
     (a live engine removes its own; only call this once the engine is known to be dead)."""
     try:
-        return sorted(p for p in plan.root.iterdir() if p.is_dir() and p.name.startswith(f".{plan.name}.partial-"))
+        prefix = engine_module("layout").staging_prefix(plan.name)
+        return sorted(p for p in plan.root.iterdir() if p.is_dir() and p.name.startswith(prefix))
     except FileNotFoundError:
         return []
 

@@ -23,11 +23,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bundled import engine_module
 from .clipcheck import user_paths
 from .errors import PlanError
 from .progress import AnimateJob, format_eta
 
-CHECKPOINT_JSON = "checkpoint.json"  # flash_engine/training/trainer.py
+LAYOUT = engine_module("layout")  # the engine's file names
+CHECKPOINT_JSON = LAYOUT.CHECKPOINT_JSON
 SOURCES_JSON = "sources.json"
 DEFAULT_STEPS, DEFAULT_DECODER_STEPS = 20_000, 10_000  # flash_engine/training/config.py
 DEFAULT_FRAMES, DEFAULT_STRIDE = 16, 2  # ditto
@@ -54,7 +56,7 @@ class TrainPaths:
 
     @property
     def work_dir(self) -> Path:  # the engine's checkpoints (flash_engine.training.job.work_dir_for)
-        return self.actions_dir / f".{self.folder}.training"
+        return LAYOUT.training_work_dir(self.actions_dir / self.folder)
 
     @property
     def request_file(self) -> Path:
@@ -221,11 +223,11 @@ def interrupted_trainings(actions_dir: Path | None) -> list[Interrupted]:
     found = []
     if not actions_dir or not Path(actions_dir).is_dir():
         return found
-    for work in sorted(Path(actions_dir).glob(".*.training")):
+    for work in sorted(Path(actions_dir).glob(f".*{LAYOUT.TRAINING_SUFFIX}")):
         meta = read_json(work / CHECKPOINT_JSON)
         if meta is None:
             continue
-        folder = work.name[1:-len(".training")]
+        folder = work.name[1:-len(LAYOUT.TRAINING_SUFFIX)]
         paths = TrainPaths(Path(actions_dir), folder)
         request = paths.saved_request()
         config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
@@ -279,7 +281,7 @@ class TrainedDetails:
 def trained_details(folder: Path) -> TrainedDetails:
     folder = Path(folder)
     try:
-        data = tomllib.loads((folder / "action.toml").read_text(encoding="utf-8"))
+        data = tomllib.loads((folder / LAYOUT.ACTION_MANIFEST).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         return TrainedDetails(folder, folder.name, "", problem=f"unreadable action.toml ({err})")
     sources = read_json(folder / SOURCES_JSON) or {}

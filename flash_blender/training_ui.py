@@ -18,7 +18,7 @@ _details_cache: dict[str, tuple[int | None, training.TrainedDetails]] = {}
 def _details(folder: str) -> training.TrainedDetails:
     """``action.toml`` of one action, read again only when it changes."""
     try:
-        stamp = os.stat(Path(folder) / "action.toml").st_mtime_ns
+        stamp = os.stat(Path(folder) / training.LAYOUT.ACTION_MANIFEST).st_mtime_ns
     except OSError:
         stamp = None
     cached = _details_cache.get(folder)

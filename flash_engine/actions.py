@@ -19,11 +19,12 @@ import torch
 from safetensors.torch import load_file
 
 from flash_engine.errors import FlashError
+from flash_engine.layout import ACTION_DECODER, ACTION_MANIFEST, ACTION_UNET
 from flash_engine.tensorfiles import safetensors_problem, save_tensors
 
-MANIFEST = "action.toml"
-UNET_FILE = "unet.safetensors"
-DECODER_FILE = "decoder.safetensors"
+MANIFEST = ACTION_MANIFEST
+UNET_FILE = ACTION_UNET
+DECODER_FILE = ACTION_DECODER
 FORMAT_VERSION = 1
 
 

@@ -19,13 +19,14 @@ from flash_engine import __version__
 from flash_engine.actions import Action, read_action
 from flash_engine.errors import FlashError
 from flash_engine.images import fit_reference, load_reference, resolve_size, save_frames, write_mp4
+from flash_engine.layout import TAKE_MANIFEST, TAKE_MP4
 from flash_engine.output import check_destination, normalise, os_error, staged_folder
 from flash_engine.presets import Preset, find_preset
 from flash_engine.models.loading import BUILT_IN, MANNEQUIN, check_mannequin, check_weights_folder, model_limits
 from flash_engine.requests import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_STEPS, AnimateRequest, validate
 from flash_engine.weights import resolve_model_source
 
-METADATA_FILE = "flash.json"
+METADATA_FILE = TAKE_MANIFEST
 # ExtraFiles(folder, frames) writes more files into a take before it is put in place and
 # returns their names (the demo's preview): flash.json lists them with the frames.
 ExtraFiles = Callable[[Path, object], list]
@@ -166,7 +167,7 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
         try:
             files = [p.name for p in save_frames(result.frames, staging)]
             if request.mp4:
-                files.append(write_mp4(result.frames, staging / "flash.mp4", fps=fps).name)
+                files.append(write_mp4(result.frames, staging / TAKE_MP4, fps=fps).name)
             if extra_files is not None:
                 files += extra_files(staging, result.frames)
         except OSError as err:  # disk full, read-only, ...: one line, and the staging folder goes
@@ -193,7 +194,7 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
                 "offload": pipeline.offload,
             },
             "frames": files[: job.frames],
-            "mp4": "flash.mp4" if request.mp4 else None,
+            "mp4": TAKE_MP4 if request.mp4 else None,
             # Every file the engine wrote here: --overwrite replaces this folder only while it
             # holds nothing else, and removes only these.
             "files": files,

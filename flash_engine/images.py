@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from flash_engine.errors import FlashError
+from flash_engine.layout import frame_name
 
 DEFAULT_LONG_SIDE = 512
 SIZE_MULTIPLE = 8
@@ -121,10 +122,6 @@ def to_uint8_frames(pixels) -> np.ndarray:
 
     frames = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return frames.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def frame_name(index: int) -> str:
-    return f"frame_{index + 1:04d}.png"
 
 
 def save_frames(frames: np.ndarray, folder: Path) -> list[Path]:

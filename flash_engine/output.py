@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Callable
 
 from flash_engine.errors import FlashError
+from flash_engine.layout import (ACTION_DECODER, ACTION_MANIFEST, ACTION_UNET, OLD_MARK, OWNER_FILE, PARTIAL_MARK,
+                                 TAKE_MANIFEST, TAKE_MP4)
 from flash_engine.tensorfiles import current_umask
 
 WrittenFiles = Callable[[Path], "set[str] | None"]
 
-PARTIAL_MARK = ".partial-"
-OLD_MARK = ".old-"
-OWNER_FILE = ".flash-owner.json"
 NAME_MAX_BYTES = 255
 PATH_MAX_BYTES = 4096
 # mkdtemp adds 8 random characters; with the leading dot and the mark this is the most a
@@ -45,10 +44,9 @@ _STAGING_EXTRA_BYTES = 1 + max(len(PARTIAL_MARK), len(OLD_MARK)) + 8
 _LONGEST_CHILD_BYTES = 32
 # Every name the engine writes into a staged folder (takes, actions, the demo's extras).
 # Only these are removed from a dead job's leftovers; anything else stays.
-ENGINE_FILE_NAMES = re.compile(
-    r"(frame_\d{4,}\.png|flash\.json|flash\.mp4|strip\.png|preview\.mp4"
-    r"|action\.toml|unet\.safetensors|decoder\.safetensors|" + re.escape(OWNER_FILE) + r")"
-)
+ENGINE_FILE_NAMES = re.compile("|".join(
+    [r"frame_\d{4,}\.png", r"strip\.png", r"preview\.mp4"]  # frames, and the demo's preview
+    + [re.escape(name) for name in (TAKE_MANIFEST, TAKE_MP4, ACTION_MANIFEST, ACTION_UNET, ACTION_DECODER, OWNER_FILE)]))
 
 
 def normalise(dest: str | Path) -> Path:

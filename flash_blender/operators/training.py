@@ -367,7 +367,7 @@ class FLASH_OT_delete_action(Operator):
     def execute(self, context):
         try:
             target = _actions_child(self.folder)
-            if not (target / "action.toml").is_file():
+            if not (target / training.LAYOUT.ACTION_MANIFEST).is_file():
                 raise PlanError(f"no trained action '{self.folder}' in {target.parent}", "refresh the list")
             if _training_folder() == self.folder:
                 raise PlanError(f"'{self.folder}' is training", "cancel the training first")

@@ -18,13 +18,14 @@ import torch
 from PIL import Image
 
 from flash_engine.errors import FlashError
+from flash_engine import layout
 from flash_engine.devices import to_device
 from flash_engine.errors import JobCancelled
 from flash_engine.training.augment import MIN_CROP_SCALE
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".gif", ".avi", ".mkv", ".m4v"}
+VIDEO_SUFFIXES = set(layout.VIDEO_SUFFIXES)
 UNREADABLE_VIDEO = "not a readable video (corrupt, or not a video file)"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = set(layout.IMAGE_SUFFIXES)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Callable
 
 from flash_engine.actions import write_action, written_action_files
 from flash_engine.errors import FlashError
+from flash_engine.layout import training_work_dir
 from flash_engine.output import check_destination, staged_folder
 from flash_engine.requests import TrainRequest
 from flash_engine.training.clips import BadClip, ClipScan, check_clip_folder, learned_fps, scan_clips
@@ -52,7 +53,7 @@ def parse_resolution(text: str | None, native: tuple[int, int]) -> tuple[int, in
 
 
 def work_dir_for(out: Path) -> Path:
-    return out.parent / f".{out.name}.training"
+    return training_work_dir(out)
 
 
 def build_config(request: TrainRequest, limits: dict) -> TrainConfig:

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from flash_engine.models.base import BaseModel
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features
+from flash_engine import layout
 from flash_engine.errors import JobCancelled
 from flash_engine.devices import to_device
 from flash_engine.tensorfiles import save_tensors
@@ -31,7 +32,7 @@ from flash_engine.training.clips import Clip, sample_frames
 from flash_engine.training.config import TrainConfig
 from flash_engine.training.motion_alignment import install_motion_alignment
 
-CHECKPOINT_JSON = "checkpoint.json"
+CHECKPOINT_JSON = layout.CHECKPOINT_JSON
 PHASES = ("unet", "decoder")
 # Reading a step's loss on the host waits for the GPU to finish that step and leaves its queue
 # empty, so the losses stay on the device and are read in one go this often (and at checkpoints).
