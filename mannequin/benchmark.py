@@ -12,7 +12,7 @@ the table: the base model with no few-shot training, and the ground truth passed
 VAE (the best any variant can score, since every frame goes through that VAE).
 
 Variant 5 is variant 6's UNet with the stock decoder: the two runs are identical until the
-decoder phase (same seed, same generator draws; ``tests/test_mannequin_benchmark.py`` checks
+decoder phase (same seed, same generator draws; ``tests/mannequin/test_mannequin_benchmark.py`` checks
 it), so one training serves both. Everything is resumable: each scored run is one line of
 ``WORK/results.jsonl``, trained actions stay in ``WORK/actions``, and a restart skips both.
 """

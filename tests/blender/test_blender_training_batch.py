@@ -30,9 +30,9 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
                                 reason="needs the bpy 5.0.1 wheel (the test extra)")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
-from tests.blender_harness import (  # noqa: E402
+from tests.support.blender_harness import (  # noqa: E402
     MODULE, Drawer, Layout, build_extension_zip, isolated_env, layout_problems,
 )
 
@@ -52,7 +52,7 @@ def _run(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
-    from tests.clipgen import make_clips
+    from tests.support.clipgen import make_clips
 
     tmp = tmp_path_factory.mktemp("blender-train")
     zip_path = build_extension_zip(tmp / "dist")

@@ -23,9 +23,9 @@ from flash_blender.job_loop import JobLoop, Outcome, changed_lines, run_blocking
 from flash_blender.progress import AnimateJob
 from flash_blender.take_planning import OutputRoot, blend_relative, plan_take
 from flash_engine import requests
-from tests.fake_client import FakeClient
+from tests.support.fake_client import FakeClient
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO  # noqa: E402
 MANNEQUIN_LIMITS = {"width": 64, "height": 64, "max_frames": 32, "latent_channels": 4, "fps": 8}
 PRESET = ActionInfo(id="soccer_shoot", name="Soccer Shoot", prompt="a person is shooting a soccer ball.",
                     source="preset", weights=None, path="/presets/soccer_shoot.toml")

@@ -17,9 +17,9 @@ import pytest
 
 from flash_engine import protocol as P
 from flash_engine.server import Server, read_bounded_line
-from tests.service_loop import EventSink, FakeEngine, LoopHarness, fake_kind
+from tests.support.service_loop import EventSink, FakeEngine, LoopHarness, fake_kind
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------

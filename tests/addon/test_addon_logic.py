@@ -23,10 +23,10 @@ from flash_blender.engine import EngineConfig, EngineGone, EngineManager, serve_
 from flash_blender.installer import SetupRun, child_environment, setup_command
 from flash_blender.progress import AnimateJob, Progress, format_eta, one_line
 from flash_engine.client import EngineError
-from tests.fake_client import FakeClient
+from tests.support.fake_client import FakeClient
 from flash_engine.presets import PRESETS_DIR, load_preset
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO  # noqa: E402
 ADDON = REPO / "flash_blender"
 # Modules that must import without Blender (the rest of the add-on is bpy-facing).
 PURE = ("__init__", "batch", "bundled", "camera_frame", "catalog", "clipcheck", "display", "downloads", "engine",

@@ -23,9 +23,9 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
                                 reason="needs the bpy 5.0.1 wheel (the test extra)")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
-from tests.blender_harness import MODULE, build_extension_zip, isolated_env  # noqa: E402
+from tests.support.blender_harness import MODULE, build_extension_zip, isolated_env  # noqa: E402
 
 SMALL = {"frames": 4, "steps": 1, "long_side": 64}
 CARDS = {"CamA": (0.8, 0.05, 0.05), "CamB": (0.05, 0.8, 0.05), "CamC": (0.05, 0.05, 0.8)}
@@ -337,7 +337,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
             scene.frame_set(frame)
             shown[frame] = compare(render(scene, f"timing_{frame}"), frames)
         strip = scene.sequence_editor.strips[marker_take]
-        panels, harness = addon("panels"), sys.modules["tests.blender_harness"]
+        panels, harness = addon("panels"), sys.modules["tests.support.blender_harness"]
         calls: list = []
         scene.flash.frames = 4
         for panel in panels.classes:
@@ -469,7 +469,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
         result, error = call(bpy.ops.flash.animate_action, output='VSE', frames=3, steps=1, long_side=64)
         take = last_take()
         strip = scene.sequence_editor.strips.get(take)
-        panels, harness = addon("panels"), sys.modules["tests.blender_harness"]
+        panels, harness = addon("panels"), sys.modules["tests.support.blender_harness"]
         calls: list = []
         panels.FLASH_PT_settings.draw(harness.Drawer(harness.Layout(calls), None), bpy.context)
         record["trained_fps"] = {

@@ -15,7 +15,7 @@ from flash_blender.progress import AnimateJob
 from flash_engine.client import EngineDeath, EngineError
 from flash_engine.presets import PRESETS_DIR, load_preset
 from flash_engine.setup import env_status
-from tests.fake_client import FakeClient
+from tests.support.fake_client import FakeClient
 
 CONFIG = EngineConfig(python="/env/bin/python", serve_args=("--model", "tiny"))
 

@@ -9,7 +9,7 @@ from flash_engine.errors import FlashError
 from flash_engine.models.loading import find_problems, load_base, save_folder
 from flash_engine.models.tiny import tiny_parts
 from flash_engine.pipeline import AnimationSettings, FlashPipeline
-from tests.conftest import draw_scene
+from tests.conftest import REPO, draw_scene
 
 SETTINGS = dict(prompt="a person is doing push-ups.", num_frames=3, steps=2, width=64, height=48, seed=4)
 
@@ -195,7 +195,7 @@ def test_demo_animates_the_model_card_reference_with_its_settings(mannequin_stan
     assert not (tmp_path / "out" / "demo_reference.png").exists()  # no drawn reference for mannequin
 
 
-SHIPPED_MANNEQUIN = Path(__file__).resolve().parent.parent / "flash_engine" / "models" / "mannequin"
+SHIPPED_MANNEQUIN = REPO / "flash_engine" / "models" / "mannequin"
 
 
 @pytest.mark.skipif(not SHIPPED_MANNEQUIN.is_dir(),

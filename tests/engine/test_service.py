@@ -20,7 +20,7 @@ from flash_engine import protocol as P
 from flash_engine.client import EngineClient, EngineDied, EngineError
 from tests.conftest import draw_scene
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO  # noqa: E402
 SERVE_ARGS = ["--model", "tiny"]
 LONG_STEPS = 200  # long enough to be caught mid-way on any machine; the jobs are stopped early
 
@@ -181,7 +181,7 @@ def test_release_frees_the_model_and_the_next_job_loads_it_again(engine, referen
 
 
 def test_train_then_animate_with_the_new_action(engine, reference, tmp_path):
-    from tests.clipgen import make_clips
+    from tests.support.clipgen import make_clips
 
     clips = make_clips(tmp_path / "clips", count=2, frames=8)
     events = []
@@ -199,7 +199,7 @@ def test_train_then_animate_with_the_new_action(engine, reference, tmp_path):
 
 def test_serve_defaults_reach_training_requests(tmp_path):
     from flash_engine.server import Engine, prepare_train
-    from tests.clipgen import make_clips
+    from tests.support.clipgen import make_clips
 
     clips = make_clips(tmp_path / "clips", count=1, frames=8)
     args = {"clips": [str(clips)], "action": "disc", "prompt": "a disc", "out": str(tmp_path / "disc"), "frames": 6,
@@ -446,7 +446,7 @@ def blocked_clip_reader(monkeypatch):
 
 def train_harness(tmp_path, clip_count=4):
     from flash_engine.server import JOB_KINDS, Engine
-    from tests.service_loop import LoopHarness
+    from tests.support.service_loop import LoopHarness
 
     folder = tmp_path / "clips"
     folder.mkdir()
@@ -563,7 +563,7 @@ def test_large_objects_finds_a_decoded_image():  # the check below can fail
 
 def test_a_queued_animate_holds_no_decoded_reference(tmp_path):
     from flash_engine.server import JobKind, Engine, prepare_animate
-    from tests.service_loop import LoopHarness
+    from tests.support.service_loop import LoopHarness
 
     image = tmp_path / "big.png"
     Image.new("RGB", (2000, 1500), (90, 120, 200)).save(image)

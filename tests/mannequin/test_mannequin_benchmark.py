@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mannequin.metrics import (clip_flow, cosine, dense_flow, flow_cosine, psnr, temporal_consistency, warp)
-from tests.clipgen import moving_disc, write_frame_folder
+from tests.support.clipgen import moving_disc, write_frame_folder
 
 
 def _texture(size=64, seed=0):

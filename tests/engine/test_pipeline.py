@@ -120,11 +120,11 @@ def test_bad_settings_are_refused(tiny_pipeline, bad, code):
 
 
 def test_denoising_never_waits_for_the_device():
-    """The whole DDIM loop on the meta device (see tests/devicecheck.py): no host read of a
+    """The whole DDIM loop on the meta device (see tests/support/devicecheck.py): no host read of a
     device value, no blocking copy, at any step, with guidance."""
     from flash_engine.models.tiny import build_tiny
     from flash_engine.pipeline import FlashPipeline
-    from tests.devicecheck import HostToDeviceCopies
+    from tests.support.devicecheck import HostToDeviceCopies
 
     pipeline = FlashPipeline(build_tiny())
     pipeline.device = torch.device("meta")

@@ -14,7 +14,7 @@ from mannequin.actions import ACTIONS, PROMPTS, action_pose, clip_times, joint_p
 from mannequin.camera import keypoints_2d
 from mannequin.spec import AMPLITUDE, HELD_OUT, SPEED, ClipSpec, in_ranges, sample_spec, spec_hues
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO  # noqa: E402
 CORE = ("arm_wave", "squat", "jumping_jack", "punch", "kick", "bow", "turn", "jump")
 
 

@@ -13,8 +13,8 @@ from flash_engine.training.clips import scan_clips
 from flash_engine.training.config import TrainConfig
 from flash_engine.training.motion_alignment import align_motion, motion_channels
 from flash_engine.training.trainer import FlashTrainer, is_trainable_unet_parameter, sample_timesteps
-from tests.clipgen import make_clips, moving_disc, write_mp4
-from tests.devicecheck import HostToDeviceCopies
+from tests.support.clipgen import make_clips, moving_disc, write_mp4
+from tests.support.devicecheck import HostToDeviceCopies
 
 SMALL = dict(num_frames=6, stride=1, width=64, height=64, checkpoint_every=1000)
 

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODULE = "bl_ext.user_default.flash_previs"  # the installed extension's module name
 
 

@@ -15,6 +15,7 @@ from flash_engine.presets import (
     list_presets,
     load_preset,
 )
+from tests.conftest import REPO
 
 PAPER_ACTIONS = {
     "push_up", "arm_wave", "shoot_dance", "running_in_place", "sprint_run", "backflip",
@@ -47,7 +48,7 @@ def bad(tmp_path: Path, text: str, filename: str = "broken.toml") -> FlashError:
 # ---------------------------------------------------------------- shipped presets
 
 def test_presets_dir_is_repo_folder():
-    assert PRESETS_DIR == Path(__file__).resolve().parent.parent / "presets"
+    assert PRESETS_DIR == REPO / "presets"
     assert PRESETS_DIR.is_dir()
 
 

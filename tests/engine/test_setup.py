@@ -15,7 +15,7 @@ import pytest
 from flash_engine import setup
 from flash_engine.setup import Machine, SetupError, check_interpreter, choose_torch_index, env_status, install
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO  # noqa: E402
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub_standin import ADAPTER_REPO, SD15_REPO, Hub, tiny_repos
+from tests.support.hub_standin import ADAPTER_REPO, SD15_REPO, Hub, tiny_repos
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO  # noqa: E402
 UNET = "unet/diffusion_pytorch_model.safetensors"
 ADAPTER = "motion_adapter/diffusion_pytorch_model.safetensors"
 

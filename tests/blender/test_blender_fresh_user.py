@@ -5,7 +5,7 @@ One Blender process (``scenario``) clicks Animate before any setup, with an engi
 that lacks torch, and with a folder no one can write; deletes the trained action its scene
 uses; runs the batch script's entry with ``--save`` over an existing copy; and downloads base
 weights from the Preferences button against a stand-in of the model hub on 127.0.0.1 (this
-test's ``hub`` fixture, see tests/hub_standin.py): cancelled half-way, resumed, whole.
+test's ``hub`` fixture, see tests/support/hub_standin.py): cancelled half-way, resumed, whole.
 The engine never needs to load a model, so the module takes seconds.
 """
 
@@ -27,9 +27,9 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
                                 reason="needs the bpy 5.0.1 wheel (the test extra)")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
-from tests.blender_harness import (  # noqa: E402
+from tests.support.blender_harness import (  # noqa: E402
     MODULE, Drawer, Layout, build_extension_zip, isolated_env, layout_problems,
 )
 
@@ -44,7 +44,7 @@ ADAPTER = "motion_adapter/diffusion_pytorch_model.safetensors"
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory) -> dict:
-    from tests.hub_standin import ADAPTER_REPO, SD15_REPO, Hub, tiny_repos
+    from tests.support.hub_standin import ADAPTER_REPO, SD15_REPO, Hub, tiny_repos
 
     tmp = tmp_path_factory.mktemp("blender-fresh")
     zip_path = build_extension_zip(tmp / "dist")

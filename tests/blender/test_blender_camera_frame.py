@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
                                 reason="needs the bpy 5.0.1 wheel (the test extra)")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 TYPES = ("PERSP", "ORTHO")
 FITS = ("AUTO", "HORIZONTAL", "VERTICAL")

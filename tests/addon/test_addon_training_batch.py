@@ -17,9 +17,9 @@ from flash_blender import batch, clipcheck, training
 from flash_blender.engine import EngineConfig, EngineManager
 from flash_blender.errors import PlanError
 from flash_engine.client import EngineError
-from tests.fake_client import FakeClient
+from tests.support.fake_client import FakeClient
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO  # noqa: E402
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
 MP4 = b"\x00\x00\x00\x20ftypisom" + b"\x00" * 24
 MOV = b"\x00\x00\x00\x08wide" + b"\x00" * 24
@@ -370,7 +370,7 @@ def test_the_precheck_agrees_with_the_engines_scan(clips, tmp_path):
     match, and a clip the pre-check calls bad is one the engine skips too (the reverse may
     differ: only the engine decodes videos)."""
     from flash_engine.training.clips import IMAGE_SUFFIXES, VIDEO_SUFFIXES, scan_clips
-    from tests.clipgen import make_clips
+    from tests.support.clipgen import make_clips
 
     assert set(clipcheck.VIDEO_SUFFIXES) == VIDEO_SUFFIXES and set(clipcheck.IMAGE_SUFFIXES) == IMAGE_SUFFIXES
     make_clips(clips, count=2, frames=8)  # real ones beside the fakes: clip0.mp4, clip1/

@@ -131,7 +131,7 @@ def test_fetch_lays_out_what_the_loader_reads(tmp_path, monkeypatch):
     """A stand-in hub that serves the tiny model: fetch must end in a loadable folder."""
     from flash_engine import weights
     from flash_engine.models.loading import load_base
-    from tests.hub_standin import Hub, tiny_repos
+    from tests.support.hub_standin import Hub, tiny_repos
 
     hub = Hub(tiny_repos(tmp_path / "hub")).start()
     try:
