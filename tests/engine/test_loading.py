@@ -288,3 +288,33 @@ def test_weights_with_custom_code_are_refused_and_never_run(saved_tiny, tmp_path
     assert "\n" not in message and "custom code" in message and err.value.code == "weights_unsafe"
     if precheck == "folder check":
         assert "tokenizer/tokenizer_config.json" in message and "auto_map" in message
+
+
+def test_model_limits_are_read_from_the_configs_without_loading(tmp_path, monkeypatch):
+    """The built-in models' stated limits equal what their saved configs say, and a folder's are read
+    from its configs alone (no weights load)."""
+    from flash_engine.models import loading
+    from flash_engine.models.tiny import tiny_parts
+
+    folder = loading.save_folder(tiny_parts(), tmp_path / "tiny-folder")
+    monkeypatch.setattr(loading, "load_folder", lambda *a, **k: pytest.fail("weights were loaded"))
+    assert loading.model_limits(str(folder)) == loading.model_limits("tiny") == {
+        "width": 64, "height": 64, "max_frames": 32, "latent_channels": 4, "fps": 8}
+    assert loading.model_limits("mannequin") == {"width": 64, "height": 64, "max_frames": 32, "latent_channels": 8,
+                                                 "fps": 8}
+    (folder / "motion_adapter" / "config.json").write_text("{not json")
+    with pytest.raises(FlashError, match="unreadable model config"):
+        loading.model_limits(str(folder))
+
+
+def test_a_models_native_size_is_the_default_clip_size(tmp_path, capsys):
+    import json
+
+    from flash_engine.cli import main
+
+    image = tmp_path / "wide.png"
+    draw_scene(320, 180).save(image)
+    assert main(["animate", "--image", str(image), "--prompt", "a person is waving.", "--model", "tiny",
+                 "--frames", "2", "--steps", "1", "--out", str(tmp_path / "take")]) == 0
+    settings = json.loads((tmp_path / "take" / "flash.json").read_text())["settings"]
+    assert (settings["width"], settings["height"]) == (64, 40)  # tiny's native 64, not 512

@@ -590,3 +590,12 @@ def test_a_queued_animate_holds_no_decoded_reference(tmp_path):
     assert harness.until(lambda e: e.get("job") == "a1" and e["type"] in P.TERMINAL_EVENTS)["data"] == {"ran": True}
     assert queued.prepared is None  # a finished job drops what it held
     harness.close()
+
+
+def test_hello_reports_the_default_models_limits():
+    from flash_engine.models.loading import model_limits
+    from flash_engine.server import Engine
+
+    assert Engine({"model": "tiny"}).hello()["model_limits"] == model_limits("tiny")
+    assert Engine({"model": "mannequin"}).hello()["model_limits"]["width"] == 64
+    assert Engine({"model": "/nowhere/weights"}).hello()["model_limits"] is None  # said, not fatal

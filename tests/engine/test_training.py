@@ -522,3 +522,26 @@ def test_train_json_output_is_strict_json_without_unet_steps(clips_dir, tmp_path
     lines = capsys.readouterr().out.splitlines()
     events = [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}")) for line in lines]
     assert events[-1]["type"] == "result" and events[-1]["loss"] == {"unet_first": None, "unet_last": None}
+
+
+def test_force_keeps_the_old_checkpoint_until_the_job_runs(clips_dir, tmp_path):
+    """A queued --force train that is cancelled before it starts must not have cost the old run."""
+    from flash_engine.errors import JobCancelled
+    from flash_engine.training.job import TrainRequest, resolve_train, run_train, scan_train_clips
+    from flash_engine.training.trainer import read_checkpoint_meta
+
+    def request(**kw):
+        return TrainRequest(clips=[str(clips_dir)], action="disc", prompt=["a disc is moving."],
+                            out=str(tmp_path / "disc"), model="tiny", steps=3, decoder_steps=0, resolution="64",
+                            frames=6, stride=1, **kw)
+
+    job = resolve_train(request())
+    scan_train_clips(job)
+    with pytest.raises(JobCancelled):  # stopped after two steps: the checkpoint says 2
+        run_train(job, progress=lambda *a, **k: None, should_cancel=iter([False, False, True]).__next__)
+    work = job.work_dir
+    assert read_checkpoint_meta(work)["step"] == 2
+    forced = resolve_train(request(force=True))
+    assert read_checkpoint_meta(work)["step"] == 2  # checking the request removed nothing
+    result = run_train(forced)
+    assert result["steps_done"] == 3 and not work.exists()  # started over, then finished
