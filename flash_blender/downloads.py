@@ -10,11 +10,9 @@ bytes it got stay in ``DIR/.flash-download`` and the next run continues from the
 from __future__ import annotations
 
 import json
-import subprocess
-import threading
 import time
 
-CANCEL_WAIT_S = 10.0
+from .process_run import ProcessRun
 
 
 def fetch_command(python: str, dest) -> list[str]:
@@ -40,53 +38,40 @@ def state_text(state: dict) -> str:
     return "Base weights: not downloaded (the built-in model animates until they are)"
 
 
-class DownloadRun:
+class DownloadRun(ProcessRun):
     """One downloader run: events arrive on a thread; the UI polls without blocking."""
 
+    thread_name = "flash-download-output"
+
     def __init__(self, command: list[str], env: dict | None = None, cwd: str | None = None, clock=time.monotonic):
-        self.command = list(command)
         self.done, self.total, self.file = 0, None, ""
-        self.returncode: int | None = None
-        self.error, self.cancelled = "", False
+        self.cancelled = False
         self.output: list[str] = []  # what was not an event (tracebacks, warnings): for the error
         self._clock = clock
         self._rate: tuple | None = None  # (when, bytes then, bytes/s), from the first event on
-        self._lock = threading.Lock()
-        try:
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, text=True, errors="replace", env=env, cwd=cwd)
-        except OSError as err:
-            self.process, self.returncode = None, 127
-            self.error = f"cannot run {command[0]}: {err}"
-            self._thread = None
-            return
-        self._thread = threading.Thread(target=self._read, name="flash-download-output", daemon=True)
-        self._thread.start()
+        super().__init__(command, env=env, cwd=cwd)
 
-    def _read(self) -> None:
-        for raw in self.process.stdout:
-            line = raw.strip()
-            try:
-                event = json.loads(line) if line.startswith("{") else None
-            except ValueError:
-                event = None
-            with self._lock:
-                if not isinstance(event, dict):
-                    if line:
-                        self.output = (self.output + [line])[-20:]
-                    continue
-                kind = event.get("event")
-                if kind in ("progress", "done"):
-                    self._progress(int(event.get("done") or 0), event.get("total"), event.get("file", ""))
-                elif kind == "error":
-                    hint = event.get("hint")
-                    self.error = event.get("message", "the download failed") + (f" ({hint})" if hint else "")
-        code = self.process.wait()
-        with self._lock:
-            if code != 0 and not self.error and not self.cancelled:
-                last = self.output[-1] if self.output else ""
-                self.error = f"the download stopped with code {code}" + (f": {last}" if last else "")
-            self.returncode = code
+    def on_line(self, line: str) -> None:
+        line = line.strip()
+        try:
+            event = json.loads(line) if line.startswith("{") else None
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            if line:
+                self.output = (self.output + [line])[-20:]
+            return
+        kind = event.get("event")
+        if kind in ("progress", "done"):
+            self._progress(int(event.get("done") or 0), event.get("total"), event.get("file", ""))
+        elif kind == "error":
+            hint = event.get("hint")
+            self.error = event.get("message", "the download failed") + (f" ({hint})" if hint else "")
+
+    def on_exit(self, code: int) -> None:
+        if code != 0 and not self.error and not self.cancelled:
+            last = self.output[-1] if self.output else ""
+            self.error = f"the download stopped with code {code}" + (f": {last}" if last else "")
 
     def _progress(self, done: int, total, file: str) -> None:
         now = self._clock()
@@ -96,11 +81,6 @@ class DownloadRun:
         if now - when >= 1.0:  # a rate over the last second or so, not per event
             self._rate = (now, done, max(done - before, 0) / (now - when))
         self.done, self.total, self.file = done, total, file
-
-    @property
-    def finished(self) -> bool:
-        with self._lock:
-            return self.returncode is not None
 
     @property
     def ok(self) -> bool:
@@ -131,14 +111,3 @@ class DownloadRun:
             if self.returncode is None:
                 self.cancelled = True
         self.stop()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # the downloader closes its file and exits
-            try:
-                self.process.wait(CANCEL_WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        if self._thread is not None:
-            self._thread.join(5)

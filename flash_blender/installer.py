@@ -10,10 +10,10 @@ from __future__ import annotations
 import collections
 import os
 import re
-import subprocess
 import sys
-import threading
 from pathlib import Path
+
+from .process_run import ProcessRun
 
 STEP = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)$")
 LINES_KEPT = 400
@@ -36,56 +36,37 @@ def child_environment(engine_path: Path | None) -> dict:
     return env
 
 
-class SetupRun:
+class SetupRun(ProcessRun):
     """One installer run: lines arrive on a thread; ``poll()`` from the UI never blocks."""
 
+    thread_name = "flash-setup-output"
+
     def __init__(self, command: list[str], env: dict | None = None, cwd: str | None = None):
-        self.command = list(command)
         self.lines: collections.deque[str] = collections.deque(maxlen=LINES_KEPT)
         self.step = (0, 0, "")  # (n, N, title) of the last "[n/N] title" line
-        self.returncode: int | None = None
-        self.error = ""
         self.count = 0  # lines read so far (the deque keeps the last LINES_KEPT)
         self._expect_hint = False
-        self._lock = threading.Lock()
-        try:
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                            env=env, cwd=cwd)
-        except OSError as err:
-            self.process, self.returncode = None, 127
-            self.error = f"cannot run {command[0]}: {err}"
-            self.lines.append(self.error)
-            self._thread = None
-            return
-        self._thread = threading.Thread(target=self._read, name="flash-setup-output", daemon=True)
-        self._thread.start()
+        super().__init__(command, env=env, cwd=cwd)
 
-    def _read(self) -> None:
-        for raw in self.process.stdout:
-            line = raw.rstrip("\r\n")
-            with self._lock:
-                self.lines.append(line)
-                self.count += 1
-                match = STEP.match(line)
-                if match:
-                    self.step = (int(match.group(1)), int(match.group(2)), match.group(3))
-                if line.startswith("error: "):  # the installer's last words: "error: what" then "  the fix"
-                    self.error, self._expect_hint = line[len("error: "):].strip(), True
-                elif self._expect_hint:
-                    if line.strip():
-                        self.error += f" ({line.strip()})"
-                    self._expect_hint = False
-        code = self.process.wait()
-        with self._lock:
-            if code != 0 and not self.error:
-                self.error = f"the engine setup exited with code {code}"
-            self.returncode = code
+    def on_start_failed(self) -> None:
+        self.lines.append(self.error)
 
-    @property
-    def finished(self) -> bool:
-        with self._lock:
-            return self.returncode is not None
+    def on_line(self, line: str) -> None:
+        self.lines.append(line)
+        self.count += 1
+        match = STEP.match(line)
+        if match:
+            self.step = (int(match.group(1)), int(match.group(2)), match.group(3))
+        if line.startswith("error: "):  # the installer's last words: "error: what" then "  the fix"
+            self.error, self._expect_hint = line[len("error: "):].strip(), True
+        elif self._expect_hint:
+            if line.strip():
+                self.error += f" ({line.strip()})"
+            self._expect_hint = False
+
+    def on_exit(self, code: int) -> None:
+        if code != 0 and not self.error:
+            self.error = f"the engine setup exited with code {code}"
 
     @property
     def ok(self) -> bool:
@@ -115,14 +96,3 @@ class SetupRun:
             lines, count = list(self.lines), self.count
         first_kept = count - len(lines)
         return lines[max(seen - first_kept, 0):], count
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        if self._thread is not None:
-            self._thread.join(5)

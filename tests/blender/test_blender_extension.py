@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
 from tests.support.blender_harness import (  # noqa: E402
-    MODULE, Drawer, Layout, build_extension_zip, isolated_env, layout_problems,
+    MODULE, Drawer, Layout, layout_problems, run_scenario, scenario_part,
 )
 
 SMALL = {"frames": 3, "steps": 2, "long_side": 64}  # 64x48 from the 4:3 shot: a second per job
@@ -38,22 +37,10 @@ SMALL = {"frames": 3, "steps": 2, "long_side": 64}  # 64x48 from the 4:3 shot: a
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("blender")
-    zip_path = build_extension_zip(tmp / "dist")
-    out = tmp / "record.json"
-    proc = subprocess.run([sys.executable, __file__, str(zip_path), str(tmp / "work"), str(out)],
-                          env=isolated_env(tmp), cwd=tmp, capture_output=True, text=True, timeout=600)
-    log = proc.stdout[-6000:] + proc.stderr[-6000:]
-    assert out.is_file(), f"the Blender scenario wrote no record (exit {proc.returncode}):\n{log}"
-    data = json.loads(out.read_text())
-    data["_log"] = log
-    return data
+    return run_scenario(__file__, tmp_path_factory.mktemp("blender"))
 
 
-def part(record: dict, name: str) -> dict:
-    if name not in record:
-        pytest.fail(f"the scenario did not reach '{name}': {record.get('error', '')}\n{record['_log']}")
-    return record[name]
+part = scenario_part
 
 
 def close(a, b, tol=1e-4) -> bool:

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import re
-import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -30,7 +29,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
 from tests.support.blender_harness import (  # noqa: E402
-    MODULE, Drawer, Layout, build_extension_zip, isolated_env, layout_problems,
+    MODULE, Drawer, Layout, isolated_env, layout_problems, run_scenario, scenario_part,
 )
 
 UNWRITABLE = "/sys/flash-takes"  # mkdir there fails with EPERM, even for root
@@ -47,7 +46,6 @@ def record(tmp_path_factory) -> dict:
     from tests.support.hub_standin import ADAPTER_REPO, SD15_REPO, Hub, tiny_repos
 
     tmp = tmp_path_factory.mktemp("blender-fresh")
-    zip_path = build_extension_zip(tmp / "dist")
     repos = tiny_repos(tmp / "repos")
     hub = Hub(repos).start()
     unet_size = (repos[SD15_REPO] / UNET).stat().st_size
@@ -57,18 +55,12 @@ def record(tmp_path_factory) -> dict:
     no_torch = tmp / "python-without-torch"  # this interpreter without its site-packages: no torch
     no_torch.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
     no_torch.chmod(0o755)
-    out = tmp / "record.json"
     env = {**isolated_env(tmp), "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp / "hf-home"),
            "HF_HUB_DISABLE_TELEMETRY": "1"}
     try:
-        proc = subprocess.run([sys.executable, __file__, str(zip_path), str(tmp / "work"), str(out), str(no_torch),
-                               str(unet_size // 3)], env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
+        data = run_scenario(__file__, tmp, no_torch, unet_size // 3, env=env)
     finally:
         hub.stop()
-    log = proc.stdout[-6000:] + proc.stderr[-6000:]
-    assert out.is_file(), f"the Blender scenario wrote no record (exit {proc.returncode}):\n{log}"
-    data = json.loads(out.read_text())
-    data["_log"], data["_stdout"] = log, proc.stdout + proc.stderr
     data["_hub"] = {"requests": hub.requests, "unet_size": unet_size, "adapter_size": adapter_size,
                     "served": {UNET: str(repos[SD15_REPO] / UNET),
                                ADAPTER: str(repos[ADAPTER_REPO] / "diffusion_pytorch_model.safetensors"),
@@ -76,10 +68,7 @@ def record(tmp_path_factory) -> dict:
     return data
 
 
-def part(record: dict, name: str) -> dict:
-    if name not in record:
-        pytest.fail(f"the scenario did not reach '{name}': {record.get('error', '')}\n{record['_log']}")
-    return record[name]
+part = scenario_part
 
 
 def test_a_fresh_user_is_told_to_set_up_and_nothing_is_created(record):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
-from tests.support.blender_harness import MODULE, build_extension_zip, isolated_env  # noqa: E402
+from tests.support.blender_harness import MODULE, run_scenario, scenario_part  # noqa: E402
 
 SMALL = {"frames": 4, "steps": 1, "long_side": 64}
 CARDS = {"CamA": (0.8, 0.05, 0.05), "CamB": (0.05, 0.8, 0.05), "CamC": (0.05, 0.05, 0.8)}
@@ -40,24 +39,10 @@ CLOSE = 2.0  # mean absolute error (0-255) of a render that shows the frame (Cyc
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("blender-picture")
-    zip_path = build_extension_zip(tmp / "dist")
-    out = tmp / "record.json"
-    proc = subprocess.run([sys.executable, __file__, str(zip_path), str(tmp / "work"), str(out)],
-                          env=isolated_env(tmp), cwd=tmp, capture_output=True, text=True, timeout=900)
-    log = proc.stdout[-6000:] + proc.stderr[-6000:]
-    assert out.is_file(), f"the Blender scenario wrote no record (exit {proc.returncode}):\n{log}"
-    data = json.loads(out.read_text())
-    data["_log"] = log
-    return data
+    return run_scenario(__file__, tmp_path_factory.mktemp("blender-picture"), timeout=900)
 
 
-def part(record: dict, name: str) -> dict:
-    if name not in record:
-        pytest.fail(f"the scenario did not reach '{name}': {record.get('errors', {})}\n{record['_log']}")
-    if name in record.get("errors", {}):
-        pytest.fail(f"'{name}' failed in Blender:\n{record['errors'][name]}")
-    return record[name]
+part = scenario_part
 
 
 def dominant(colour) -> str:

@@ -5,7 +5,9 @@ Blender's own RNA, since background mode draws nothing."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +35,34 @@ def build_extension_zip(dest: Path) -> Path:
     finally:
         sys.path.remove(str(REPO / "tools"))
     return build(dest)
+
+
+def run_scenario(script: str | Path, tmp: Path, *args, env: dict | None = None, timeout: float = 600) -> dict:
+    """Run a test file as Blender runs ``blender -b -P script -- ARGS``: its own process, the
+    extension zip just built, an isolated user directory. The script's ``scenario(zip, work,
+    out, *args)`` writes its record to ``out``; returns that record, with the process's
+    output under ``_log`` (tails) and ``_stdout`` (all of it)."""
+    zip_path = build_extension_zip(tmp / "dist")
+    out = tmp / "record.json"
+    proc = subprocess.run([sys.executable, str(script), str(zip_path), str(tmp / "work"), str(out), *map(str, args)],
+                          env=env or isolated_env(tmp), cwd=tmp, capture_output=True, text=True, timeout=timeout)
+    log = proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert out.is_file(), f"the Blender scenario wrote no record (exit {proc.returncode}):\n{log}"
+    record = json.loads(out.read_text())
+    record["_log"], record["_stdout"] = log, proc.stdout + proc.stderr
+    return record
+
+
+def scenario_part(record: dict, name: str) -> dict:
+    """One named part of a scenario's record, or the test fails with what went wrong there."""
+    import pytest
+
+    if name not in record:
+        pytest.fail(f"the scenario did not reach '{name}': {record.get('errors') or record.get('error', '')}\n"
+                    f"{record['_log']}")
+    if name in record.get("errors", {}):
+        pytest.fail(f"'{name}' failed in Blender:\n{record['errors'][name]}")
+    return record[name]
 
 
 class Layout:
