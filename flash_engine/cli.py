@@ -17,11 +17,6 @@ from flash_engine.errors import FlashError
 from flash_engine.library_logs import quiet_libraries
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """--model, --motion-adapter, --device, --precision, --offload (serve's request defaults)."""
-    R.add_arguments(parser, R.AnimateRequest, only=R.SERVICE_DEFAULTS)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flash_engine", description="FLASH image animation engine")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="default", help="as for animate (default: the default model)")
 
     serve = commands.add_parser("serve", help="the engine service for the Blender add-on: JSON lines on stdin/stdout")
-    add_model_args(serve)  # defaults for requests that leave model/device/precision/offload out
+    # --model, --motion-adapter, --device, --precision, --offload: defaults for requests that leave them out
+    R.add_arguments(serve, R.AnimateRequest, only=R.SERVICE_DEFAULTS)
     return parser
 
 
