@@ -20,7 +20,7 @@ from flash_engine.actions import Action, read_action
 from flash_engine.errors import FlashError
 from flash_engine.images import fit_reference, load_reference, resolve_size, save_frames, write_mp4
 from flash_engine.layout import TAKE_MANIFEST, TAKE_MP4
-from flash_engine.output import check_destination, normalise, os_error, staged_folder
+from flash_engine.output import check_destination, file_digest, normalise, os_error, staged_folder
 from flash_engine.presets import Preset, find_preset
 from flash_engine.models.loading import BUILT_IN, MANNEQUIN, check_mannequin, check_weights_folder, model_limits
 from flash_engine.requests import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_STEPS, AnimateRequest, validate
@@ -32,9 +32,10 @@ METADATA_FILE = TAKE_MANIFEST
 ExtraFiles = Callable[[Path, object], list]
 
 
-def written_take_files(folder: Path) -> set[str] | None:
-    """The names the engine wrote into a take folder, from its ``flash.json``; None when the
-    folder has no engine manifest (then it is not a take, and never replaced)."""
+def written_take_files(folder: Path) -> dict[str, str | None] | None:
+    """The names the engine wrote into a take folder, with their SHA-256 as written, from its
+    ``flash.json``; None when the folder has no engine manifest (then it is not a take, and
+    never replaced)."""
     try:
         metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -44,8 +45,10 @@ def written_take_files(folder: Path) -> set[str] | None:
     files = metadata.get("files")
     if not isinstance(files, list):  # takes written before "files" existed
         files = list(metadata.get("frames") or []) + ([metadata["mp4"]] if metadata.get("mp4") else [])
-    names = {name for name in files if isinstance(name, str) and name and "/" not in name and name not in (".", "..")}
-    return names | {METADATA_FILE}
+    digests = metadata.get("sha256") if isinstance(metadata.get("sha256"), dict) else {}
+    names = {name: digests.get(name) if isinstance(digests.get(name), str) else None for name in files
+             if isinstance(name, str) and name and "/" not in name and "\\" not in name and name not in (".", "..")}
+    return {**names, METADATA_FILE: None}  # flash.json itself is rewritten by every take
 
 
 def clip_fps(request: AnimateRequest, action) -> float:
@@ -195,9 +198,10 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
             },
             "frames": files[: job.frames],
             "mp4": TAKE_MP4 if request.mp4 else None,
-            # Every file the engine wrote here: --overwrite replaces this folder only while it
-            # holds nothing else, and removes only these.
+            # Every file the engine wrote here, and its SHA-256: --overwrite replaces this folder
+            # only while it holds nothing else and none of these was edited, and removes only these.
             "files": files,
+            "sha256": {name: file_digest(staging / name) for name in files},
             "timings_s": timings,
         }
         try:

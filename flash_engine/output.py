@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -33,7 +34,9 @@ from flash_engine.layout import (ACTION_DECODER, ACTION_MANIFEST, ACTION_UNET, O
                                  TAKE_MANIFEST, TAKE_MP4)
 from flash_engine.tensorfiles import current_umask
 
-WrittenFiles = Callable[[Path], "set[str] | None"]
+# A folder's manifest → the names the engine wrote there, each with the SHA-256 it had when
+# written (None where the manifest records none); None: the folder has no manifest of ours.
+WrittenFiles = Callable[[Path], "dict[str, str | None] | None"]
 
 NAME_MAX_BYTES = 255
 PATH_MAX_BYTES = 4096
@@ -133,9 +136,18 @@ def check_destination(dest: str | Path, overwrite: bool, written_files: WrittenF
     return dest
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, hex: what a manifest records so a later replace can tell an edited file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_replaceable(folder: Path, written_files: WrittenFiles) -> set[str]:
     """The names to remove when ``folder`` is replaced; a FlashError unless the engine wrote
-    every entry in it."""
+    every entry in it and none of them was changed since (an artist's paint-over is theirs)."""
     claimed = written_files(folder)
     if claimed is None:
         raise FlashError(f"{folder} was not written by the engine (no manifest): --overwrite replaces only "
@@ -144,12 +156,17 @@ def check_replaceable(folder: Path, written_files: WrittenFiles) -> set[str]:
         entries = set(os.listdir(folder))
     except OSError as err:
         raise os_error(err, folder, "read") from err
-    others = sorted(entries - claimed)
+    others = sorted(entries - set(claimed))
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise FlashError(f"{folder} holds files the engine did not write ({shown}): not replacing it",
                          "move those files out or choose another --out", code="output_exists")
-    return claimed
+    for name in sorted(entries):
+        path, recorded = folder / name, claimed[name]
+        if recorded is not None and (path.is_symlink() or not path.is_file() or file_digest(path) != recorded):
+            raise FlashError(f"{path} was changed after the engine wrote it: not replacing {folder}",
+                             "keep your edit: choose another --out, or move the folder away", code="output_exists")
+    return set(claimed)
 
 
 # ---------------------------------------------------------------------------------------

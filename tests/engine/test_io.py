@@ -48,7 +48,7 @@ def test_staged_folder_overwrite_keeps_old_until_success(tmp_path):
     (dest / "old.txt").write_text("old")
 
     def written(folder):  # the folder's manifest claims old.txt (and new.txt, once written)
-        return {"old.txt", "new.txt"}
+        return dict.fromkeys(("old.txt", "new.txt"))
 
     with pytest.raises(RuntimeError):
         with staged_folder(dest, overwrite=True, written_files=written):

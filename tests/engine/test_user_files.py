@@ -374,3 +374,14 @@ def test_a_clip_too_large_for_the_device_is_refused_with_a_size_that_fits(tmp_pa
 def test_a_4096_clip_on_this_machine_is_refused_up_front(tmp_path, capsys, reference_png, no_model_load):
     expect_error(capsys, animate_args(reference_png, tmp_path / "take", "--frames", "16", "--width", "4096",
                                       "--height", "4096"), "GiB", "use at most")
+
+
+def test_a_frame_edited_after_the_take_is_never_replaced(tmp_path, capsys, reference_png, monkeypatch):
+    out = tmp_path / "take"
+    assert main(animate_args(reference_png, out)) == 0
+    monkeypatch.setattr(warm.PipelineCache, "get", lambda *a, **k: pytest.fail("a model was loaded first"))
+    painted = out / "frame_0002.png"
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(painted)  # an artist's paint-over, under the same name
+    expect_error(capsys, animate_args(reference_png, out, "--overwrite"), "frame_0002.png", "changed")
+    with Image.open(painted) as image:
+        assert image.getpixel((0, 0)) == (255, 0, 0)
