@@ -13,7 +13,7 @@ from .camera_frame import CameraParams, clamp_distance, frame_corners, frame_fit
 from .display import frame_colorspace
 from .take_planning import blend_relative, first_free_channel
 from .errors import PlanError
-from .reference import TAKE_PROPERTY, camera_kept
+from .reference import TAKE_PROPERTY, camera_kept, fcurves
 from .takes import Take, TakeResult
 from .timing import HIDE, HOLD, TakeTiming, scene_fps
 
@@ -87,17 +87,8 @@ def show_textures_in_solid(scene) -> bool:
     return changed
 
 
-def _fcurves(id_block):
-    """The F-curves of ``id_block``'s action (Blender 5: layers > strips > channel bags)."""
-    action = id_block.animation_data.action if id_block.animation_data else None
-    if action is None:
-        return []
-    return [fcurve for layer in action.layers for strip in layer.strips for bag in strip.channelbags
-            for fcurve in bag.fcurves]
-
-
 def _interpolate(id_block, paths: tuple[str, ...], mode: str) -> None:
-    for fcurve in _fcurves(id_block):
+    for fcurve in fcurves(id_block):
         if fcurve.data_path.endswith(paths):
             for key in fcurve.keyframe_points:
                 key.interpolation = mode

@@ -90,18 +90,37 @@ def camera_kept(scene):
             scene.camera = camera
 
 
+def fcurves(id_block):
+    """The F-curves of ``id_block``'s action (Blender 5: layers > strips > channel bags)."""
+    action = id_block.animation_data.action if id_block.animation_data else None
+    if action is None:
+        return []
+    return [fcurve for layer in action.layers for strip in layer.strips for bag in strip.channelbags
+            for fcurve in bag.fcurves]
+
+
 @contextlib.contextmanager
 def takes_hidden_from_render(scene):
-    """Earlier takes' planes sit in front of the camera: keep them out of the reference."""
-    hidden = [obj for obj in scene.objects if TAKE_PROPERTY in obj and not obj.hide_render]
-    for obj in hidden:
+    """Earlier takes' planes sit in front of the camera: keep them out of the reference.
+    A take hidden outside its frames has keyed visibility, which the render would evaluate
+    again: those keys are muted for the render and unmuted after."""
+    takes = [obj for obj in scene.objects if TAKE_PROPERTY in obj]
+    before = [(obj, obj.hide_render) for obj in takes]
+    muted = [curve for obj in takes for curve in fcurves(obj)
+             if curve.data_path == "hide_render" and not curve.mute]
+    for curve in muted:
+        curve.mute = True
+    for obj in takes:
         obj.hide_render = True
     try:
         yield
     finally:
-        for obj in hidden:
+        for curve in muted:
             with contextlib.suppress(ReferenceError):
-                obj.hide_render = False
+                curve.mute = False
+        for obj, value in before:
+            with contextlib.suppress(ReferenceError):
+                obj.hide_render = value
 
 
 def render_reference(scene, path: Path, width: int, height: int) -> Path:

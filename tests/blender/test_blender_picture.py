@@ -118,6 +118,12 @@ def test_hide_outside_the_take_shows_the_set_instead(record):
     assert before["magenta"] < 0.01
 
 
+def test_a_hidden_takes_plane_stays_out_of_the_next_reference(record):
+    retake = part(record, "zoom")["retake"]
+    assert retake["result"] == ["FINISHED"], retake
+    assert retake["error_to_empty_set"] < 0.5, retake  # the set, not the earlier take's clip
+
+
 def test_the_plane_follows_an_animated_focal_length(record):
     zoom = part(record, "zoom")
     assert zoom["lens"] == {"50": 35.0, "53": 52.5, "56": 70.0}
@@ -381,6 +387,8 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
                 key.interpolation = 'LINEAR'
         scene.frame_set(48)
         empty_set = render(scene, "zoom_empty_set")
+        scene.frame_set(53)
+        empty_53 = render(scene, "zoom_empty_53")
         scene.frame_set(50)
         scene.flash.outside = 'HIDE'
         result, error = call(bpy.ops.flash.animate_action, action="soccer_shoot", output='PLANE', frames=3, steps=1,
@@ -393,9 +401,21 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
             shown[str(frame)] = compare(render(scene, f"zoom_{frame}"), frames)
         scene.frame_set(48)
         before = render(scene, "zoom_before")
+        # A new take inside the hidden take's frames: its reference is the set, not the old clip
+        # (the old plane's visibility is keyed, so hiding it takes more than hide_render).
+        scene.frame_set(53)
+        again, again_error = call(bpy.ops.flash.animate_action, action="soccer_shoot", output='PLANE', frames=2,
+                                  steps=1, long_side=64)
+        second = last_take()
+        reference = pixels(work_dir / "flash" / f"{second}.reference.png")
+        if bpy.data.objects.get(second) is not None:
+            bpy.data.objects.remove(bpy.data.objects[second])
         record["zoom"] = {"result": result, "error": error, "shown": shown, "lens": lenses,
                           "before_take": {"error_to_empty_set": round(float(np.abs(before - empty_set).mean()), 3),
-                                          "magenta": compare(before, frames)["magenta"]}}
+                                          "magenta": compare(before, frames)["magenta"]},
+                          "retake": {"result": again, "error": again_error,
+                                     "error_to_empty_set": round(float(np.abs(reference - empty_53).mean()), 3)
+                                     if reference.shape == empty_53.shape else 1e9}}
         scene.flash.outside = 'HOLD'
 
     @step("transparent")
