@@ -3,6 +3,7 @@ files the engine says it wrote (``takes.TakeResult``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -43,11 +44,40 @@ def results_collection(scene):
     return collection
 
 
+BLENDER_INT = range(-2**31, 2**31)  # what an ID property stores as a number
+
+
 def _tag(id_block, meta: dict) -> None:
     id_block[TAKE_PROPERTY] = meta["take"]
     for key in ("action", "camera", "seed", "prompt", "folder"):
         if key in meta:
-            id_block[f"flash_{key}"] = meta[key]
+            value = meta[key]
+            if isinstance(value, int) and value not in BLENDER_INT:  # a 64-bit seed: kept whole, as text
+                value = str(value)
+            id_block[f"flash_{key}"] = value
+
+
+@contextlib.contextmanager
+def nothing_left_on_failure(scene):
+    """A take imports whole or not at all: what a failed import made (objects, meshes,
+    materials, images, strips) is removed again, so nothing looks like a finished take."""
+    collections = (bpy.data.objects, bpy.data.meshes, bpy.data.materials, bpy.data.images)
+    before = [set(collection) for collection in collections]
+    editor = scene.sequence_editor
+    strips_before = set(editor.strips_all) if editor is not None else set()
+    try:
+        yield
+    except BaseException:
+        editor = scene.sequence_editor
+        if editor is not None:
+            for strip in [s for s in editor.strips_all if s not in strips_before]:
+                with contextlib.suppress(ReferenceError, RuntimeError):
+                    editor.strips.remove(strip)
+        for collection, existing in zip(collections, before):
+            for block in [b for b in collection if b not in existing]:
+                with contextlib.suppress(ReferenceError, RuntimeError):
+                    collection.remove(block)
+        raise
 
 
 def colorspace_for(scene) -> str:
@@ -253,6 +283,17 @@ def import_take(context, take: Take, result: TakeResult) -> tuple[str, list[str]
     render = scene.render
     timing = TakeTiming(frame_start=take.frame_start, clip_frames=len(frames), clip_fps=result.fps,
                         scene_fps=scene_fps(render.fps, render.fps_base))
+    with nothing_left_on_failure(scene):
+        _add_outputs(context, scene, take, frames, folder, timing, tags, made, notes)
+    base = " (base model only)" if take.base_model_only else ""
+    message = (f"{name}: {timing.describe()}{base}, scene frames {timing.frame_start}-{timing.frame_end}, "
+               f"as {' and '.join(made) or 'files only'}, in {folder}")
+    return message, notes
+
+
+def _add_outputs(context, scene, take: Take, frames: list[str], folder: str, timing: TakeTiming, tags: dict,
+                 made: list[str], notes: list[str]) -> None:
+    name = take.name
     if take.output in ('PLANE', 'BOTH'):
         camera = bpy.data.objects.get(take.camera)
         if camera is None or camera.type != 'CAMERA':
@@ -268,7 +309,3 @@ def import_take(context, take: Take, result: TakeResult) -> tuple[str, list[str]
         made.append("strip")
         if shown_elsewhere is not None:
             notes.append(f"the sequencer now shows scene '{scene.name}' (it showed '{shown_elsewhere.name}')")
-    base = " (base model only)" if take.base_model_only else ""
-    message = (f"{name}: {timing.describe()}{base}, scene frames {timing.frame_start}-{timing.frame_end}, "
-               f"as {' and '.join(made) or 'files only'}, in {folder}")
-    return message, notes

@@ -118,6 +118,13 @@ def test_hide_outside_the_take_shows_the_set_instead(record):
     assert before["magenta"] < 0.01
 
 
+def test_a_take_imports_whole_or_not_at_all_and_keeps_a_64_bit_seed(record):
+    whole = part(record, "import_whole")
+    assert whole["failed"] == "the sequencer refused the strip"
+    assert list(whole["after_failure"]) == [whole["before"][0], whole["before"][1]]  # the half-made plane went
+    assert whole["seed_tag"] == str(2**40 + 7)  # beyond Blender's 32-bit ints: kept whole, as text
+
+
 def test_a_hidden_takes_plane_stays_out_of_the_next_reference(record):
     retake = part(record, "zoom")["retake"]
     assert retake["result"] == ["FINISHED"], retake
@@ -417,6 +424,38 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
                                      "error_to_empty_set": round(float(np.abs(reference - empty_53).mean()), 3)
                                      if reference.shape == empty_53.shape else 1e9}}
         scene.flash.outside = 'HOLD'
+
+    @step("import_whole")
+    def _import_whole():
+        import dataclasses
+
+        importers, takes = addon("importers"), addon("takes")
+        take = dataclasses.replace(addon("progress").STATUS.job.meta, seed=2**40 + 7, output='BOTH')
+        folder = work_dir / "flash" / take.name
+        result = takes.TakeResult(folder=folder, frames=tuple(sorted(folder.glob("frame_*.png"))), fps=8.0)
+        counts = lambda: [len(c) for c in (bpy.data.objects, bpy.data.meshes, bpy.data.materials, bpy.data.images)]
+        strips = lambda: len(scene.sequence_editor.strips_all) if scene.sequence_editor else 0
+        before, strips_before = counts(), strips()
+        real_add_strip = importers.add_strip
+
+        def broken_strip(*args, **kwargs):
+            raise RuntimeError("the sequencer refused the strip")
+
+        importers.add_strip = broken_strip
+        try:
+            importers.import_take(bpy.context, take, result)
+            failed = ""
+        except RuntimeError as err:
+            failed = str(err)
+        finally:
+            importers.add_strip = real_add_strip
+        after_failure = counts(), strips()
+        importers.import_take(bpy.context, take, result)  # a 64-bit seed, tagged whole
+        plane = bpy.data.objects.get(take.name)
+        record["import_whole"] = {"failed": failed, "before": [before, strips_before], "after_failure": after_failure,
+                                  "seed_tag": plane.get("flash_seed") if plane else None}
+        if plane is not None:
+            bpy.data.objects.remove(plane)
 
     @step("transparent")
     def _transparent():
