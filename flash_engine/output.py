@@ -24,14 +24,16 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
 from flash_engine.errors import FlashError
 from flash_engine.layout import (ACTION_DECODER, ACTION_MANIFEST, ACTION_UNET, OLD_MARK, OWNER_FILE, PARTIAL_MARK,
-                                 TAKE_MANIFEST, TAKE_MP4)
+                                 TAKE_MANIFEST, TAKE_MP4, staging_prefix)
 from flash_engine.tensorfiles import current_umask
 
 # A folder's manifest → the names the engine wrote there, each with the SHA-256 it had when
@@ -124,6 +126,9 @@ def check_destination(dest: str | Path, overwrite: bool, written_files: WrittenF
         raise FlashError(f"the output path is {len(str(dest))} characters long; its files would not fit the "
                          f"system's {PATH_MAX_BYTES}-byte path limit", "choose a shorter --out path",
                          code="bad_output")
+    if os.path.islink(dest):  # a TD's link to fast storage: replacing it would move the link, not the take
+        raise FlashError(f"{dest} is a symbolic link (to {os.readlink(dest)})",
+                         "pass the folder it points to as --out", code="bad_output")
     if os.path.lexists(dest):
         if not dest.is_dir():
             raise FlashError(f"output path is a file: {dest}", "choose a folder path for --out", code="output_exists")
@@ -156,14 +161,19 @@ def check_replaceable(folder: Path, written_files: WrittenFiles) -> set[str]:
         entries = set(os.listdir(folder))
     except OSError as err:
         raise os_error(err, folder, "read") from err
-    others = sorted(entries - set(claimed))
+    others = sorted(entries - set(claimed) - {OWNER_FILE})  # an owner file: a swap the engine did not finish
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise FlashError(f"{folder} holds files the engine did not write ({shown}): not replacing it",
                          "move those files out or choose another --out", code="output_exists")
-    for name in sorted(entries):
+    for name in sorted(entries & set(claimed)):
         path, recorded = folder / name, claimed[name]
-        if recorded is not None and (path.is_symlink() or not path.is_file() or file_digest(path) != recorded):
+        try:
+            changed = recorded is not None and (path.is_symlink() or not path.is_file() or file_digest(path) != recorded)
+        except OSError as err:
+            raise FlashError(f"cannot read {path} to check that it is unchanged ({os.strerror(err.errno or 0)})",
+                             "fix its permissions or choose another --out", code="output_exists") from err
+        if changed:
             raise FlashError(f"{path} was changed after the engine wrote it: not replacing {folder}",
                              "keep your edit: choose another --out, or move the folder away", code="output_exists")
     return set(claimed)
@@ -246,7 +256,7 @@ def _hidden_sibling(dest: Path, mark: str) -> Path:
     """``.NAME<mark>XXXXXXXX`` beside ``dest``, NAME shortened so the whole name fits."""
     room = NAME_MAX_BYTES - _STAGING_EXTRA_BYTES
     short = os.fsencode(dest.name)[:room].decode("utf-8", "ignore") if len(os.fsencode(dest.name)) > room else dest.name
-    folder = Path(tempfile.mkdtemp(prefix=f".{short}{mark}", dir=dest.parent))
+    folder = Path(tempfile.mkdtemp(prefix=staging_prefix(short, mark), dir=dest.parent))
     (folder / OWNER_FILE).write_text(json.dumps({**_owner_record(), "dest": dest.name}), encoding="utf-8")
     return folder
 
@@ -277,7 +287,6 @@ def staged_folder(dest: str | Path, overwrite: bool = False, written_files: Writ
         raise os_error(err, dest, "create") from err
     try:
         yield staging
-        (staging / OWNER_FILE).unlink()
         _put_in_place(staging, dest, overwrite, written_files)
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
@@ -286,10 +295,27 @@ def staged_folder(dest: str | Path, overwrite: bool = False, written_files: Writ
         raise
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait while two renames run: an interruption between them would
+    leave neither the old take nor the new one under the name."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    can_hold = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held) if can_hold else None
+    try:
+        yield
+    finally:
+        if can_hold:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _put_in_place(staging: Path, dest: Path, overwrite: bool, written_files: WrittenFiles) -> None:
+    """Rename the finished staging folder to ``dest`` (replacing the engine's old take there),
+    then drop its owner file: until then a kill leaves it for the next job to clean."""
     if not os.path.lexists(dest):
         try:
             os.rename(staging, dest)
+            (dest / OWNER_FILE).unlink()
             return
         except OSError as err:
             if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
@@ -299,9 +325,16 @@ def _put_in_place(staging: Path, dest: Path, overwrite: bool, written_files: Wri
                          code="output_exists")
     claimed = check_replaceable(dest, written_files)  # again: a user may have added a file meanwhile
     trash = _hidden_sibling(dest, OLD_MARK)
-    os.replace(dest, trash / dest.name)
-    os.replace(staging, dest)
     old = trash / dest.name
+    with _signals_held():
+        os.replace(dest, old)
+        try:
+            os.replace(staging, dest)
+        except BaseException:
+            os.replace(old, dest)  # the old take back under its name
+            shutil.rmtree(trash, ignore_errors=True)
+            raise
+    (dest / OWNER_FILE).unlink()
     for name in claimed:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             (old / name).unlink()
@@ -310,4 +343,5 @@ def _put_in_place(staging: Path, dest: Path, overwrite: bool, written_files: Wri
     (trash / OWNER_FILE).unlink()
     with contextlib.suppress(OSError):
         old.rmdir()
+    with contextlib.suppress(OSError):
         trash.rmdir()

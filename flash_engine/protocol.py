@@ -90,8 +90,10 @@ def _finite_or_null(value, depth: int = 0):
     return value
 
 
-# A JSON string literal (complete), and runs of characters that neither open nor close a level.
-_STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A JSON string literal (or one left open to the end of the line: its brackets are text too),
+# and runs of characters that neither open nor close a level. Possessive, so an endless run of
+# escaped quotes is one linear pass, not a backtracking search.
+_STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.?)*+(?:"|\Z)', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _LEVEL_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 

@@ -426,3 +426,15 @@ def test_an_idle_service_notices_its_stdout_reader_is_gone():
     thread.join(5)  # no job writes anything: only watching the pipe can tell
     assert not thread.is_alive() and server.output_broken
     os.close(stdin_write)
+
+
+def test_a_line_of_escaped_quotes_is_refused_at_once():
+    """An open string of 400,000 escaped quotes after deep brackets: the depth scan is one
+    linear pass (a backtracking one took minutes here, holding every thread of the service)."""
+    import time
+
+    line = ('{"v":1,"id":"d","type":"status","args":' + "[" * 70 + '"' + '\\"' * 400_000).encode()
+    started = time.perf_counter()
+    with pytest.raises(P.ProtocolError) as caught:
+        P.parse_request(line)
+    assert caught.value.code == P.BAD_JSON and time.perf_counter() - started < 1.0

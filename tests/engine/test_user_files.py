@@ -385,3 +385,35 @@ def test_a_frame_edited_after_the_take_is_never_replaced(tmp_path, capsys, refer
     expect_error(capsys, animate_args(reference_png, out, "--overwrite"), "frame_0002.png", "changed")
     with Image.open(painted) as image:
         assert image.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_a_symlinked_out_is_refused_and_left_as_it_is(tmp_path, capsys, reference_png):
+    real = tmp_path / "fast-storage" / "take"
+    assert main(animate_args(reference_png, real)) == 0
+    link = tmp_path / "shot"
+    link.symlink_to(real, target_is_directory=True)
+    expect_error(capsys, animate_args(reference_png, link, "--overwrite"), "symbolic link", str(real))
+    assert link.is_symlink() and os.readlink(link) == str(real) and (real / "flash.json").is_file()
+    assert hidden(tmp_path) == []
+
+
+def test_a_take_in_place_has_no_owner_file_and_an_interrupted_swap_keeps_the_old_take(tmp_path, capsys,
+                                                                                      reference_png, monkeypatch):
+    from flash_engine import output
+
+    out = tmp_path / "take"
+    assert main(animate_args(reference_png, out)) == 0
+    assert not (out / OWNER_FILE).exists()
+    old_meta = (out / "flash.json").read_text()
+    real_replace, calls = os.replace, []
+
+    def interrupted_second_rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the new take onto the name: stopped right there
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(output.os, "replace", interrupted_second_rename)
+    assert main(animate_args(reference_png, out, "--overwrite", "--seed", "9")) == 130
+    assert (out / "flash.json").read_text() == old_meta  # the old take, whole, under its name
+    assert hidden(tmp_path) == []
