@@ -59,16 +59,13 @@ class InProcess:
         self.cache = PipelineCache()
 
     def run(self, args: dict) -> float:
-        from flash_engine.animate import AnimateRequest, resolve, run_animate
-        from flash_engine.devices import pick_device, pick_dtype, precision_name
-        from flash_engine.warm import PipelineKey
+        from flash_engine.animate import resolve, run_animate
+        from flash_engine.requests import parse
 
         started = time.perf_counter()
-        request = AnimateRequest.from_dict(args)
-        job = resolve(request)
-        device = pick_device(request.device)
-        key = PipelineKey(job.model, None, str(device), precision_name(pick_dtype(request.precision, device)), False)
-        run_animate(job, self.cache.get(key), progress=lambda phase, step, total: None, should_cancel=lambda: False)
+        job = resolve(parse("animate", args))
+        run_animate(job, self.cache.get(job.key), progress=lambda phase, step, total: None, should_cancel=lambda: False,
+                    action_slot=self.cache.slot)
         return time.perf_counter() - started
 
 

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench.memory_estimate import META, base_on_meta  # noqa: E402
-from flash_engine.cli import quiet_libraries  # noqa: E402
+from flash_engine.library_logs import quiet_libraries  # noqa: E402
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features  # noqa: E402
 from flash_engine.training.clips import Clip  # noqa: E402
 from flash_engine.training.config import TrainConfig  # noqa: E402

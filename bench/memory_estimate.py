@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.distributed._tools.mem_tracker import MemTracker  # noqa: E402
 
-from flash_engine.cli import quiet_libraries  # noqa: E402
+from flash_engine.library_logs import quiet_libraries  # noqa: E402
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features  # noqa: E402
 from flash_engine.models.loading import load_base  # noqa: E402
 from flash_engine.devices import PRECISIONS  # noqa: E402

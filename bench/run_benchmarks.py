@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from flash_engine.cli import quiet_libraries  # noqa: E402
+from flash_engine.library_logs import quiet_libraries  # noqa: E402
 from flash_engine.models.loading import load_base  # noqa: E402
 from flash_engine.pipeline import AnimationSettings, FlashPipeline  # noqa: E402
 from flash_engine.devices import pick_device, pick_dtype, precision_name  # noqa: E402

@@ -23,7 +23,7 @@ from flash_engine.layout import TAKE_MANIFEST, TAKE_MP4
 from flash_engine.output import check_destination, file_digest, normalise, os_error, staged_folder
 from flash_engine.presets import Preset, find_preset
 from flash_engine.models.loading import BUILT_IN, MANNEQUIN, check_mannequin, check_weights_folder, model_limits
-from flash_engine.requests import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_STEPS, AnimateRequest, validate
+from flash_engine.requests import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_STEPS, AnimateRequest, specs, validate
 from flash_engine.weights import resolve_model_source
 
 METADATA_FILE = TAKE_MANIFEST
@@ -56,8 +56,10 @@ def clip_fps(request: AnimateRequest, action) -> float:
     if request.fps is not None:
         return request.fps
     learned = action.meta.get("fps") if action is not None else None
-    return learned if isinstance(learned, (int, float)) and not isinstance(learned, bool) and learned > 0 \
-        else DEFAULT_FPS
+    try:  # the schema's fps limits (1-240, finite) hold for a learned fps too; else the default
+        return specs(AnimateRequest)["fps"].check("fps", learned) if learned is not None else DEFAULT_FPS
+    except FlashError:
+        return DEFAULT_FPS
 
 
 @dataclass
@@ -93,7 +95,11 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
     preset = find_preset(request.action) if request.action else None
     weights = request.weights or (str(preset.weights) if preset and preset.weights else None)
     action = read_action(weights) if weights else None
-    prompt = request.prompt or (action.prompt if action and not preset else None) or (preset.prompt if preset else "")
+    given = request.prompt.strip() if request.prompt else None  # a blank prompt is no prompt
+    prompt = given or (action.prompt if action and not preset else None) or (preset.prompt if preset else "")
+    if not prompt.strip():
+        raise FlashError("the prompt is empty", "pass --prompt TEXT, or an --action whose preset has one",
+                         code="bad_prompt")
     model = resolve_model_source(request.model)
     if model == MANNEQUIN:
         check_mannequin()

@@ -30,6 +30,11 @@ def pick_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FlashError("CUDA was requested but no CUDA GPU is available",
                          "use --device cpu or install the CUDA build of torch", code="bad_device")
+    if name.startswith("cuda:"):
+        index = name.partition(":")[2]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise FlashError(f"no CUDA device {name!r}: this machine has {torch.cuda.device_count()}",
+                             "use --device cuda (the first) or cuda:N with N below that count", code="bad_device")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise FlashError("MPS was requested but is not available", "use --device cpu", code="bad_device")
     try:

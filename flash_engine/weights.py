@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from flash_engine.errors import FlashError
 
@@ -158,6 +158,10 @@ def plan_download(packs=BASE_WEIGHTS) -> list[RemoteFile]:
         for sibling in info.siblings or []:
             if not any(fnmatch.fnmatch(sibling.rfilename, pattern) for pattern in patterns):
                 continue
+            parts = PurePosixPath(sibling.rfilename).parts
+            if sibling.rfilename.startswith("/") or ".." in parts or "\\" in sibling.rfilename:
+                raise FlashError(f"the hub named a file outside the weights folder: {repo}/{sibling.rfilename}",
+                                 "check HF_ENDPOINT: it does not look like the model hub", code="download_failed")
             sha256 = sibling.lfs.sha256 if sibling.lfs else None
             size = sibling.lfs.size if sibling.lfs else sibling.size
             if size is None:

@@ -9,6 +9,7 @@ sizes and numbers that cannot work are refused before the model loads.
 import contextlib
 import errno
 import json
+import math
 import os
 import signal
 import struct
@@ -417,3 +418,18 @@ def test_a_take_in_place_has_no_owner_file_and_an_interrupted_swap_keeps_the_old
     assert main(animate_args(reference_png, out, "--overwrite", "--seed", "9")) == 130
     assert (out / "flash.json").read_text() == old_meta  # the old take, whole, under its name
     assert hidden(tmp_path) == []
+
+
+def test_a_blank_prompt_with_an_action_is_the_actions_prompt_and_an_odd_learned_fps_is_not_used(tmp_path,
+                                                                                                reference_png):
+    from types import SimpleNamespace
+
+    from flash_engine.animate import clip_fps, resolve
+    from flash_engine.requests import DEFAULT_FPS, parse
+
+    job = resolve(parse("animate", {"image": str(reference_png), "out": str(tmp_path / "t"), "action": "soccer_shoot",
+                                    "prompt": "   ", "model": "tiny"}))
+    assert job.prompt == "a person is shooting a soccer ball."  # not an empty prompt found after loading
+    request = parse("animate", {"image": "a.png", "out": "o"})
+    for learned, used in ((12.0, 12.0), (math.inf, DEFAULT_FPS), (0.001, DEFAULT_FPS), ("12", DEFAULT_FPS)):
+        assert clip_fps(request, SimpleNamespace(meta={"fps": learned})) == used, learned

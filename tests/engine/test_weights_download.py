@@ -150,3 +150,19 @@ def test_the_weights_module_imports_with_the_standard_library_only():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_hub_file_name_outside_the_folder_is_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from flash_engine import weights
+    from flash_engine.errors import FlashError
+
+    sibling = SimpleNamespace(rfilename="tokenizer/../../../.bashrc", lfs=None, size=10, blob_id="b")
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info",
+                        lambda self, repo, revision=None, files_metadata=False: SimpleNamespace(sha="c",
+                                                                                                siblings=[sibling]))
+    with pytest.raises(FlashError, match="outside the weights folder"):
+        weights.plan_download(((weights.SD15_REPO, "", ["tokenizer/*"]),))
