@@ -50,13 +50,23 @@ class ProcessRun:
     # -- the rest ------------------------------------------------------------------------
 
     def _read(self) -> None:
-        for raw in self.process.stdout:
+        code = None
+        try:
+            for raw in self.process.stdout:
+                with self._lock:
+                    self.on_line(raw.rstrip("\r\n"))
+            code = self.process.wait()
+        except Exception as err:  # a line it could not read: the run ends, it does not hang as "running"
+            self.process.kill()
+            code = self.process.wait()
             with self._lock:
-                self.on_line(raw.rstrip("\r\n"))
-        code = self.process.wait()
-        with self._lock:
-            self.on_exit(code)
-            self.returncode = code
+                self.error = self.error or f"could not follow {self.command[0]}: {err}"
+        finally:
+            with self._lock:
+                if code is None:
+                    code = self.process.poll() if self.process.poll() is not None else -1
+                self.on_exit(code)
+                self.returncode = code
 
     @property
     def finished(self) -> bool:

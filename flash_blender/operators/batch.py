@@ -126,6 +126,9 @@ def run_batch(context, options: BatchOptions, report=print) -> BatchReport:
                         result = ShotResult(shot, False, reason=one_line(err))
                 batch.results.append(result)
                 report(summary_line(result))
+    except KeyboardInterrupt:
+        target = None  # an interrupted batch saves no copy that looks like a finished one
+        raise
     finally:
         if target is not None:
             try:

@@ -26,6 +26,7 @@ def _download_running() -> bool:
 
 class FLASH_OT_download_weights(JobOperator, Operator):
     bl_idname = "flash.download_weights"
+    follow_app_timer = "download"  # not the Preferences window's timer: closing it must not cancel GBs
     bl_label = "Download Base Weights"
     bl_description = ("Download Stable Diffusion 1.5 and the AnimateDiff motion adapter (several GB) into the "
                       "extension's user folder, with the engine's Python; resumes an unfinished download")

@@ -107,7 +107,15 @@ class JobOperator(TimerOperator):
     def modal(self, context, event):
         if event.type != 'TIMER':
             return {'PASS_THROUGH'}
-        finished = self._loop.advance()
+        try:
+            finished = self._loop.advance()
+        except Exception as err:  # never leave a timer ticking with the job still "running"
+            traceback.print_exc()
+            self._loop.stop()
+            self.remove_timer(context)
+            self.report({'ERROR'}, f"{self.report_prefix}the job stopped: {' '.join(str(err).split())}")
+            redraw_panels()
+            return {'CANCELLED'}
         redraw_panels()
         if not finished:
             return {'PASS_THROUGH'}
@@ -127,7 +135,15 @@ def follow_with_app_timer(name: str, loop: JobLoop, prefix: str = "FLASH: ") -> 
     stop_app_timer(name)
 
     def tick() -> float | None:
-        finished = loop.advance()
+        try:
+            finished = loop.advance()
+        except Exception as err:  # a timer that raises is dropped by Blender: stop the job with it
+            traceback.print_exc()
+            APP_TIMERS.pop(name, None)
+            loop.stop()
+            print(f"{prefix}the job stopped: {' '.join(str(err).split())}")
+            redraw_panels()
+            return None
         redraw_panels()
         if not finished:
             return loop.interval

@@ -27,6 +27,7 @@ def _setup_running() -> bool:
 
 class FLASH_OT_setup_engine(JobOperator, Operator):
     bl_idname = "flash.setup_engine"
+    follow_app_timer = "setup"  # survives the Preferences window closing or another file opening
     bl_label = "Set up engine"
     bl_description = ("Create the engine's own Python environment (PyTorch, diffusers) in the extension's user "
                       "folder; resumable, and safe to run again to update it")
