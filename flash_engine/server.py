@@ -22,6 +22,7 @@ import argparse
 import gc
 import itertools
 import os
+import queue
 import select
 import signal
 import sys
@@ -40,6 +41,9 @@ from flash_engine.errors import FlashError, JobCancelled
 # exit (shutdown, stdin closed). After that the process exits anyway: Blender is gone or
 # asked us to go, and a hidden staging folder is all a killed job leaves behind.
 EXIT_GRACE_S = 5.0
+# How long one event may wait to be written before the client counts as gone (it stopped
+# reading but keeps its end open: the pipe is full).
+WRITE_TIMEOUT_S = 30.0
 # How often the main thread looks for a stop signal or a client that stopped reading.
 WATCH_INTERVAL_S = 0.1
 # Signals that stop the service the way stdin closing does: jobs cancelled, events sent,
@@ -365,13 +369,19 @@ class Server:
 
     def __init__(self, stdin: BinaryIO, stdout: BinaryIO, engine: Engine | None = None,
                  kinds: dict[str, JobKind] | None = None, max_line_bytes: int = P.MAX_LINE_BYTES,
-                 exit_grace_s: float = EXIT_GRACE_S):
+                 exit_grace_s: float = EXIT_GRACE_S, write_timeout_s: float = WRITE_TIMEOUT_S):
         self.stdin, self.stdout = stdin, stdout
         self.engine = engine or Engine()
         self.kinds = JOB_KINDS if kinds is None else kinds
         self.max_line_bytes = max_line_bytes
         self.exit_grace_s = exit_grace_s
-        self._write_lock = threading.Lock()
+        self.write_timeout_s = write_timeout_s
+        # One writer thread owns stdout: an emit waits for its line to be written, but never
+        # longer than write_timeout_s, so a client that stops reading (pipe full, still open)
+        # cannot hold a thread (and the locks it holds) forever.
+        self._lines: queue.SimpleQueue = queue.SimpleQueue()
+        self.writer = threading.Thread(target=self._write_lines, name="flash-writer", daemon=True)
+        self.writer.start()
         self._jobs = threading.Condition()  # guards queue/running; wakes the worker
         self.queue: list[Job] = []
         self.running: Job | None = None
@@ -389,16 +399,24 @@ class Server:
 
     def emit(self, event: dict) -> None:
         line = self._encode(event)
-        if line is None:
+        if line is None or self.output_broken:
             return
-        with self._write_lock:
-            if self.output_broken:
-                return
-            try:
-                self.stdout.write(line)
-                self.stdout.flush()
-            except (OSError, ValueError):  # the client is gone: nobody to answer, so stop
-                self._output_lost()
+        written = threading.Event()
+        self._lines.put((line, written))
+        if not written.wait(self.write_timeout_s):
+            _log(f"the client read nothing for {self.write_timeout_s:.0f}s")
+            self._output_lost()
+
+    def _write_lines(self) -> None:
+        while True:
+            line, written = self._lines.get()
+            if not self.output_broken:
+                try:
+                    self.stdout.write(line)
+                    self.stdout.flush()
+                except (OSError, ValueError):  # the client is gone: nobody to answer, so stop
+                    self._output_lost()
+            written.set()
 
     @staticmethod
     def _encode(event: dict) -> bytes | None:

@@ -438,3 +438,52 @@ def test_a_line_of_escaped_quotes_is_refused_at_once():
     with pytest.raises(P.ProtocolError) as caught:
         P.parse_request(line)
     assert caught.value.code == P.BAD_JSON and time.perf_counter() - started < 1.0
+
+
+def test_a_client_that_stops_reading_but_keeps_its_pipe_open_cannot_hang_the_service():
+    """Its pipe fills and every write blocks: the events' writer gives up after its timeout,
+    the service counts the client as gone, cancels the job and stops (it used to hang in
+    stop(), holding the job lock, so even SIGTERM could not end it)."""
+    import os
+    import threading
+    import time
+
+    from flash_engine.server import Server
+    from tests.support.service_loop import FakeEngine, fake_kind
+
+    class StuckStdout:
+        def __init__(self):
+            self.release = threading.Event()
+
+        def write(self, data):
+            self.release.wait(60)  # the client never reads again
+            return len(data)
+
+        def flush(self):
+            pass
+
+    started = threading.Event()
+
+    def chatty_job(engine, prepared, context):
+        started.set()
+        while not context.should_cancel():
+            context.log("still working")
+            time.sleep(0.01)
+        raise context.check_cancel() or RuntimeError("cancelled")
+
+    read_fd, write_fd = os.pipe()
+    stdout = StuckStdout()
+    server = Server(os.fdopen(read_fd, "rb"), stdout, FakeEngine(), kinds={"animate": fake_kind(chatty_job)},
+                    exit_grace_s=2, write_timeout_s=0.5)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    os.write(write_fd, P.encode(P.make_request("animate", "a1", {})))
+    os.write(write_fd, P.encode(P.make_request("status", "s1")))
+    begun = time.monotonic()
+    thread.join(15)
+    try:
+        assert not thread.is_alive(), "the service hung on a client that stopped reading"
+        assert time.monotonic() - begun < 15 and server.output_broken
+    finally:
+        stdout.release.set()
+        os.close(write_fd)
