@@ -170,8 +170,7 @@ def load_folder(model_dir: Path, adapter_dir: Path | None = None, dtype=None) ->
             code="weights_incomplete",
         ) from err
     scheduler_config = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
-    weight_files = [f for folder in (model_dir / "unet", model_dir / "vae", model_dir / "text_encoder", adapter_dir)
-                    for f in folder.glob("*.safetensors")]
+    weight_files = _weight_files(model_dir, adapter_dir)
     return assemble_base(
         unet2d=unet2d,
         motion_adapter=motion_adapter,
@@ -291,3 +290,19 @@ def model_limits(source: str | Path, adapter_dir: str | Path | None = None) -> d
     except (TypeError, ValueError) as err:
         raise FlashError(f"unexpected model config in {model_dir}: {err}", "fix the folder's config.json files",
                          code="weights_incomplete") from err
+
+
+def _weight_files(model_dir: Path, adapter_dir: Path) -> list[Path]:
+    return [f for folder in (model_dir / "unet", model_dir / "vae", model_dir / "text_encoder", adapter_dir)
+            for f in folder.glob("*.safetensors")]
+
+
+def base_identity(source: str | Path, adapter_dir: str | Path | None = None) -> str | None:
+    """The identity a loaded base will have (the content fingerprint of its weight files),
+    told in milliseconds without loading; None for the models built in code (known once built)."""
+    if str(source) in BUILT_IN and str(source) != MANNEQUIN:
+        return None
+    model_dir = (MANNEQUIN_DIR if str(source) == MANNEQUIN else Path(source).expanduser()).resolve()
+    adapter = Path(adapter_dir).expanduser().resolve() if adapter_dir else model_dir / "motion_adapter"
+    return fingerprint_files(_weight_files(model_dir, adapter))
+

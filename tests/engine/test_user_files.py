@@ -433,3 +433,16 @@ def test_a_blank_prompt_with_an_action_is_the_actions_prompt_and_an_odd_learned_
     request = parse("animate", {"image": "a.png", "out": "o"})
     for learned, used in ((12.0, 12.0), (math.inf, DEFAULT_FPS), (0.001, DEFAULT_FPS), ("12", DEFAULT_FPS)):
         assert clip_fps(request, SimpleNamespace(meta={"fps": learned})) == used, learned
+
+
+def test_an_action_for_another_base_is_refused_before_the_model_loads(tmp_path, capsys, reference_png,
+                                                                      no_model_load):
+    import torch
+
+    from flash_engine.actions import write_action
+
+    action = write_action(tmp_path / "wave", name="wave", prompt="a person is waving.", base_model="tiny-0123456789",
+                          unet_state={"down_blocks.0.motion_modules.0.weight": torch.zeros(2)})
+    expect_error(capsys, ["animate", "--image", str(reference_png), "--weights", str(action), "--model", "mannequin",
+                          "--frames", "2", "--steps", "1", "--out", str(tmp_path / "take")],
+                 "trained on base model tiny-0123456789", "mannequin")
