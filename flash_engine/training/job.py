@@ -56,6 +56,39 @@ def work_dir_for(out: Path) -> Path:
     return training_work_dir(out)
 
 
+def _option_value(key: str, value, current):
+    """A training option as its TrainConfig field takes it (the type of the field's default),
+    or a one-line bad_argument: a wrong type must not fail inside the trainer, after loading."""
+    import dataclasses
+    import math
+
+    def bad(wanted: str):
+        return FlashError(f"training option '{key}' must be {wanted}, got {value!r:.40}",
+                          f"fix options.{key}", code="bad_argument")
+
+    if dataclasses.is_dataclass(current):  # strong / distort: an object of its fields, or the config itself
+        if isinstance(value, type(current)):
+            return value
+        if not isinstance(value, dict):
+            raise bad(f"an object of {type(current).__name__} fields")
+        try:
+            return type(current)(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+        except TypeError as err:
+            raise bad(f"an object of {type(current).__name__} fields ({err})") from None
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif isinstance(current, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(current, int) and not isinstance(value, int)):
+            raise bad("a whole number" if isinstance(current, int) else "a number")
+        if not math.isfinite(value):
+            raise bad("a finite number")
+    elif isinstance(current, str) and not isinstance(value, str):
+        raise bad("a string")
+    return value
+
+
 def build_config(request: TrainRequest, limits: dict) -> TrainConfig:
     """The training config: the paper's defaults, the variant, the request's settings, and
     the base model's native size and motion length (``models.loading.model_limits``)."""
@@ -67,7 +100,7 @@ def build_config(request: TrainRequest, limits: dict) -> TrainConfig:
         raise FlashError(f"unknown training option(s): {', '.join(unknown)}", "see TrainConfig in the docs",
                          code="bad_argument")
     for key, value in request.options.items():
-        setattr(config, key, value)
+        setattr(config, key, _option_value(key, value, getattr(config, key)))
     overrides = dict(steps=request.steps, decoder_steps=request.decoder_steps, num_frames=request.frames,
                      stride=request.stride, checkpoint_every=request.checkpoint_every, seed=request.seed)
     for key, value in overrides.items():

@@ -545,3 +545,20 @@ def test_force_keeps_the_old_checkpoint_until_the_job_runs(clips_dir, tmp_path):
     assert read_checkpoint_meta(work)["step"] == 2  # checking the request removed nothing
     result = run_train(forced)
     assert result["steps_done"] == 3 and not work.exists()  # started over, then finished
+
+
+def test_training_options_of_the_wrong_type_are_refused_before_anything_loads(clips_dir, tmp_path):
+    from flash_engine.training.augment import StrongAugmentConfig
+    from flash_engine.training.job import TrainRequest, resolve_train
+
+    def request(options):
+        return TrainRequest(clips=[str(clips_dir)], action="disc", prompt=["a disc is moving."], model="tiny",
+                            out=str(tmp_path / "disc"), resolution="64", frames=6, stride=1, options=options)
+
+    for bad in ({"learning_rate": "5e-5"}, {"tau": 2.5}, {"train_decoder": 1}, {"learning_rate": float("nan")},
+                {"strong": [1, 2]}, {"strong": {"no_such_field": 1}}):
+        with pytest.raises(FlashError) as caught:
+            resolve_train(request(bad))
+        assert caught.value.code == "bad_argument" and "options." in str(caught.value), bad
+    job = resolve_train(request({"learning_rate": 1e-4, "tau": 3, "strong": {"blur_kernel": [3, 5]}}))
+    assert job.config.learning_rate == 1e-4 and job.config.strong == StrongAugmentConfig(blur_kernel=(3, 5))
