@@ -15,6 +15,7 @@ every file is in place: a folder without it is never taken for a complete downlo
 from __future__ import annotations
 
 import argparse
+import errno
 import fnmatch
 import hashlib
 import json
@@ -45,6 +46,7 @@ COMPLETE_STAMP = "flash-weights.json"  # written last: the files it lists are wh
 PARTIAL_DIR = ".flash-download"  # plan.json and the .part files of an unfinished download
 PLAN_FILE = "plan.json"
 RETRIES = 5  # tries in a row without a byte received before a download gives up
+LOCAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)  # the disk's, not the network's
 READ_TIMEOUT_S = 60.0
 FETCH_HINT = "check the network connection and press Download again: it resumes (or copy a diffusers-layout folder)"
 
@@ -107,6 +109,12 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(partial, path)  # whole or absent
 
 
+def part_path(partial: Path, path: str, file_id: str) -> Path:
+    """Where a file's bytes gather while it downloads: named by its id too, so bytes of an
+    older revision of the same path are never resumed into the new one."""
+    return partial / f"{path}.{(file_id or 'unknown')[:16]}.part"
+
+
 def _in_place(dest: Path, entry: dict) -> bool:
     target = dest / entry["path"]
     return target.is_file() and target.stat().st_size == entry["size"]
@@ -123,15 +131,18 @@ def download_state(dest: str | os.PathLike) -> dict:
     record = plan or stamp
     if record is None:
         return {"state": "none", "done": 0, "total": None, "folder": str(dest)}
-    files = record.get("files", [])
-    done = 0
-    for entry in files:
-        if _in_place(dest, entry) and (plan is None or plan.get("verified", {}).get(entry["path"]) == entry["id"]):
-            done += entry["size"]
-        else:
-            part = dest / PARTIAL_DIR / (entry["path"] + ".part")
-            done += min(part.stat().st_size, entry["size"]) if part.is_file() else 0
-    complete = plan is None and all(_in_place(dest, entry) for entry in files)
+    try:
+        files = list(record.get("files", []))
+        done = 0
+        for entry in files:
+            if _in_place(dest, entry) and (plan is None or plan.get("verified", {}).get(entry["path"]) == entry["id"]):
+                done += entry["size"]
+            else:
+                part = part_path(dest / PARTIAL_DIR, entry["path"], entry.get("id", ""))
+                done += min(part.stat().st_size, entry["size"]) if part.is_file() else 0
+        complete = plan is None and all(_in_place(dest, entry) for entry in files)
+    except (KeyError, TypeError, AttributeError, OSError):  # a damaged record: a download to finish
+        return {"state": "partial", "done": 0, "total": None, "folder": str(dest)}
     return {"state": "complete" if complete else "partial", "done": done, "total": record.get("total"),
             "folder": str(dest)}
 
@@ -200,9 +211,15 @@ def _fetch_file(remote: RemoteFile, part: Path, on_bytes) -> None:
     headers = build_hf_headers()
     headers["Accept-Encoding"] = "identity"  # byte offsets must be the file's
     part.parent.mkdir(parents=True, exist_ok=True)
-    tries = 0
+    tries, restarts, best = 0, 0, -1
     while True:
         have = part.stat().st_size if part.is_file() else 0
+        if have <= best:  # this try got nowhere (a server that ignores Range and sends a short body)
+            restarts += 1
+            if restarts > RETRIES:
+                raise FlashError(f"{remote.repo}/{remote.name} does not get any further ({have} of {remote.size} "
+                                 "bytes)", FETCH_HINT, code="download_failed")
+        best = max(best, have)
         if have > remote.size:  # not this file: start over
             part.unlink()
             have = 0
@@ -218,11 +235,24 @@ def _fetch_file(remote: RemoteFile, part: Path, on_bytes) -> None:
                 if have and not resumed:  # a server that ignores Range sends it all: start over
                     on_bytes(-have)
                 with open(part, "ab" if resumed else "wb", buffering=0) as out:  # on disk as it comes: a kill keeps it
+                    written = have if resumed else 0
                     for chunk in response.iter_bytes():
+                        if written + len(chunk) > remote.size:  # more than the file: not this file
+                            raise FlashError(f"the hub sent more of {remote.repo}/{remote.name} than its "
+                                             f"{remote.size} bytes", FETCH_HINT, code="download_failed")
                         out.write(chunk)
+                        written += len(chunk)
                         tries = 0  # bytes came: the next drop gets fresh tries
                         on_bytes(len(chunk))
-        except (httpx2.TransportError, OSError) as err:
+        except OSError as err:
+            if err.errno in LOCAL_ERRNOS:  # the disk, not the network: retrying will not help
+                raise
+            tries += 1
+            if tries > RETRIES:
+                raise FlashError(f"could not download {remote.repo}/{remote.name}: {err}", FETCH_HINT,
+                                 code="download_failed") from err
+            time.sleep(min(0.2 * 2 ** tries, 5.0))
+        except httpx2.TransportError as err:
             tries += 1
             if tries > RETRIES:
                 raise FlashError(f"could not download {remote.repo}/{remote.name}: {err}", FETCH_HINT,
@@ -233,8 +263,18 @@ def _fetch_file(remote: RemoteFile, part: Path, on_bytes) -> None:
 def fetch(dest: Path | None = None, packs=BASE_WEIGHTS, progress=None) -> Path:
     """Download SD 1.5 + the AnimateDiff v1-5-2 motion adapter (safetensors only) into
     ``dest``, resuming whatever an earlier run left. ``progress(done, total, path)`` is
-    called as bytes arrive (bytes in the destination, of all files)."""
+    called as bytes arrive (bytes in the destination, of all files). Disk failures are
+    one line too."""
+    from flash_engine.output import os_error
+
     dest = (dest or default_weights_dir()).expanduser()
+    try:
+        return _fetch(dest, packs, progress)
+    except OSError as err:
+        raise os_error(err, dest) from err
+
+
+def _fetch(dest: Path, packs, progress) -> Path:
     try:
         dest.mkdir(parents=True, exist_ok=True)
         files = plan_download(packs)
@@ -259,10 +299,17 @@ def fetch(dest: Path | None = None, packs=BASE_WEIGHTS, progress=None) -> Path:
     report = progress or (lambda done, total, path: None)
     done = 0
     for remote in files:
-        target, part = dest / remote.path, partial / (remote.path + ".part")
+        target, part = dest / remote.path, part_path(partial, remote.path, remote.id)
         if verified.get(remote.path) == remote.id and _in_place(dest, {"path": remote.path, "size": remote.size}):
             done += remote.size
             continue
+        if os.path.lexists(target):  # not put there by this download: the hub's file, or never replaced
+            if target.is_file() and not target.is_symlink() and _file_hash_ok(target, remote):
+                verified[remote.path] = remote.id
+                done += remote.size
+                continue
+            raise FlashError(f"{target} is already there and is not the hub's {remote.name}: not replacing it",
+                             "choose an empty --dest, or move that file away", code="download_failed")
         if progress is None:
             print(f"fetching {remote.repo}/{remote.name} ({remote.size / 1e6:.1f} MB)", file=sys.stderr)
         start = done + (part.stat().st_size if part.is_file() else 0)

@@ -295,14 +295,15 @@ def scenario(zip_path: str, work: str, out: str, no_torch: str, stall: str) -> N
         labels, operators, problems = draw(type(prefs).draw, prefs)
         download = record["download"] = {"before": {"state": services.weights_state()["state"], "labels": labels,
                                                     "operators": operators, "problems": problems}}
-        part_file = services.weights_dir() / ".flash-download" / (UNET + ".part")
+        partial = services.weights_dir() / ".flash-download"
         running: dict = {"progress": []}
 
         def cancel_when_stalled():  # the user watches the bar, then presses Cancel
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 run = status.download
-                if run is not None and part_file.is_file() and part_file.stat().st_size >= int(stall) \
+                part_file = next(partial.glob(UNET + ".*.part"), None)  # named by the file's id too
+                if run is not None and part_file is not None and part_file.stat().st_size >= int(stall) \
                         and run.file == UNET:
                     calls: list = []
                     type(prefs).draw(Drawer(Layout(calls), prefs), bpy.context)

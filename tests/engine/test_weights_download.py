@@ -92,8 +92,8 @@ def test_an_interrupted_download_is_partial_and_the_next_run_finishes_it(hub, re
         pass
 
     def stop_mid_adapter(done, total, path):  # a cancel (or a crash) during the adapter's file
-        if path == ADAPTER and (dest / weights.PARTIAL_DIR / (ADAPTER + ".part")).is_file() and \
-                (dest / weights.PARTIAL_DIR / (ADAPTER + ".part")).stat().st_size >= size // 2:
+        part = next((dest / weights.PARTIAL_DIR).glob(ADAPTER + ".*.part"), None)
+        if path == ADAPTER and part is not None and part.stat().st_size >= size // 2:
             raise Stop
 
     with pytest.raises(Stop):
@@ -114,7 +114,8 @@ def test_a_damaged_file_is_refused_and_fetched_anew(hub, repos, tmp_path):
     from flash_engine.errors import FlashError
 
     dest = tmp_path / "weights"
-    part = dest / weights.PARTIAL_DIR / (UNET + ".part")
+    unet = next(f for f in weights.plan_download() if f.path == UNET)
+    part = weights.part_path(dest / weights.PARTIAL_DIR, UNET, unet.id)
     part.parent.mkdir(parents=True)
     part.write_bytes(b"\0" * 64)  # bytes that are not the file's: the rest arrives, the hash fails
     with pytest.raises(FlashError, match="arrived damaged"):
@@ -166,3 +167,24 @@ def test_a_hub_file_name_outside_the_folder_is_refused(monkeypatch):
                                                                                                 siblings=[sibling]))
     with pytest.raises(FlashError, match="outside the weights folder"):
         weights.plan_download(((weights.SD15_REPO, "", ["tokenizer/*"]),))
+
+
+def test_a_part_of_an_older_revision_is_not_resumed_and_a_users_file_is_not_replaced(hub, repos, tmp_path):
+    from flash_engine import weights
+    from flash_engine.errors import FlashError
+
+    dest = tmp_path / "weights"
+    stale = weights.part_path(dest / weights.PARTIAL_DIR, UNET, "an-older-revision")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"\0" * 64)  # bytes of another revision of the same path
+    weights.fetch(dest)
+    assert (dest / UNET).read_bytes() == served(repos, UNET) and not stale.exists()
+    assert "bytes=64-" not in gets(hub, "diffusion_pytorch_model.safetensors")
+
+    mine = tmp_path / "my-model"
+    (mine / "unet").mkdir(parents=True)
+    (mine / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"my own fine-tune")
+    with pytest.raises(FlashError, match="not the hub's"):
+        weights.fetch(mine)
+    assert (mine / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == b"my own fine-tune"
+
