@@ -10,7 +10,6 @@ Neither touches the session's status: the caller shows what they return.
 
 from __future__ import annotations
 
-import shutil
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from .progress import AnimateJob, one_line
 from .properties import DEFAULT_ACTION
 from .reference import render_reference
 from .services import engine_config, get_catalog, get_prefs, user_dir
-from .take_planning import check_writable, output_root, plan_take, reserve_reference, staging_leftovers
+from .take_planning import check_writable, output_root, plan_take, remove_dead_staging, reserve_reference
 from .takes import Shot, Take, TakeChoice, plan_animate, take_result
 
 # The settings an operator (or a batch) may override; unset ones come from the scene.
@@ -120,8 +119,7 @@ def discard_take(take: Take, engine_died: bool = False) -> None:
     engine death the staging folder the dead engine could not remove itself."""
     take.reference.unlink(missing_ok=True)
     if engine_died:
-        for folder in staging_leftovers(take.plan):
-            shutil.rmtree(folder, ignore_errors=True)
+        remove_dead_staging(take.plan)
 
 
 def abandon_take(job: AnimateJob | None, reason: str) -> None:

@@ -106,14 +106,13 @@ def reserve_reference(plan: TakePlan) -> None:
         raise PlanError(f"cannot write takes to {plan.root}: {err.strerror or err}", OUTPUT_FIX) from None
 
 
-def staging_leftovers(plan: TakePlan) -> list[Path]:
-    """The hidden ``.<take>.partial-…`` folders an engine that died mid-job leaves behind
-    (a live engine removes its own; only call this once the engine is known to be dead)."""
-    try:
-        prefix = engine_module("layout").staging_prefix(plan.name)
-        return sorted(p for p in plan.root.iterdir() if p.is_dir() and p.name.startswith(prefix))
-    except FileNotFoundError:
+def remove_dead_staging(plan: TakePlan) -> list[Path]:
+    """After an engine died mid-job: the hidden staging folders it left beside the take. The
+    engine's own rule decides (``output.remove_stale_partials``): only folders whose owner
+    process is gone, and in them only the files the engine writes; a live engine's stay."""
+    if not plan.root.is_dir():
         return []
+    return engine_module("output").remove_stale_partials(plan.root)
 
 
 @dataclass(frozen=True)

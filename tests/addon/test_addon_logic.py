@@ -170,11 +170,22 @@ def test_reserving_claims_the_reference_name_once(tmp_path):
         take_planning.reserve_reference(plan)
 
 
-def test_staging_leftovers_are_only_this_takes_hidden_folders(tmp_path):
+def test_after_an_engine_death_only_dead_engines_staging_goes(tmp_path):
+    import json
+    import socket
+
     plan = take_planning.plan_take(tmp_path, "S", "C", "a")
-    (tmp_path / f".{plan.name}.partial-abc").mkdir()
-    (tmp_path / ".S_C_a_002.partial-abc").mkdir()
-    assert take_planning.staging_leftovers(plan) == [tmp_path / f".{plan.name}.partial-abc"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folders = {}
+    for name, pid in (("dead", dead.pid), ("live", os.getpid())):
+        folder = folders[name] = tmp_path / f".{plan.name}.partial-{name}"
+        folder.mkdir()
+        (folder / ".flash-owner.json").write_text(json.dumps({"pid": pid, "host": socket.gethostname(),
+                                                               "start": None}))
+        (folder / "frame_0001.png").write_bytes(b"x")
+    assert take_planning.remove_dead_staging(plan) == [folders["dead"]]
+    assert not folders["dead"].exists() and (folders["live"] / "frame_0001.png").exists()  # another engine's
 
 
 def test_output_root_rules(tmp_path):
