@@ -25,7 +25,7 @@ from .errors import PlanError
 DEFAULT_FOLDER = "flash"
 REFERENCE_SUFFIX = ".reference.png"
 TAKE_DIGITS = 3
-SIZE_MULTIPLE = 8
+SIZE_MULTIPLE = engine_module("requests").SIZE_MULTIPLE
 MIN_SIDE = 8
 OUTPUT_FIX = "choose a writable Output Folder in Preferences > Add-ons > FLASH Previs, or make this one writable"
 

@@ -31,8 +31,9 @@ from .progress import AnimateJob, format_eta
 LAYOUT = engine_module("layout")  # the engine's file names
 CHECKPOINT_JSON = LAYOUT.CHECKPOINT_JSON
 SOURCES_JSON = "sources.json"
-DEFAULT_STEPS, DEFAULT_DECODER_STEPS = 20_000, 10_000  # flash_engine/training/config.py
-DEFAULT_FRAMES, DEFAULT_STRIDE = 16, 2  # ditto
+_SCHEMA = engine_module("requests")  # training's defaults, from the engine's schema
+DEFAULT_STEPS, DEFAULT_DECODER_STEPS = _SCHEMA.DEFAULT_TRAIN_STEPS, _SCHEMA.DEFAULT_DECODER_STEPS
+DEFAULT_FRAMES, DEFAULT_STRIDE = _SCHEMA.DEFAULT_FRAMES, _SCHEMA.DEFAULT_STRIDE
 PHASE_LABELS = {"start": "Starting engine", "submitted": "Reading clips", "unet": "Training motion (UNet)",
                 "decoder": "Training details (decoder)"}
 

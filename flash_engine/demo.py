@@ -83,7 +83,7 @@ def run_demo(out: Path, model: str = "default") -> None:
     reference.parent.mkdir(parents=True, exist_ok=True)
     draw_reference().save(reference)
     request = AnimateRequest(image=str(reference), out=str(out), action=DEMO_ACTION, model=model, long_side=256,
-                             frames=16, steps=25, seed=7, overwrite=True, mp4=True)
+                             seed=7, overwrite=True, mp4=True)  # the preset's frames and steps
     print(f"demo: frames and flash.mp4 in {_animate(request)} (reference: {reference})", file=sys.stderr)
 
 
@@ -99,7 +99,7 @@ def run_mannequin_demo(out: Path) -> None:
     # The card names a prompt (the model's training sentence), not a FLASH preset.
     request = AnimateRequest(image=str(reference), out=str(out), prompt=demo["prompt"], model=MANNEQUIN,
                              width=demo["width"], height=demo["height"], frames=demo["frames"],
-                             steps=demo.get("steps", 25), guidance=demo.get("guidance", 7.5), seed=demo.get("seed", 7),
+                             steps=demo.get("steps"), guidance=demo.get("guidance"), seed=demo.get("seed", 7),
                              overwrite=True, mp4=True)
     done = _animate(request, lambda folder, frames: write_preview(folder, frames))
     print(f"demo: frames and flash.mp4 in {done}; enlarged ×{PREVIEW_SCALE}: preview.mp4 and strip.png",

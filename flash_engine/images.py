@@ -8,10 +8,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from flash_engine.errors import FlashError
+from flash_engine.requests import SIZE_MULTIPLE
 from flash_engine.layout import frame_name
 
-DEFAULT_LONG_SIDE = 512
-SIZE_MULTIPLE = 8
 
 
 # The most pixels a reference may have: Pillow's own decompression-bomb bound (89.5 MP, e.g.
@@ -70,8 +69,8 @@ def check_size(name: str, value: int) -> None:
         )
 
 
-def resolve_size(image_size: tuple[int, int], width: int | None = None, height: int | None = None,
-                 long_side: int = DEFAULT_LONG_SIDE) -> tuple[int, int]:
+def resolve_size(image_size: tuple[int, int], width: int | None, height: int | None,
+                 long_side: int) -> tuple[int, int]:
     """The model resolution: explicit sizes are checked, missing ones follow the image's aspect.
 
     With neither given, the long side is ``long_side`` and the short side the image's

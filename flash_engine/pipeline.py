@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from flash_engine.errors import FlashError, JobCancelled
+from flash_engine.requests import DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from flash_engine.images import check_size, fit_reference, to_model_pixels, to_uint8_frames
 from flash_engine.models.base import BaseModel
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features
@@ -33,9 +34,9 @@ COMPILE_OPTIONS: dict = {"fullgraph": True}
 class AnimationSettings:
     prompt: str
     negative_prompt: str = ""
-    num_frames: int = 16
-    steps: int = 25
-    guidance: float = 7.5
+    num_frames: int = DEFAULT_FRAMES
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
     seed: int = 0
     width: int = 512
     height: int = 512

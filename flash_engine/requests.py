@@ -31,6 +31,10 @@ DEFAULT_FRAMES = 16
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 7.5
 DEFAULT_FPS = 8  # the speed of a clip when neither the request nor a trained action gives one
+# Training (the paper's values, spec A3.2): TrainConfig's defaults
+DEFAULT_TRAIN_STEPS = 20_000
+DEFAULT_DECODER_STEPS = 10_000
+DEFAULT_STRIDE = 2
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -183,11 +187,11 @@ class TrainRequest:
     out: str = spec(str, required=True, help="the action folder to write")
     model: str = _model_fields()["model"]
     motion_adapter: str | None = _model_fields()["motion_adapter"]
-    steps: int | None = spec(int, None, minimum=0, maximum=10**7, help="UNet steps (default 20000)")
-    decoder_steps: int | None = spec(int, None, minimum=0, maximum=10**7, help="decoder steps (default 10000)")
+    steps: int | None = spec(int, None, minimum=0, maximum=10**7, help=f"UNet steps (default {DEFAULT_TRAIN_STEPS})")
+    decoder_steps: int | None = spec(int, None, minimum=0, maximum=10**7, help=f"decoder steps (default {DEFAULT_DECODER_STEPS})")
     resolution: str | None = spec(str, None, help="N or WxH, multiples of 8 (default: the model's native size)")
-    frames: int | None = spec(int, None, minimum=2, maximum=MAX_FRAMES, help="frames per clip sample (default 16)")
-    stride: int | None = spec(int, None, minimum=1, maximum=64, help="source frames between samples (default 2)")
+    frames: int | None = spec(int, None, minimum=2, maximum=MAX_FRAMES, help=f"frames per clip sample (default {DEFAULT_FRAMES})")
+    stride: int | None = spec(int, None, minimum=1, maximum=64, help=f"source frames between samples (default {DEFAULT_STRIDE})")
     variant: int | None = spec(int, None, minimum=1, maximum=6,
                                help="the paper's ablation variant #1-#6 (default: 6, the full model)")
     checkpoint_every: int | None = spec(int, None, minimum=1, maximum=10**7, help="default 500 steps")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from flash_engine.errors import FlashError
+from flash_engine.requests import DEFAULT_DECODER_STEPS, DEFAULT_FRAMES, DEFAULT_STRIDE, DEFAULT_TRAIN_STEPS
 from flash_engine.training.augment import DistortConfig, StrongAugmentConfig
 
 # The paper's ablation variants (Table 2): which parts are on.
@@ -20,12 +21,12 @@ VARIANTS = {
 
 @dataclass
 class TrainConfig:
-    num_frames: int = 16
-    stride: int = 2  # frames skipped between sampled frames (2: 16 frames span 31 source frames)
+    num_frames: int = DEFAULT_FRAMES
+    stride: int = DEFAULT_STRIDE  # frames skipped between sampled frames (2: 16 frames span 31 source frames)
     width: int = 512
     height: int = 512
-    steps: int = 20_000
-    decoder_steps: int = 10_000
+    steps: int = DEFAULT_TRAIN_STEPS
+    decoder_steps: int = DEFAULT_DECODER_STEPS
     learning_rate: float = 5e-5
     decoder_learning_rate: float = 1e-4
     weight_decay: float = 1e-2

@@ -19,7 +19,7 @@ from flash_engine.actions import write_action, written_action_files
 from flash_engine.errors import FlashError
 from flash_engine.layout import training_work_dir
 from flash_engine.output import check_destination, staged_folder
-from flash_engine.requests import TrainRequest
+from flash_engine.requests import DEFAULT_FRAMES, TrainRequest
 from flash_engine.training.clips import BadClip, ClipScan, check_clip_folder, learned_fps, scan_clips
 from flash_engine.training.config import TrainConfig
 from flash_engine.training.trainer import read_checkpoint_meta
@@ -109,7 +109,7 @@ def build_config(request: TrainRequest, limits: dict) -> TrainConfig:
     config.width, config.height = parse_resolution(request.resolution, (limits["width"], limits["height"]))
     if config.num_frames > limits["max_frames"]:
         raise FlashError(f"frames must be at most {limits['max_frames']} for this model's motion modules "
-                         f"(got {config.num_frames})", f"use frames {min(16, limits['max_frames'])}",
+                         f"(got {config.num_frames})", f"use frames {min(DEFAULT_FRAMES, limits['max_frames'])}",
                          code="bad_frames")
     config.validate()
     return config
