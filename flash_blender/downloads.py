@@ -106,8 +106,11 @@ class DownloadRun(ProcessRun):
         return f"{format_size(done)} of {format_size(total)}{speed}"
 
     def cancel(self) -> None:
-        """Stop the download; what it got stays for the next run."""
+        """Stop the download; what it got stays for the next run. Returns at once (the UI
+        must not wait for it): the downloader closes its file and exits, and the job loop
+        sees it finish."""
         with self._lock:
             if self.returncode is None:
                 self.cancelled = True
-        self.stop()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()

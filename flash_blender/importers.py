@@ -94,6 +94,8 @@ def sync_colorspaces(scene) -> int:
     if scene.sequence_editor:
         takes += [strip for strip in scene.sequence_editor.strips if TAKE_PROPERTY in strip]
     for take in takes:
+        if getattr(take, "library", None) is not None:  # linked from another file: not ours to change
+            continue
         settings = take.colorspace_settings
         if settings.name != wanted:
             settings.name = wanted

@@ -4,6 +4,9 @@ engine modules)."""
 
 from __future__ import annotations
 
+import threading
+import traceback
+
 import bpy
 from bpy.app.handlers import persistent
 
@@ -27,8 +30,10 @@ _register_classes, _unregister_classes = bpy.utils.register_classes_factory(clas
 
 @persistent
 def _cancel_on_load(*_args) -> None:
-    """A new file replaces the scene the running job would import into: stop the job."""
+    """A new file replaces the scene the running job would import into: stop the job. Its
+    scenes are new too: what was seen of the old file's views says nothing about them."""
     abandon_running_job("another file was opened")
+    _seen_views.clear()
 
 
 _seen_views: dict[str, tuple[str, str]] = {}
@@ -36,11 +41,18 @@ _seen_views: dict[str, tuple[str, str]] = {}
 
 @persistent
 def _follow_view_transform(scene, *_args) -> None:
-    """The takes' colourspace cancels the view transform: follow it when the user changes it."""
+    """The takes' colourspace cancels the view transform: follow it when the user changes it.
+    Only on the main thread (an F12 render calls render_pre from its own; the change was
+    already seen by depsgraph_update_post), and never letting an error out of a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return
     view = (scene.display_settings.display_device, scene.view_settings.view_transform)
     if _seen_views.get(scene.name) != view:
         _seen_views[scene.name] = view
-        importers.sync_colorspaces(scene)
+        try:
+            importers.sync_colorspaces(scene)
+        except Exception:  # a handler that raises would do so on every change
+            traceback.print_exc()
 
 
 HANDLERS = ((bpy.app.handlers.load_pre, _cancel_on_load), (bpy.app.handlers.depsgraph_update_post,
