@@ -88,7 +88,13 @@ def write_json(path: Path, data: dict) -> None:
     temporary.replace(path)
 
 
-def resolution_arg(resolution: int) -> str:
+NATIVE_RESOLUTION = 0  # a training resolution of 0: the base model's native size (the engine's default)
+
+
+def resolution_arg(resolution: int) -> str | None:
+    """The request's ``resolution``; None (left out) for the base model's native size."""
+    if resolution == NATIVE_RESOLUTION:
+        return None
     if resolution < 8 or resolution % 8:
         raise PlanError(f"resolution {resolution} is not a multiple of 8", "use 512 (or 256 for a quick test)")
     return str(resolution)
@@ -109,6 +115,8 @@ def train_args(*, clips_folder: Path, name: str, prompt: str, out: Path, model: 
             "frames": frames, "stride": stride, "device": device, "precision": precision}
     if seed is not None:
         args["seed"] = seed
+    if args["resolution"] is None:  # the base model's native size: the engine's default
+        del args["resolution"]
     return args
 
 

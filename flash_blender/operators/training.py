@@ -239,7 +239,9 @@ class FLASH_OT_train_action(JobOperator, Operator):
                        options={'SKIP_SAVE'})
     decoder_steps: IntProperty(name="Decoder Steps", **limits("decoder_steps", "train"),
                                default=training.DEFAULT_DECODER_STEPS, options={'SKIP_SAVE'})
-    resolution: IntProperty(name="Resolution", min=8, default=512, options={'SKIP_SAVE'})
+    resolution: IntProperty(name="Resolution", min=training.NATIVE_RESOLUTION, max=4096,
+                            default=training.NATIVE_RESOLUTION, options={'SKIP_SAVE'},
+                            description="0: the base model's native size")
     frames: IntProperty(name="Frames", **limits("frames", "train"), default=training.DEFAULT_FRAMES, options={'SKIP_SAVE'})
     stride: IntProperty(name="Stride", **limits("stride", "train"), default=training.DEFAULT_STRIDE, options={'SKIP_SAVE'})
     resume: BoolProperty(name="Resume", default=False, options={'SKIP_SAVE'},

@@ -186,6 +186,8 @@ def test_train_request_always_names_model_device_and_precision():
         training.train_args(prompt="p", steps=0, decoder_steps=0, resolution=64, **common)
     with pytest.raises(PlanError, match="multiple of 8"):
         training.train_args(prompt="p", steps=1, decoder_steps=0, resolution=100, **common)
+    native = training.train_args(prompt="p", steps=1, decoder_steps=0, resolution=training.NATIVE_RESOLUTION, **common)
+    assert "resolution" not in native  # the engine trains at the base model's own size
 
 
 def test_training_progress_spans_both_phases():
