@@ -18,7 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-DEFAULT_CLIP_FPS = 8.0  # what the engine writes when nothing says otherwise
+from .bundled import engine_module
+
+DEFAULT_CLIP_FPS = float(engine_module("requests").DEFAULT_FPS)  # what the engine writes when nothing says otherwise
 HOLD, HIDE = "HOLD", "HIDE"
 OUTSIDE = (HOLD, HIDE)
 _EPS = 1e-9  # fps ratios like 24000/1001 must not push an exact boundary a frame late
