@@ -20,6 +20,8 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import PlanError
+
 MODES = ("active", "all", "markers", "named")
 OUTPUTS = ("plane", "vse", "both")
 SAVE_SUFFIX = "_flash"
@@ -28,15 +30,8 @@ SUMMARY_PREFIX = "FLASH batch:"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class BatchError(Exception):
+class BatchError(PlanError):
     """The batch cannot start (bad arguments, nowhere to save): one line with the fix."""
-
-    def __init__(self, message: str, hint: str = ""):
-        super().__init__(message)
-        self.message, self.hint = message, hint
-
-    def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
 @dataclass
