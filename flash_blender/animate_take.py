@@ -92,7 +92,6 @@ def start_take(context, overrides: dict, output_folder: str | None = None, mp4: 
     prefs = get_prefs(context)
     config = engine_config(prefs)  # before anything is written: an unset engine creates nothing
     root = output_root(bpy.data.filepath, prefs.output_root if output_folder is None else output_folder, user_dir())
-    check_writable(root.folder)  # before the engine starts: a read-only folder costs no model load
     render = scene.render
     shot = Shot(scene=scene.name, camera=camera.name, frame=scene.frame_current, resolution_x=render.resolution_x,
                 resolution_y=render.resolution_y, pixel_aspect_x=render.pixel_aspect_x,
@@ -100,6 +99,9 @@ def start_take(context, overrides: dict, output_folder: str | None = None, mp4: 
     plan = plan_take(root.folder, scene.name, camera.name, choice.action.slug)
     started = MANAGER.model_limits(config)  # a running engine's model: the reference at its size
     take, args = plan_animate(choice, shot, plan, root, started)
+    # After every check that writes nothing, before the engine starts: a read-only folder
+    # costs no model load, and a refused take leaves no folder behind.
+    check_writable(root.folder)
     job = AnimateJob(MANAGER, config, args, take)  # starts the engine: torch imports while the reference renders
     try:
         reserve_reference(plan)
