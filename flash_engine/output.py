@@ -225,8 +225,24 @@ def _remove_engine_files(folder: Path) -> bool:
         return False
 
 
+def _restore_old(trash: Path, parent: Path, owner: dict) -> bool:
+    """A job killed between its two renames left the take it was replacing in ``trash`` and
+    nothing under its name: that take goes back, it is not deleted. True when restored."""
+    name = owner.get("dest")
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        return False
+    old, dest = trash / name, parent / name
+    if os.path.lexists(dest) or not old.is_dir() or old.is_symlink():
+        return False  # the new take is in place (or the name is taken): the old one may go
+    os.rename(old, dest)
+    (trash / OWNER_FILE).unlink()
+    trash.rmdir()
+    return True
+
+
 def remove_stale_partials(parent: Path) -> list[Path]:
-    """Remove hidden staging folders in ``parent`` whose owner process is gone; returns them."""
+    """Remove hidden staging folders in ``parent`` whose owner process is gone; returns them.
+    An old take a killed job had moved aside, with nothing under its name, is put back instead."""
     removed = []
     try:
         candidates = [p for p in parent.iterdir() if p.name.startswith(".")
@@ -241,6 +257,8 @@ def remove_stale_partials(parent: Path) -> list[Path]:
             if owner_file.is_file():
                 owner = json.loads(owner_file.read_text(encoding="utf-8"))
                 if not isinstance(owner, dict) or not _owner_is_gone(owner):
+                    continue
+                if OLD_MARK in folder.name and _restore_old(folder, parent, owner):
                     continue
                 if _remove_engine_files(folder):
                     removed.append(folder)

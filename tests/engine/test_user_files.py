@@ -446,3 +446,18 @@ def test_an_action_for_another_base_is_refused_before_the_model_loads(tmp_path, 
     expect_error(capsys, ["animate", "--image", str(reference_png), "--weights", str(action), "--model", "mannequin",
                           "--frames", "2", "--steps", "1", "--out", str(tmp_path / "take")],
                  "trained on base model tiny-0123456789", "mannequin")
+
+
+def test_a_take_moved_aside_by_a_job_killed_mid_swap_is_put_back_not_deleted(tmp_path, reference_png):
+    import socket
+
+    take = tmp_path / "take"
+    assert main(animate_args(reference_png, take)) == 0
+    frames = sorted(p.name for p in take.iterdir())
+    trash = tmp_path / ".take.old-abcd1234"  # what a kill -9 between the two renames leaves
+    trash.mkdir()
+    take.rename(trash / "take")
+    (trash / OWNER_FILE).write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(), "start": None,
+                                                "dest": "take"}))
+    assert remove_stale_partials(tmp_path) == []  # nothing removed:
+    assert sorted(p.name for p in take.iterdir()) == frames and not trash.exists()  # the take is back
