@@ -84,6 +84,12 @@ class BaseConfig:
     # ------------------------------------------------------------------ derived
 
     @property
+    def vae_scale(self) -> int:
+        """Pixels per latent cell along a side: diffusers' AutoencoderKL halves the size in every
+        block but the last."""
+        return 2 ** (len(self.vae_channels) - 1)
+
+    @property
     def train_actions(self) -> tuple[str, ...]:
         chosen = self.actions if self.actions is not None else tuple(ACTIONS)
         return tuple(a for a in chosen if a not in self.held_out)
@@ -103,10 +109,10 @@ class BaseConfig:
             raise ValueError("no training actions left after holding some out")
         if self.demo_action not in self.train_actions:
             raise ValueError(f"the demo action {self.demo_action!r} must be a training action")
-        if self.size % 8 or self.size < 8:
-            raise ValueError("size must be a multiple of 8")
-        if len(self.vae_channels) != 4:
-            raise ValueError("the VAE needs 4 blocks (the pipeline assumes an 8x downsampling)")
+        if len(self.vae_channels) < 2:
+            raise ValueError("the VAE needs at least 2 blocks")
+        if self.size % self.vae_scale or self.size < self.vae_scale:
+            raise ValueError(f"size must be a multiple of the VAE's scale ({self.vae_scale})")
         if not 2 <= self.frames <= self.max_frames:
             raise ValueError(f"frames must be in [2, {self.max_frames}]")
         if self.weights_dtype not in ("float16", "float32"):
@@ -116,8 +122,8 @@ class BaseConfig:
                 raise ValueError(f"UNet width {width} is not a multiple of head_width and unet_groups")
         if self.text_width % self.text_heads:
             raise ValueError("text_width must be a multiple of text_heads")
-        if self.vae_crop % 8 or not 8 <= self.vae_crop <= self.size or not 0 <= self.vae_crop_fraction <= 1:
-            raise ValueError("vae_crop must be a multiple of 8 up to size, vae_crop_fraction in [0, 1]")
+        if self.vae_crop % self.vae_scale or not self.vae_scale <= self.vae_crop <= self.size or not 0 <= self.vae_crop_fraction <= 1:
+            raise ValueError("vae_crop must be a multiple of the VAE's scale up to size, vae_crop_fraction in [0, 1]")
         if min(self.clips_per_action, self.vae_batch, self.vae_crop_batch, self.unet_batch,
                self.checkpoint_every) < 1:
             raise ValueError("clip counts, batches and the checkpoint interval must be positive")

@@ -167,14 +167,15 @@ def build_parts(config: BaseConfig) -> dict:
             max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=tuple(config.vae_channels),
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(config.vae_channels),
+            up_block_types=("UpDecoderBlock2D",) * len(config.vae_channels),
+            block_out_channels=tuple(config.vae_channels),
             layers_per_block=config.vae_layers, norm_num_groups=config.vae_groups,
             latent_channels=config.latent_channels, sample_size=config.size)
         with torch.no_grad():  # log-variance half of the posterior: start near-deterministic
             vae.quant_conv.bias[config.latent_channels:].fill_(config.vae_logvar_init)
         unet2d = UNet2DConditionModel(
-            sample_size=config.size // 8, in_channels=config.latent_channels, out_channels=config.latent_channels,
+            sample_size=config.size // config.vae_scale, in_channels=config.latent_channels, out_channels=config.latent_channels,
             down_block_types=("CrossAttnDownBlock2D",) * blocks, up_block_types=("CrossAttnUpBlock2D",) * blocks,
             block_out_channels=tuple(config.unet_channels), layers_per_block=config.unet_layers,
             cross_attention_dim=config.text_width, attention_head_dim=heads,  # (diffusers: = number of heads)
