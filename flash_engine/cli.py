@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     R.add_arguments(train, R.TrainRequest)
     train.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
 
-    info = commands.add_parser("info", help="device, versions, weights found and presets")
+    info = commands.add_parser("info", help="device, versions, weights found, the model's actions and presets")
+    info.add_argument("--model", default="default",
+                      help="whose actions to list: as for animate (default: the default model)")
     info.add_argument("--json", action="store_true")
 
     weights = commands.add_parser("weights", help="base model weights")
@@ -122,11 +124,15 @@ def info_command(args) -> int:
     from flash_engine import __version__
     from flash_engine.presets import list_presets
     from flash_engine.devices import device_report
+    from flash_engine.models.loading import model_card_actions
     from flash_engine.weights import resolve_model_source, weights_status
 
     import diffusers
     import transformers
 
+    model = resolve_model_source(args.model)
+    actions = model_card_actions(model)  # None: a model without a card of its own actions
+    presets = list_presets()
     report = {
         "engine_version": __version__,
         **device_report(),
@@ -134,7 +140,11 @@ def info_command(args) -> int:
         "transformers": transformers.__version__,
         "weights": weights_status(),
         "default_model": resolve_model_source("default"),
-        "presets": [preset.to_dict() for preset in list_presets()],
+        "model": model,
+        "model_actions": actions.to_report() if actions else None,
+        # learned: whether the model knows the preset's sentence (None: no card says)
+        "presets": [{**preset.to_dict(), "learned": actions.knows(preset.prompt) if actions else None}
+                    for preset in presets],
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -147,10 +157,27 @@ def info_command(args) -> int:
     state = "found" if weights["found"] else "not found (" + "; ".join(weights["problems"]) + ")"
     print(f"weights: {weights['folder']}: {state}")
     print(f"default model: {report['default_model']}")
+    if args.model != "default":
+        print(f"model: {model}")
+    if actions:
+        for learned, header in ((True, f"actions {actions.model} learned, each with the sentence it was trained on "
+                                       "(use it as the prompt):"),
+                                (False, f"actions held out of {actions.model}'s training:")):
+            chosen = [a for a in actions.actions if a.learned == learned]
+            if chosen:
+                print(header)
+            for action in chosen:
+                mark = "" if learned else f"[{actions.mark(False)}]  "
+                print(f"  {action.id:<22} {action.name:<24} {mark}{action.prompt}")
     print("presets:")
-    for preset in report["presets"]:
-        trained = "trained" if preset["weights"] else "base model only"
-        print(f"  {preset['id']:<22} {preset['name']:<24} [{trained}]  {preset['prompt']}")
+    for preset, entry in zip(presets, report["presets"]):
+        if preset.has_weights:
+            mark = "trained"
+        elif actions:
+            mark = actions.mark(entry["learned"])
+        else:
+            mark = "base model only"
+        print(f"  {preset.id:<22} {preset.name:<24} [{mark}]  {preset.prompt}")
     return 0
 
 

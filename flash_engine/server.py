@@ -125,7 +125,7 @@ class Engine:
         import importlib.util
 
         _, devices, _ = _torch_side()
-        from flash_engine.models.loading import model_limits
+        from flash_engine.models.loading import model_card_actions, model_limits
         from flash_engine.weights import resolve_model_source, weights_status
 
         try:
@@ -143,6 +143,11 @@ class Engine:
         except FlashError as err:
             limits = None
             _log(f"no limits for the default model: {err}")
+        try:  # the actions its card names, with the sentences it learned them by (the add-on's list)
+            actions = model_card_actions(default_model)
+        except FlashError as err:
+            actions = None
+            _log(f"no actions of the default model's own: {err}")
         return {
             "protocol": P.PROTOCOL_VERSION,
             "engine_version": __version__,
@@ -153,6 +158,7 @@ class Engine:
             "weights": weights_status(),
             "default_model": default_model,
             "model_limits": limits,
+            "model_actions": actions.to_report() if actions else None,
             "job_types": {"animate": True, "train": train_available},
             "max_line_bytes": P.MAX_LINE_BYTES,
         }

@@ -32,6 +32,7 @@ import json
 from pathlib import Path
 
 from flash_engine.errors import FlashError
+from flash_engine.model_actions import ModelActions, from_card
 from flash_engine.models.base import BaseModel, assemble_base
 
 WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "motion_adapter")
@@ -213,6 +214,25 @@ def mannequin_card() -> dict:
         raise FlashError(f"the built-in model 'mannequin' has no model card ({card} missing)",
                          "reinstall FLASH Previs, or pass --model tiny", code="weights_incomplete")
     return json.loads(card.read_text(encoding="utf-8"))
+
+
+def model_card_actions(source: str | Path) -> ModelActions | None:
+    """The actions a model's card names, read without loading any weights: ``mannequin``'s
+    shipped card, or a folder's own ``mannequin.json`` (a copy or a retrain of it). None for
+    the models built in code and for folders without a card (SD 1.5)."""
+    if str(source) in BUILT_IN and str(source) != MANNEQUIN:
+        return None
+    model_dir = MANNEQUIN_DIR if str(source) == MANNEQUIN else Path(source).expanduser()
+    path = model_dir / MANNEQUIN_CARD
+    if not path.is_file():
+        return None
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise FlashError(f"unreadable model card {path}: {err}", "reinstall FLASH Previs, or fix or remove the file",
+                         code="weights_incomplete") from err
+    name = card.get("name") if isinstance(card, dict) else None
+    return from_card(card, name if isinstance(name, str) and name.strip() else model_dir.name, str(path))
 
 
 def load_mannequin(dtype=None) -> BaseModel:

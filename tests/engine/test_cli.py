@@ -154,3 +154,71 @@ def test_info_json_lists_presets_and_device():
     assert report["device"] == "cpu" and report["torch"].startswith("2.13")
     assert len(report["presets"]) == 16
     assert {"found", "folder", "problems"} <= set(report["weights"])
+
+
+def info_sections(text: str) -> dict[str, list[str]]:
+    """``info``'s text: each header line (no indent) → its indented lines."""
+    sections, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("  ") and current is not None:
+            sections[current].append(line.strip())
+        else:
+            current = line
+            sections[current] = []
+    return sections
+
+
+def section(sections: dict, start: str) -> dict[str, str]:
+    """The lines of the one section whose header starts with ``start``, by their first word."""
+    (lines,) = [lines for header, lines in sections.items() if header.startswith(start)]
+    return {line.split()[0]: line for line in lines}
+
+
+def test_info_on_mannequin_offers_the_sentences_it_learned_and_marks_the_presets_it_did_not(capsys):
+    from flash_engine.models.loading import MANNEQUIN_CARD, MANNEQUIN_DIR
+
+    card = json.loads((MANNEQUIN_DIR / MANNEQUIN_CARD).read_text(encoding="utf-8"))
+    assert main(["info", "--model", "mannequin"]) == 0
+    sections = info_sections(capsys.readouterr().out)
+    learned = section(sections, "actions mannequin learned")
+    assert list(learned) == card["train_actions"]
+    assert learned["arm_wave"].endswith("a person is waving an arm.")  # the preset says "doing an arm wave"
+    for action in card["train_actions"]:
+        assert learned[action].endswith(card["prompts"][action])
+    held_out = section(sections, "actions held out of mannequin's training")
+    assert list(held_out) == card["held_out_actions"]
+    assert "not learned by mannequin: train it first" in held_out["kick"]
+    assert held_out["kick"].endswith(card["prompts"]["kick"])
+    presets = section(sections, "presets")
+    assert len(presets) == 16
+    assert "[not learned by mannequin: train it first]" in presets["soccer_shoot"]  # HAA500 means nothing to it
+    assert "[not learned by mannequin: train it first]" in presets["arm_wave"]  # not the sentence it learned
+
+    assert main(["info", "--model", "mannequin", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "mannequin"
+    assert {"id": "arm_wave", "prompt": "a person is waving an arm."} in report["model_actions"]["learned"]
+    assert [a["id"] for a in report["model_actions"]["held_out"]] == card["held_out_actions"]
+    assert {p["id"]: p["learned"] for p in report["presets"]}["soccer_shoot"] is False
+
+
+def test_info_on_a_model_without_a_card_lists_the_presets_as_before(capsys):
+    assert main(["info", "--model", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "learned" not in out
+    presets = section(info_sections(out), "presets")
+    assert len(presets) == 16 and "[base model only]" in presets["soccer_shoot"]
+    assert main(["info", "--model", "tiny", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model_actions"] is None and {p["learned"] for p in report["presets"]} == {None}
+
+
+def test_info_reads_a_folders_own_model_card(tmp_path, capsys):
+    card = {"name": "toy", "train_actions": ["press"], "held_out_actions": [],
+            "prompts": {"press": "a person is doing push-ups."}}  # push_up's own sentence
+    (tmp_path / "mannequin.json").write_text(json.dumps(card))
+    assert main(["info", "--model", str(tmp_path)]) == 0
+    sections = info_sections(capsys.readouterr().out)
+    assert section(sections, "actions toy learned")["press"].endswith("a person is doing push-ups.")
+    presets = section(sections, "presets")
+    assert "[learned by toy]" in presets["push_up"] and "[not learned by toy: train it first]" in presets["backflip"]

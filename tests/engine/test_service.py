@@ -599,3 +599,15 @@ def test_hello_reports_the_default_models_limits():
     assert Engine({"model": "tiny"}).hello()["model_limits"] == model_limits("tiny")
     assert Engine({"model": "mannequin"}).hello()["model_limits"]["width"] == 64
     assert Engine({"model": "/nowhere/weights"}).hello()["model_limits"] is None  # said, not fatal
+
+
+def test_hello_reports_the_default_models_own_actions(tmp_path):
+    from flash_engine.models.loading import model_card_actions
+    from flash_engine.server import Engine
+
+    reported = Engine({"model": "mannequin"}).hello()["model_actions"]
+    assert reported == model_card_actions("mannequin").to_report()
+    assert {"id": "arm_wave", "prompt": "a person is waving an arm."} in reported["learned"]
+    assert Engine({"model": "tiny"}).hello()["model_actions"] is None
+    (tmp_path / "mannequin.json").write_text('{"train_actions": "broken"}')
+    assert Engine({"model": str(tmp_path)}).hello()["model_actions"] is None  # said in the log, not fatal

@@ -90,7 +90,7 @@ def test_the_cycle_finder_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-STDLIB_ONLY = ("protocol", "client", "requests", "errors", "presets", "layout", "setup")
+STDLIB_ONLY = ("protocol", "client", "requests", "errors", "presets", "layout", "setup", "model_actions")
 
 
 def test_the_modules_blender_imports_stay_standard_library_only():
