@@ -14,7 +14,7 @@ Two consumers:
 
 - the engine subprocess gets ``engine_root()`` as its PYTHONPATH (``EngineClient(engine_path=…)``);
 - inside Blender the add-on needs the stdlib-only modules (``client``, ``protocol``,
-  ``presets``, ``setup``, ``errors``). Those import each other absolutely
+  ``presets``, ``model_actions``, ``setup``, ``errors``). Those import each other absolutely
   (``from flash_engine.errors import …``), so they must live under the top-level name
   ``flash_engine``: :func:`load_engine` imports the bundled package by location under that
   name. Nothing is added to ``sys.path`` (other add-ons and Blender see no new folder),

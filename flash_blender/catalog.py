@@ -1,4 +1,5 @@
-"""The actions the panel offers: the shipped presets plus the user's trained actions.
+"""The actions the panel offers: the running model's own, the shipped presets, the user's
+trained actions.
 
 Pure Python (no bpy). Presets come from ``flash_engine.presets`` (passed in as
 ``load_preset``, so this module does not import the engine); trained actions are folders
@@ -8,6 +9,12 @@ prompt with the base model: the dropdown says "base model only".
 
 The listing is cached and re-read when either folder's modification time changes (a
 preset or an action folder added, removed or renamed), so drawing the panel costs nothing.
+
+A model with a model card (the built-in ``mannequin``) knows actions by the sentences it was
+trained on: when the running engine reports them (``hello``'s ``model_actions``, see
+``flash_engine.model_actions``), they come first (``model:<action>``, their sentence as the
+prompt), and every action without trained weights is marked learned or not by that model.
+A scene's ``model:`` choice waits, unlisted but usable, until some engine has reported.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,20 +31,24 @@ from .bundled import engine_module
 ACTION_MANIFEST = engine_module("layout").ACTION_MANIFEST
 UNET_WEIGHTS = engine_module("layout").ACTION_UNET
 TRAINED_PREFIX = "trained:"
+MODEL_PREFIX = "model:"  # an action of the running model's own card
+model_actions = engine_module("model_actions")
 
 
 @dataclass(frozen=True)
 class ActionInfo:
-    id: str  # preset id (soccer_shoot) or "trained:<folder name>"
+    id: str  # preset id (soccer_shoot), "trained:<folder name>" or "model:<card action>"
     name: str
     prompt: str
-    source: str  # "preset" or "trained"
+    source: str  # "preset", "trained" or "model"
     weights: str | None  # a trained action folder, or None: the base model animates the prompt
     path: str  # the preset file or the action folder
     frames: int | None = None
     steps: int | None = None
     guidance: float | None = None
     fps: float | None = None  # the speed a trained action learned (its clips' fps / stride)
+    learned: bool | None = None  # without trained weights: whether the running model learned it (None: unknown)
+    model_mark: str = ""  # how that model marks it ("learned by mannequin")
 
     @property
     def base_model_only(self) -> bool:
@@ -46,22 +57,40 @@ class ActionInfo:
     @property
     def slug(self) -> str:
         """The action part of take names."""
-        return self.id.removeprefix(TRAINED_PREFIX)
+        return _slug(self.id)
 
     @property
     def label(self) -> str:
-        kind = "base model only" if self.base_model_only else "trained"
+        kind = "trained" if not self.base_model_only else self.model_mark or "base model only"
         return f"{self.name} ({kind})"
 
     @property
     def description(self) -> str:
+        if self.source == "model":
+            if self.learned:
+                return f"{self.model_mark}: \"{self.prompt}\", the sentence it was trained on"
+            return (f"held out of the model's training ({self.model_mark}, or expect a guess): "
+                    f"\"{self.prompt}\"")
         where = "preset" if self.source == "preset" else "your trained action"
-        weights = ("no trained weights: the base model animates the prompt" if self.base_model_only
-                   else f"trained weights in {self.weights}")
+        if not self.base_model_only:
+            weights = f"trained weights in {self.weights}"
+        else:
+            weights = self.model_mark or "no trained weights: the base model animates the prompt"
         return f"{where}: \"{self.prompt}\" ({weights})"
 
+    @property
+    def note(self) -> str:
+        """What the panel says under the dropdown (empty: nothing to say)."""
+        if not self.base_model_only:
+            return ""
+        if self.learned is None:
+            return "No trained weights: base model only"
+        mark = self.model_mark[:1].upper() + self.model_mark[1:]
+        return f"{mark}: the base model animates its sentence" if self.learned else mark
+
     def request_args(self) -> dict:
-        """What tells the engine which action to animate (the prompt is sent separately)."""
+        """What tells the engine which action to animate (the prompt is sent separately: for a
+        model's own action its sentence is all there is)."""
         if self.source == "preset":
             return {"action": self.path}  # the preset file itself: unambiguous, wherever it lives
         return {"weights": self.weights} if self.weights else {}
@@ -91,6 +120,24 @@ def preset_info(preset) -> ActionInfo:
                       frames=preset.frames, steps=preset.steps, guidance=preset.guidance)
 
 
+def card_action_info(action, model) -> ActionInfo:
+    """From a ``flash_engine.model_actions.ModelAction`` of ``model`` (its ``ModelActions``)."""
+    return ActionInfo(id=MODEL_PREFIX + action.id, name=action.name, prompt=action.prompt, source="model",
+                      weights=None, path="", learned=action.learned, model_mark=model.mark(action.learned))
+
+
+def judged(action: ActionInfo, model) -> ActionInfo:
+    """``action`` marked learned or not by ``model`` when it has no trained weights of its own."""
+    if model is None or not action.base_model_only:
+        return action
+    learned = model.knows(action.prompt)
+    return replace(action, learned=learned, model_mark=model.mark(learned))
+
+
+def _slug(action_id: str) -> str:
+    return action_id.removeprefix(TRAINED_PREFIX).removeprefix(MODEL_PREFIX)
+
+
 def _norm(text: str) -> str:
     return re.sub(r"[\s\-_]+", "_", text.strip().lower()).strip("_")
 
@@ -107,19 +154,28 @@ class Catalog:
     presets_dir: Path | None
     actions_dir: Path | None
     load_preset: Callable[[Path], object]  # flash_engine.presets.load_preset
+    model: object = None  # the running model's own actions (flash_engine.model_actions.ModelActions), if any
+    model_reported: bool = False  # whether any engine has said (until then, the model is unknown)
     actions: list[ActionInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # one line each: a bad preset or action folder
     _stamp: tuple | None = None
 
+    def use_model(self, report) -> None:
+        """What a running engine said of its model's own actions (``hello``'s ``model_actions``;
+        None: a model without a card)."""
+        self.model, self.model_reported = model_actions.from_report(report), True
+
     def refresh(self, force: bool = False) -> list[ActionInfo]:
-        stamp = (_mtime(self.presets_dir), _mtime(self.actions_dir))
+        stamp = (_mtime(self.presets_dir), _mtime(self.actions_dir), self.model)
         if not force and stamp == self._stamp:
             return self.actions
-        actions, problems = [], []
+        model = self.model
+        actions = [card_action_info(a, model) for a in model.actions] if model else []
+        problems = []
         if self.presets_dir and self.presets_dir.is_dir():
             for path in sorted(self.presets_dir.glob("*.toml")):
                 try:
-                    actions.append(preset_info(self.load_preset(path)))
+                    actions.append(judged(preset_info(self.load_preset(path)), model))
                 except Exception as err:  # FlashError: one bad file must not hide the others
                     problems.append(str(err))
         if self.actions_dir and self.actions_dir.is_dir():
@@ -127,14 +183,23 @@ class Catalog:
                 if not (folder / ACTION_MANIFEST).is_file():
                     continue  # a folder still being trained or unrelated: not an action yet
                 try:
-                    actions.append(read_trained_action(folder))
+                    actions.append(judged(read_trained_action(folder), model))
                 except ValueError as err:
                     problems.append(str(err))
         self.actions, self.problems, self._stamp = actions, problems, stamp
         return actions
 
     def get(self, action_id: str) -> ActionInfo | None:
-        return next((a for a in self.refresh() if a.id == action_id), None)
+        found = next((a for a in self.refresh() if a.id == action_id), None)
+        if found is None and self._waits(action_id):
+            # the scene's prompt (filled with the sentence when it was picked) carries it
+            return ActionInfo(id=action_id, name=model_actions.display_name(_slug(action_id)), prompt="",
+                              source="model", weights=None, path="")
+        return found
+
+    def _waits(self, action_id: str) -> bool:
+        """A model's own action, before any engine has said which model runs."""
+        return action_id.startswith(MODEL_PREFIX) and not self.model_reported
 
     def find(self, key: str) -> ActionInfo:
         """By id, trained folder name or display name (case-insensitive, spaces = underscores).
@@ -159,8 +224,15 @@ class Catalog:
         actions = self.refresh()
         items = [(a.id, a.label, a.description, i) for i, a in enumerate(actions)]
         if current and not any(a.id == current for a in actions):
-            items.append((current, f"{current.removeprefix(TRAINED_PREFIX)} (missing)",
-                          "this action is gone (deleted or renamed): pick another", len(actions)))
+            if self._waits(current):
+                item = (f"{model_actions.display_name(_slug(current))} (the model's own)",
+                        "an action of the model's own: listed with its sentence once the engine runs "
+                        "(Animate starts it)")
+            elif current.startswith(MODEL_PREFIX):
+                item = (f"{_slug(current)} (missing)", "the running model has no such action of its own: pick another")
+            else:
+                item = (f"{_slug(current)} (missing)", "this action is gone (deleted or renamed): pick another")
+            items.append((current, *item, len(actions)))
         return items
 
     def index(self, action_id: str) -> int:

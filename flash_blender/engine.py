@@ -80,13 +80,19 @@ class EngineManager:
         thread = self._thread
         return thread is not None and thread.is_alive()
 
-    def model_limits(self, config: EngineConfig | None = None) -> dict | None:
-        """What the running engine said of its model (``hello``'s ``model_limits``: native
-        width/height, max frames, ...); None while none runs (or one with another ``config``)."""
+    def hello(self, config: EngineConfig | None = None) -> dict | None:
+        """What the running engine said in its ``hello``; None while none runs (or one with
+        another ``config``)."""
         client = self._client
         if client is None or not client.alive or self.starting or (config is not None and config != self._config):
             return None
-        limits = (client.hello_info or {}).get("model_limits")
+        hello = client.hello_info
+        return hello if isinstance(hello, dict) else {}
+
+    def model_limits(self, config: EngineConfig | None = None) -> dict | None:
+        """What the running engine said of its model (``hello``'s ``model_limits``: native
+        width/height, max frames, ...); None while none runs (or one with another ``config``)."""
+        limits = (self.hello(config) or {}).get("model_limits")
         return limits if isinstance(limits, dict) else None
 
     def describe(self) -> str:

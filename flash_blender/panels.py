@@ -44,8 +44,8 @@ class FLASH_PT_animate(Panel):
         action = current_action(settings)
         if action is None:
             layout.label(text=f"Action '{settings.action_id}' not found: pick another", icon='ERROR')
-        elif action.base_model_only:
-            layout.label(text="No trained weights: base model only", icon='INFO')
+        elif action.note:
+            layout.label(text=action.note, icon='INFO')
         for problem in get_catalog().problems[:3]:
             wrapped_label(layout, context, problem, 'ERROR')
 

@@ -44,12 +44,16 @@ def get_prefs(context=None):
 
 
 def get_catalog() -> Catalog:
-    """Presets shipped with the engine + trained actions in the user directory."""
+    """The running model's own actions + presets shipped with the engine + trained actions in
+    the user directory."""
     global _catalog
     if _catalog is None:
         presets = bundled.engine_module("presets")
         _catalog = Catalog(presets_dir=Path(presets.PRESETS_DIR), actions_dir=user_dir(ACTIONS),
                            load_preset=presets.load_preset)
+    hello = engine.MANAGER.hello()
+    if hello is not None:  # while none runs, the last engine's word stands
+        _catalog.use_model(hello.get("model_actions"))
     return _catalog
 
 

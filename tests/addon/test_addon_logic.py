@@ -301,6 +301,70 @@ def test_catalog_enum_items_and_refresh_on_change(catalog, tmp_path):
     assert len(catalog.refresh()) == before + 1
 
 
+# What an engine running a model with a card reports (``hello``'s model_actions): push's
+# sentence is the push_up preset's own, so that preset is one the model learned.
+TOY_REPORT = {"model": "toy",
+              "learned": [{"id": "wave", "prompt": "a person waves."},
+                          {"id": "push", "prompt": "a person is doing push-ups."}],
+              "held_out": [{"id": "kick", "prompt": "a person kicks."}]}
+NOT_LEARNED = "not learned by toy: train it first"
+
+
+def test_with_a_model_card_the_list_offers_its_actions_with_their_sentences_first(catalog):
+    presets = sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+    catalog.use_model(TOY_REPORT)
+    assert [a.id for a in catalog.refresh()] == (["model:wave", "model:push", "model:kick"] + presets
+                                                 + ["trained:cartwheel", "trained:golf_swing"])
+    wave = catalog.get("model:wave")
+    assert wave.prompt == "a person waves." and wave.label == "Wave (learned by toy)" and wave.learned
+    assert wave.request_args() == {}  # the prompt (its sentence) is all the engine needs
+    assert wave.slug == "wave" and catalog.find("wave") is wave and catalog.find("Wave") is wave
+    assert wave.note == "Learned by toy: the base model animates its sentence"
+    kick = catalog.get("model:kick")
+    assert kick.label == f"Kick ({NOT_LEARNED})" and kick.prompt == "a person kicks." and kick.learned is False
+    assert "held out" in kick.description and kick.note.startswith("Not learned by toy")
+    soccer = catalog.get("soccer_shoot")  # a preset whose sentence the model never learned
+    assert soccer.label == f"Soccer shoot ({NOT_LEARNED})" and soccer.learned is False
+    assert soccer.request_args() == {"action": str(PRESETS_DIR / "soccer_shoot.toml")}
+    assert catalog.get("push_up").label == "Push-up (learned by toy)"
+    assert catalog.get("trained:golf_swing").label == "Golf swing (trained)"  # its own weights
+    items = catalog.enum_items()
+    assert items[0] == ("model:wave", "Wave (learned by toy)", wave.description, 0)
+    assert [i[3] for i in items] == list(range(len(items)))
+    assert catalog.index("model:kick") == 2
+
+    catalog.use_model(None)  # an engine whose model has no card (tiny, SD 1.5): the list as without one
+    assert [a.id for a in catalog.refresh()] == presets + ["trained:cartwheel", "trained:golf_swing"]
+    assert catalog.get("soccer_shoot").label == "Soccer shoot (base model only)"
+    assert catalog.get("soccer_shoot").learned is None
+
+
+def test_a_scenes_card_action_waits_for_the_engine_to_report_its_card(catalog):
+    # a new session: no engine has run yet, the scene (saved earlier) asks for a card action
+    waiting = catalog.find("model:wave")
+    assert waiting.id == "model:wave" and waiting.request_args() == {}  # the scene's prompt carries it
+    assert catalog.get("model:wave") == waiting
+    item = catalog.enum_items("model:wave")[-1]
+    assert item[0] == "model:wave" and "once the engine runs" in item[2]
+    catalog.use_model(TOY_REPORT)
+    assert catalog.find("model:wave").prompt == "a person waves."
+    catalog.use_model(None)  # the engine now runs a model without it
+    with pytest.raises(KeyError, match="unknown action 'model:wave'"):
+        catalog.find("model:wave")
+    assert catalog.enum_items("model:wave")[-1][1] == "wave (missing)"
+
+
+def test_the_manager_passes_on_what_the_engine_said_of_its_models_actions():
+    manager = EngineManager(client_factory=lambda config: FakeClient(config, model_actions=TOY_REPORT))
+    assert manager.hello() is None  # nothing runs yet
+    manager.start(CONFIG)
+    manager.wait_ready(5)
+    assert manager.hello()["model_actions"] == TOY_REPORT
+    assert manager.hello(EngineConfig(python="/other/python")) is None  # another engine would start
+    manager.shutdown()
+    assert manager.hello() is None
+
+
 def test_a_bad_preset_does_not_hide_the_others(tmp_path):
     presets = tmp_path / "presets"
     presets.mkdir()

@@ -138,6 +138,19 @@ def test_the_panel_says_the_clip_size_and_a_frame_count_the_model_cannot_take():
 # The model's limits, from the engine's hello
 
 
+def test_a_card_action_sends_the_sentence_the_model_was_trained_on(tmp_path):
+    from flash_blender.catalog import Catalog
+
+    catalog = Catalog(presets_dir=None, actions_dir=None, load_preset=None)
+    catalog.use_model({"model": "mannequin", "learned": [{"id": "arm_wave", "prompt": "a person is waving an arm."}],
+                       "held_out": []})
+    take, args = planned(tmp_path, action=catalog.get("model:arm_wave"))
+    assert args["prompt"] == take.prompt == "a person is waving an arm."
+    assert not {"action", "weights"} & set(args)  # no preset file: its sentence is not the one learned
+    assert requests.parse("animate", args).prompt == "a person is waving an arm."
+    assert take.action == "model:arm_wave" and take.base_model_only
+
+
 CONFIG = EngineConfig(python="/env/bin/python", serve_args=("--model", "mannequin"))
 
 

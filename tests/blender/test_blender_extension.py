@@ -161,6 +161,26 @@ def test_a_killed_engine_fails_the_job_and_the_next_run_restarts_it(record):
     assert killed["next_pid"] not in (None, killed["killed_pid"])
 
 
+def test_with_mannequin_the_dropdown_offers_its_own_actions_with_the_sentences_it_learned(record):
+    from flash_engine.models.loading import model_card_actions
+
+    actions = part(record, "model_actions")
+    assert not [i for i in actions["tiny_items"] if i.startswith("model:")]  # tiny has no card: as before
+    card = model_card_actions("mannequin")
+    items = actions["items"]
+    for action in card.actions:
+        mark = "learned by mannequin" if action.learned else "not learned by mannequin: train it first"
+        assert items[f"model:{action.id}"] == f"{action.name} ({mark})"
+    assert items["soccer_shoot"] == "Soccer shoot (not learned by mannequin: train it first)"
+    assert actions["chosen"] == {"action_id": "model:arm_wave", "prompt": "a person is waving an arm."}
+    assert actions["problems"] == []
+    assert "Learned by mannequin: the base model animates its sentence" in actions["panel_labels"]
+    assert actions["result"] == ["FINISHED"], actions["error"]
+    take = actions["take"]
+    assert take["settings"]["prompt"] == "a person is waving an arm." and take["preset"] is None
+    assert take["model"]["source"] == "mannequin"
+
+
 def test_disabling_ends_the_engine_and_leaves_nothing_registered(record):
     disabled = part(record, "disabled")
     assert disabled["pid_before"] is not None
@@ -492,6 +512,28 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
                             "after": after, "next_result": next_result, "next_error": next_error,
                             "next_pid": engine_module.MANAGER.pid}
         save("killed")
+
+        # 7b. the built-in mannequin's own actions: the dropdown offers its card's, with its sentences
+        properties, services = addon("properties"), addon("services")
+        settings = scene.flash
+        tiny_items = [i[0] for i in properties._action_items(settings, bpy.context)]  # the tiny engine runs
+        prefs.model_source = 'DEFAULT'  # the built-in default model: mannequin (no weights downloaded)
+        engine_module.MANAGER.start(services.engine_config(prefs))
+        engine_module.MANAGER.wait_ready(120)
+        items = {i[0]: i[1] for i in properties._action_items(settings, bpy.context)}
+        settings.action = "model:arm_wave"
+        chosen = {"action_id": settings.action_id, "prompt": settings.prompt}
+        problems = check_drawing(bpy, addon, prefs)
+        panel_calls: list = []
+        addon("panels").FLASH_PT_animate.draw(Drawer(Layout(panel_calls), None), bpy.context)
+        result, error = call(action="model:arm_wave", frames=2, steps=1)
+        take_json = work_dir / "flash" / "Scene_Camera_arm_wave_001" / "flash.json"
+        record["model_actions"] = {
+            "tiny_items": tiny_items, "items": items, "chosen": chosen, "problems": problems,
+            "panel_labels": [c[2].get("text", "") for c in panel_calls if c[0] == "label"],
+            "result": result, "error": error,
+            "take": json.loads(take_json.read_text()) if take_json.is_file() else None}
+        save("model_actions")
 
         # 8. disable: no engine process, no registered classes, properties, handlers, modules
         pid = engine_module.MANAGER.pid

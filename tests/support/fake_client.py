@@ -9,10 +9,12 @@ from flash_engine.client import EngineDeath, EngineDied, EngineError, JobState
 
 
 class FakeClient:
-    def __init__(self, config=None, model_limits: dict | None = None):
+    def __init__(self, config=None, model_limits: dict | None = None, model_actions: dict | None = None):
         self.config, self.alive, self.pid, self.death = config, False, 4242, None
-        # what the engine's hello says; model_limits as the service reports its default model's
-        self.hello_info = {"device": "cpu", **({"model_limits": model_limits} if model_limits else {})}
+        # what the engine's hello says; model_limits and model_actions as the service reports
+        # its default model's (model_actions: its card's, ``model_actions.ModelActions.to_report``)
+        self.hello_info = {"device": "cpu", **({"model_limits": model_limits} if model_limits else {}),
+                           "model_actions": model_actions}
         self.jobs: dict[str, JobState] = {}
         self.events: list[dict] = []
         self.submitted, self.cancelled, self.closed = [], [], 0
