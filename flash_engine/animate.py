@@ -89,6 +89,9 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
     from flash_engine.warm import PipelineKey
 
     validate(request)
+    if any(getattr(request, name) is not None for name in ("pose", "driving", "depth")):
+        raise FlashError("motion control (--pose, --driving, --depth) is not built into this engine yet",
+                         "animate without it", code="bad_argument")
     if not request.action and not request.weights and not (request.prompt and request.prompt.strip()):
         raise FlashError("nothing to animate: no action and no prompt",
                          "pass --action PRESET (see `python -m flash_engine info`) or --prompt TEXT",

@@ -35,6 +35,13 @@ DEFAULT_FPS = 8  # the speed of a clip when neither the request nor a trained ac
 DEFAULT_TRAIN_STEPS = 20_000
 DEFAULT_DECODER_STEPS = 10_000
 DEFAULT_STRIDE = 2
+# Motion control: how strongly, and over which part of the denoising schedule (a fraction of the
+# steps, diffusers' control_guidance_start/end), a pose or depth ControlNet steers.
+DEFAULT_CONTROL_STRENGTH = 1.0
+MAX_CONTROL_STRENGTH = 2.0
+DEFAULT_CONTROL_START = 0.0
+DEFAULT_CONTROL_END = 1.0
+CONTROLS = ("pose", "depth")
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -175,6 +182,41 @@ class AnimateRequest:
     device: str = _model_fields()["device"]
     precision: str = _model_fields()["precision"]
     offload: bool = spec(bool, False, help="model CPU offload (less GPU memory, slower)")
+    # ---- motion control (docs/motion-control.md) ----
+    pose: str | None = spec(str, None, metavar="POSE_JSON",
+                            help="the motion to follow: keypoints per frame (.pose.json, docs/pose-format.md)")
+    driving: str | None = spec(str, None, metavar="VIDEO",
+                               help="the motion to follow: a clip of a person (video file or folder of frames); "
+                                    "its poses are read with MediaPipe and retargeted to the reference's person")
+    driving_start: int | None = spec(int, None, minimum=0, maximum=10**7,
+                                     help="the driving clip's first frame used (default 0)")
+    reference_pose: str | None = spec(str, None, metavar="POSE_JSON",
+                                      help="the reference person's pose (.pose.json of one frame) the driving "
+                                           "clip is retargeted to (default: estimated from --image)")
+    depth: str | None = spec(str, None, metavar="DIR",
+                             help="per-frame depth images, one per frame (16-bit PNG, near = bright)")
+    control_strength: float | None = spec(float, None, minimum=0.0, maximum=MAX_CONTROL_STRENGTH,
+                                          help="how strongly every control steers (ControlNet conditioning "
+                                               f"scale; default {DEFAULT_CONTROL_STRENGTH:g})")
+    pose_strength: float | None = spec(float, None, minimum=0.0, maximum=MAX_CONTROL_STRENGTH,
+                                       help="the pose's strength (default: --control-strength)")
+    depth_strength: float | None = spec(float, None, minimum=0.0, maximum=MAX_CONTROL_STRENGTH,
+                                        help="the depth's strength (default: --control-strength)")
+    pose_start: float | None = spec(float, None, minimum=0.0, maximum=1.0,
+                                    help="fraction of the steps after which the pose starts steering "
+                                         f"(default {DEFAULT_CONTROL_START:g})")
+    pose_end: float | None = spec(float, None, minimum=0.0, maximum=1.0,
+                                  help=f"fraction of the steps after which it stops (default {DEFAULT_CONTROL_END:g})")
+    depth_start: float | None = spec(float, None, minimum=0.0, maximum=1.0,
+                                     help=f"as --pose-start, for the depth (default {DEFAULT_CONTROL_START:g})")
+    depth_end: float | None = spec(float, None, minimum=0.0, maximum=1.0,
+                                   help=f"as --pose-end, for the depth (default {DEFAULT_CONTROL_END:g})")
+    pose_controlnet: str | None = spec(str, None, metavar="DIR",
+                                       help="pose ControlNet (diffusers folder; default: the model's own, "
+                                            "else the fetched lllyasviel/control_v11p_sd15_openpose)")
+    depth_controlnet: str | None = spec(str, None, metavar="DIR",
+                                        help="depth ControlNet (diffusers folder; default: the model's own, "
+                                             "else the fetched lllyasviel/control_v11f1p_sd15_depth)")
 
 
 @dataclass
@@ -237,13 +279,64 @@ def parse(kind: str, data: dict):
         if field_spec.kind is str and field_spec.required and isinstance(value, str) and not value.strip():
             value = None
         values[name] = field_spec.check(name, value)
-    return request_class(**values)
+    request = request_class(**values)
+    check_combinations(request)
+    return request
 
 
 def validate(request) -> None:
     """Check a request made in code (the demo, tests) as ``parse`` checks one from outside."""
     for name, field_spec in specs(type(request)).items():
         setattr(request, name, field_spec.check(name, getattr(request, name)))
+    check_combinations(request)
+
+
+def _given(request, name: str) -> bool:
+    return getattr(request, name) is not None
+
+
+def check_combinations(request) -> None:
+    """What no single field can check: fields that need, or exclude, each other."""
+    if not isinstance(request, AnimateRequest):
+        return
+    if _given(request, "pose") and _given(request, "driving"):
+        raise FlashError("give --pose or --driving, not both (each is a whole motion)",
+                         "drop one of them", code=BAD_ARGUMENT)
+    for name, needs in (("driving_start", "driving"), ("reference_pose", "driving")):
+        if _given(request, name) and not _given(request, needs):
+            raise FlashError(f"'{name}' applies to a driving clip, and none is given",
+                             f"add --{needs.replace('_', '-')} or drop --{name.replace('_', '-')}", code=BAD_ARGUMENT)
+    sources = {"pose": ("pose", "driving"), "depth": ("depth",)}
+    for control in CONTROLS:
+        given = any(_given(request, source) for source in sources[control])
+        for suffix in ("strength", "start", "end", "controlnet"):
+            name = f"{control}_{suffix}"
+            if _given(request, name) and not given:
+                what = " or ".join(f"--{source}" for source in sources[control])
+                raise FlashError(f"'{name}' is set but there is no {control} control",
+                                 f"add {what} or drop --{name.replace('_', '-')}", code=BAD_ARGUMENT)
+        start, end = control_window(request, control)
+        if start >= end:
+            raise FlashError(f"'{control}_start' ({start:g}) must be below '{control}_end' ({end:g})",
+                             f"e.g. --{control}-start 0 --{control}-end 1", code=BAD_ARGUMENT)
+    if _given(request, "control_strength") and not any(
+            _given(request, source) for source in ("pose", "driving", "depth")):
+        raise FlashError("'control_strength' is set but there is no control",
+                         "add --pose, --driving or --depth, or drop --control-strength", code=BAD_ARGUMENT)
+
+
+def control_strength(request: "AnimateRequest", control: str) -> float:
+    """The conditioning scale of ``control`` ("pose" or "depth"): its own, else the shared one."""
+    own = getattr(request, f"{control}_strength")
+    if own is not None:
+        return own
+    return request.control_strength if request.control_strength is not None else DEFAULT_CONTROL_STRENGTH
+
+
+def control_window(request: "AnimateRequest", control: str) -> tuple[float, float]:
+    """(start, end): the fraction of the steps over which ``control`` steers."""
+    start, end = getattr(request, f"{control}_start"), getattr(request, f"{control}_end")
+    return (DEFAULT_CONTROL_START if start is None else start, DEFAULT_CONTROL_END if end is None else end)
 
 
 # ---------------------------------------------------------------------------------------

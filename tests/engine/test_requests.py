@@ -56,3 +56,43 @@ def test_a_request_made_in_code_is_checked_the_same_way():
     with pytest.raises(FlashError, match="'steps' must be between 1 and 1000"):
         R.validate(request)
     assert R.parse("train", {"clips": "c", "action": "a", "prompt": "p", "out": "o"}).prompt == ["p"]
+
+
+# ---- motion control: fields that need or exclude each other
+
+BASE = {"image": "shot.png", "out": "take"}
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"pose": "t.pose.json", "driving": "ref.mp4"}, "not both"),
+    ({"driving_start": 4}, "driving clip"),
+    ({"reference_pose": "me.pose.json"}, "driving clip"),
+    ({"depth_strength": 0.5}, "no depth control"),
+    ({"pose_end": 0.5, "depth": "depth/"}, "no pose control"),
+    ({"pose_controlnet": "cn/"}, "no pose control"),
+    ({"control_strength": 0.5}, "no control"),
+    ({"pose": "t.pose.json", "pose_start": 0.6, "pose_end": 0.4}, "must be below"),
+    ({"depth": "d/", "depth_start": 1.0}, "must be below"),
+])
+def test_control_fields_that_need_or_exclude_each_other_get_one_line(extra, words):
+    with pytest.raises(FlashError) as err:
+        R.parse("animate", {**BASE, **extra})
+    assert words in str(err.value) and "\n" not in str(err.value)
+    request = R.AnimateRequest(**BASE, **extra)  # made in code: validate checks the same
+    with pytest.raises(FlashError):
+        R.validate(request)
+
+
+def test_a_controls_strength_and_window_default_to_the_shared_ones():
+    request = R.parse("animate", {**BASE, "driving": "ref.mp4", "depth": "d/", "control_strength": 0.7,
+                                  "depth_strength": 1.5, "pose_start": 0.2})
+    assert R.control_strength(request, "pose") == 0.7 and R.control_strength(request, "depth") == 1.5
+    assert R.control_window(request, "pose") == (0.2, R.DEFAULT_CONTROL_END)
+    assert R.control_window(request, "depth") == (R.DEFAULT_CONTROL_START, R.DEFAULT_CONTROL_END)
+    plain = R.parse("animate", {**BASE, "pose": "t.pose.json"})
+    assert R.control_strength(plain, "pose") == R.DEFAULT_CONTROL_STRENGTH
+
+
+def test_control_strength_has_the_schemas_limits():
+    with pytest.raises(FlashError, match="between 0 and 2"):
+        R.parse("animate", {**BASE, "pose": "t.pose.json", "pose_strength": 2.5})
