@@ -46,7 +46,8 @@ def clip_flops(model: str, frames: int, size: int, steps: int) -> dict[str, floa
     with torch.device(META):
         decoder = DetailEnhancementDecoder.from_vae(base.vae)
         pixels = torch.empty(1, 3, size, size)
-        latents = torch.empty(2, base.unet.config.in_channels, frames, size // 8, size // 8)
+        latent = size // base.size_multiple
+        latents = torch.empty(2, base.unet.config.in_channels, frames, latent, latent)
         text = torch.empty(2 * frames, 77, base.unet.config.cross_attention_dim)
         timestep = torch.full((), 500, dtype=torch.long)
     with torch.no_grad():

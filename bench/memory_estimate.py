@@ -120,7 +120,7 @@ def estimate_clip_memory(model: str, settings: MemorySettings) -> MemoryEstimate
     weights = {name: module_bytes(module) for name, module in modules.items()}
 
     frames, batch = settings.frames, 2 if settings.guided else 1
-    latent_h, latent_w = settings.height // 8, settings.width // 8
+    latent_h, latent_w = (side // base.size_multiple for side in (settings.height, settings.width))
     carried: dict[str, torch.Tensor] = {}  # what one phase hands to the next, kept on the device
 
     def text(_tracker):

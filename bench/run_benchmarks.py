@@ -89,7 +89,8 @@ def unet_flops(pipeline: FlashPipeline, frames: int, size: int, guided: bool) ->
     unet = pipeline.base.unet
     channels = unet.config.in_channels
     batch = 2 if guided else 1
-    sample = torch.randn(batch, channels, frames, size // 8, size // 8, device=pipeline.device, dtype=pipeline.dtype)
+    latent = size // pipeline.base.size_multiple
+    sample = torch.randn(batch, channels, frames, latent, latent, device=pipeline.device, dtype=pipeline.dtype)
     text = torch.randn(batch * frames, 77, unet.config.cross_attention_dim, device=pipeline.device,
                        dtype=pipeline.dtype)
     counter = FlopCounterMode(display=False)
@@ -186,7 +187,7 @@ def bench_decode(args, rows, device, pipeline):
     from flash_engine.models.decoder import encode_with_features
 
     vae, decoder = pipeline.base.vae, pipeline.decoder
-    latent_size = args.size // 8
+    latent_size = args.size // pipeline.base.size_multiple
     frames = min(args.frames, 4)
     latents = torch.randn(frames, vae.config.latent_channels, latent_size, latent_size, device=device,
                           dtype=pipeline.vae_dtype)
@@ -278,7 +279,7 @@ def bench_precision(args, rows, device):
     """Relative error of one UNet forward in bf16/fp16 against the fp32 reference, same inputs."""
     base = load_base(args.model)
     unet = base.unet.to(device)
-    latent = args.size // 8
+    latent = args.size // base.size_multiple
     generator = torch.Generator("cpu").manual_seed(0)
     sample = torch.randn(1, unet.config.in_channels, args.frames, latent, latent, generator=generator)
     text = torch.randn(args.frames, 77, unet.config.cross_attention_dim, generator=generator)
@@ -296,7 +297,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="tiny, sd15-random or a weights folder")
     parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=256, help="square side in pixels (multiple of 8)")
+    parser.add_argument("--size", type=int, default=256,
+                        help="square side in pixels (a multiple of the model's size step: 8 for SD)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--train-frames", type=int, default=8)

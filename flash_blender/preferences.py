@@ -86,8 +86,9 @@ class FLASH_AddonPreferences(AddonPreferences):
                                                  "10000; 0 skips it)")
     train_resolution: IntProperty(name="Resolution", min=training.NATIVE_RESOLUTION, max=4096,
                                   default=training.NATIVE_RESOLUTION, step=8, subtype='PIXEL',
-                                  description="Square training size in pixels, a multiple of 8; 0: the base "
-                                              "model's native size (64 for the built-in model, 512 for SD 1.5)")
+                                  description="Square training size in pixels, a multiple of the model's size "
+                                              "step (its VAE's scale, 8 for SD 1.5); 0: the base model's native "
+                                              "size (64 for the built-in model, 512 for SD 1.5)")
     train_frames: IntProperty(name="Frames", **limits("frames", "train"), default=training.DEFAULT_FRAMES,
                               description="Frames per training sample")
     train_stride: IntProperty(name="Stride", **limits("stride", "train"), default=training.DEFAULT_STRIDE,

@@ -74,8 +74,9 @@ class FlashSceneSettings(PropertyGroup):
                                           "aspect ratio; off: Long Side")
     long_side: IntProperty(name="Long Side", **{**options("long_side"), "default": CUSTOM_LONG_SIDE}, step=8,
                            subtype='PIXEL', description="The clip's long side in pixels when Native Size is off "
-                                                        "(rounded to a multiple of 8); the short side follows the "
-                                                        "camera's aspect ratio")
+                                                        "(rounded to the model's size step, 8 for Stable "
+                                                        "Diffusion); the short side follows the camera's "
+                                                        "aspect ratio")
     plane_distance: FloatProperty(name="Plane Distance", min=0.001, default=10.0, unit='LENGTH',
                                   description="How far in front of the camera the clip's plane sits "
                                               "(kept inside the camera's clipping range)")

@@ -25,8 +25,8 @@ from .errors import PlanError
 DEFAULT_FOLDER = "flash"
 REFERENCE_SUFFIX = ".reference.png"
 TAKE_DIGITS = 3
-SIZE_MULTIPLE = engine_module("requests").SIZE_MULTIPLE
-MIN_SIDE = 8
+_SCHEMA = engine_module("requests")
+DEFAULT_SIZE_MULTIPLE = _SCHEMA.DEFAULT_SIZE_MULTIPLE  # Stable Diffusion's, until the engine says its model's
 OUTPUT_FIX = "choose a writable Output Folder in Preferences > Add-ons > FLASH Previs, or make this one writable"
 
 
@@ -157,21 +157,25 @@ def blend_relative(path: Path, blend_filepath: str) -> str:
     return str(path)
 
 
-def round_to_multiple(value: float, multiple: int = SIZE_MULTIPLE) -> int:
-    return max(MIN_SIDE, int(value / multiple + 0.5) * multiple)
+def size_multiple(model_limits: dict | None) -> int:
+    """The step the model's sizes go in (``hello``'s ``model_limits``: its VAE's scale), else
+    DEFAULT_SIZE_MULTIPLE while it is not known."""
+    step = (model_limits or {}).get("size_multiple")
+    return step if isinstance(step, int) and step > 0 else DEFAULT_SIZE_MULTIPLE
 
 
 def model_size(resolution_x: int, resolution_y: int, long_side: int,
-               pixel_aspect_x: float = 1.0, pixel_aspect_y: float = 1.0) -> tuple[int, int]:
+               pixel_aspect_x: float = 1.0, pixel_aspect_y: float = 1.0,
+               multiple: int = DEFAULT_SIZE_MULTIPLE) -> tuple[int, int]:
     """Model width and height: the camera frame's aspect (pixels × pixel aspect), the long
-    side ``long_side``, both multiples of 8."""
+    side ``long_side``, both multiples of ``multiple`` (the model's size step)."""
     width, height = resolution_x * pixel_aspect_x, resolution_y * pixel_aspect_y
     if width <= 0 or height <= 0:
         raise PlanError("the scene's render resolution is zero", "set Output > Format > Resolution")
-    long_side = round_to_multiple(long_side)
+    long_side = _SCHEMA.round_side(long_side, multiple)
     if width >= height:
-        return long_side, round_to_multiple(long_side * height / width)
-    return round_to_multiple(long_side * width / height), long_side
+        return long_side, _SCHEMA.round_side(long_side * height / width, multiple)
+    return _SCHEMA.round_side(long_side * width / height, multiple), long_side
 
 
 def first_free_channel(occupied: Iterable[tuple[int, int, int]], start: int, length: int,

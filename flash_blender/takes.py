@@ -25,7 +25,7 @@ from pathlib import Path
 from .catalog import ActionInfo
 from .errors import PlanError
 from .request_limits import check_request
-from .take_planning import OutputRoot, TakePlan, model_size
+from .take_planning import OutputRoot, TakePlan, model_size, size_multiple
 from .timing import clip_fps
 
 REFERENCE_LONG_SIDE = 512  # the reference's long side while the model's size is not known yet
@@ -109,9 +109,11 @@ def native_long_side(model_limits: dict | None) -> int | None:
     return side if side > 0 else None
 
 
-def clip_size(shot: Shot, long_side: int) -> tuple[int, int]:
-    """Width and height at the camera frame's aspect with ``long_side`` (multiples of 8)."""
-    return model_size(shot.resolution_x, shot.resolution_y, long_side, shot.pixel_aspect_x, shot.pixel_aspect_y)
+def clip_size(shot: Shot, long_side: int, model_limits: dict | None) -> tuple[int, int]:
+    """Width and height at the camera frame's aspect with ``long_side``, in the model's size
+    step (Stable Diffusion's 8 while the engine has not said its model's)."""
+    return model_size(shot.resolution_x, shot.resolution_y, long_side, shot.pixel_aspect_x, shot.pixel_aspect_y,
+                      size_multiple(model_limits))
 
 
 def plan_animate(choice: TakeChoice, shot: Shot, plan: TakePlan, root: OutputRoot,
@@ -123,7 +125,7 @@ def plan_animate(choice: TakeChoice, shot: Shot, plan: TakePlan, root: OutputRoo
     prompt = choice.prompt.strip() or choice.action.prompt
     native = choice.long_side is None
     side = (native_long_side(model_limits) or REFERENCE_LONG_SIDE) if native else choice.long_side
-    width, height = clip_size(shot, side)
+    width, height = clip_size(shot, side, model_limits)
     take = Take(plan=plan, scene=shot.scene, camera=shot.camera, frame_start=shot.frame, in_project=root.in_project,
                 output=choice.output, distance=choice.plane_distance, outside=choice.outside, action=choice.action.id,
                 action_name=choice.action.name, base_model_only=choice.action.base_model_only, seed=choice.seed,
@@ -147,6 +149,12 @@ def check_model_limits(args: dict, model_limits: dict | None) -> None:
     if isinstance(most, int) and isinstance(frames, int) and frames > most:
         raise PlanError(f"{frames} frames is more than this model's motion takes ({most})",
                         f"set Frames to {most} or fewer")
+    step = size_multiple(model_limits)
+    for name in ("width", "height"):  # planned in steps of 8 before the engine said its model's step
+        side = args.get(name)
+        if isinstance(side, int) and side % step:
+            raise PlanError(f"a {name} of {side} is not a multiple of {step}, this model's size step",
+                            f"animate again: the engine runs now, so the size is planned in steps of {step}")
 
 
 def frames_problem(frames: int, model_limits: dict | None) -> str:
@@ -162,12 +170,12 @@ def size_text(shot: Shot, long_side: int | None, model_limits: dict | None) -> s
     """The clip's size as the next take gets it, for the panel (``long_side`` None: native)."""
     try:
         if long_side is not None:
-            width, height = clip_size(shot, long_side)
+            width, height = clip_size(shot, long_side, model_limits)
             return f"Clip: {width} × {height} px (camera aspect)"
         side = native_long_side(model_limits)
         if side is None:
             return "Clip: the model's native size at the camera's aspect (shown once the engine runs)"
-        width, height = clip_size(shot, side)
+        width, height = clip_size(shot, side, model_limits)
         return f"Clip: {width} × {height} px (the model's native size, camera aspect)"
     except PlanError as err:
         return str(err)

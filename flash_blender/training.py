@@ -27,6 +27,7 @@ from .bundled import engine_module
 from .clipcheck import user_paths
 from .errors import PlanError
 from .progress import AnimateJob, format_eta
+from .take_planning import size_multiple
 
 LAYOUT = engine_module("layout")  # the engine's file names
 CHECKPOINT_JSON = LAYOUT.CHECKPOINT_JSON
@@ -91,28 +92,33 @@ def write_json(path: Path, data: dict) -> None:
 NATIVE_RESOLUTION = 0  # a training resolution of 0: the base model's native size (the engine's default)
 
 
-def resolution_arg(resolution: int) -> str | None:
-    """The request's ``resolution``; None (left out) for the base model's native size."""
+def resolution_arg(resolution: int, model_limits: dict | None = None) -> str | None:
+    """The request's ``resolution``; None (left out) for the base model's native size.
+    ``model_limits``: what the running engine said of its model (its size step), if it runs."""
     if resolution == NATIVE_RESOLUTION:
         return None
-    if resolution < 8 or resolution % 8:
-        raise PlanError(f"resolution {resolution} is not a multiple of 8", "use 512 (or 256 for a quick test)")
+    step = size_multiple(model_limits)
+    if resolution < step or resolution % step:
+        lower = max(step, resolution // step * step)
+        raise PlanError(f"resolution {resolution} is not a multiple of {step}, the model's size step",
+                        f"use {lower} or {lower + step}, or 0 for the model's native size")
     return str(resolution)
 
 
 def train_args(*, clips_folder: Path, name: str, prompt: str, out: Path, model: str, steps: int,
                decoder_steps: int, resolution: int, frames: int, stride: int, device: str = "auto",
-               precision: str = "auto", seed: int | None = None) -> dict:
+               precision: str = "auto", seed: int | None = None, model_limits: dict | None = None) -> dict:
     """The engine's ``train`` request (TrainRequest's fields). The engine's serve defaults
-    do not apply to training, so model, device and precision are always sent."""
+    do not apply to training, so model, device and precision are always sent. ``model_limits``:
+    the running engine's (``hello``), whose model this trains on; None while none runs."""
     prompt = prompt.strip()
     if not prompt:
         raise PlanError("the action needs a prompt sentence", "describe it, e.g. 'a person is swinging a golf club.'")
     if steps < 0 or decoder_steps < 0 or steps + decoder_steps == 0:
         raise PlanError("nothing to train: 0 UNet and 0 decoder steps", "use 20000 UNet and 10000 decoder steps")
     args = {"clips": [str(clips_folder)], "action": name.strip(), "prompt": [prompt], "out": str(out),
-            "model": model, "steps": steps, "decoder_steps": decoder_steps, "resolution": resolution_arg(resolution),
-            "frames": frames, "stride": stride, "device": device, "precision": precision}
+            "model": model, "steps": steps, "decoder_steps": decoder_steps,
+            "resolution": resolution_arg(resolution, model_limits), "frames": frames, "stride": stride, "device": device, "precision": precision}
     if seed is not None:
         args["seed"] = seed
     if args["resolution"] is None:  # the base model's native size: the engine's default

@@ -128,9 +128,10 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
     dtype = devices.pick_dtype(request.precision, device)
     reference = load_reference(request.image)
     native_long_side = max(limits["width"], limits["height"])
-    width, height = resolve_size(reference.size, request.width, request.height, request.long_side or native_long_side)
+    width, height = resolve_size(reference.size, request.width, request.height, request.long_side or native_long_side,
+                                 limits["size_multiple"])
     devices.check_clip_fits(device, dtype, frames, width, height, guided=guidance > 1.0,
-                            weights_bytes=_weights_bytes(model))
+                            size_multiple=limits["size_multiple"], weights_bytes=_weights_bytes(model))
     check_destination(request.out, request.overwrite, written_take_files, needed_bytes=frames * width * height * 3)
     return ResolvedAnimate(
         request=request,

@@ -109,8 +109,9 @@ def clip_memory_bytes(frames: int, width: int, height: int, dtype: torch.dtype, 
 
 
 def check_clip_fits(device: torch.device, dtype: torch.dtype, frames: int, width: int, height: int,
-                    guided: bool, weights_bytes: int = 0) -> None:
-    """Refuse, before anything loads, a clip the device cannot hold; the error names a size that fits."""
+                    guided: bool, size_multiple: int, weights_bytes: int = 0) -> None:
+    """Refuse, before anything loads, a clip the device cannot hold; the error names a size
+    that fits, in multiples of the model's ``size_multiple``."""
     total = device_memory_bytes(device)
     if total is None:
         return
@@ -119,7 +120,7 @@ def check_clip_fits(device: torch.device, dtype: torch.dtype, frames: int, width
     if needed <= budget:
         return
     scale = math.sqrt(max(budget, 0) / needed)
-    fit_w, fit_h = (max(8, int(side * scale) // 8 * 8) for side in (width, height))
+    fit_w, fit_h = (max(size_multiple, int(side * scale) // size_multiple * size_multiple) for side in (width, height))
     raise FlashError(f"{frames} frames at {width}x{height} need about {needed / 2**30:.1f} GiB on {device}, "
                      f"which has {total / 2**30:.1f} GiB", f"use at most {fit_w}x{fit_h} (--width {fit_w} "
                      f"--height {fit_h}) or a device with more memory", code="too_large")

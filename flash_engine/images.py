@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from flash_engine.errors import FlashError
-from flash_engine.requests import SIZE_MULTIPLE
+from flash_engine.requests import round_side
 from flash_engine.layout import frame_name
 
 
@@ -55,43 +55,42 @@ def load_reference(path: str | Path) -> Image.Image:
                          "pass a PNG or JPEG render of the shot", code="bad_image") from err
 
 
-def _round_to_multiple(value: float) -> int:
-    return max(SIZE_MULTIPLE, int(value / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE)  # halves round up
-
-
-def check_size(name: str, value: int) -> None:
-    if value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
-        lower = max(SIZE_MULTIPLE, value // SIZE_MULTIPLE * SIZE_MULTIPLE)
+def check_size(name: str, value: int, multiple: int) -> None:
+    """A one-line FlashError naming the nearest sizes when ``value`` is not a positive
+    multiple of ``multiple``, the model's size step (``model_limits``' ``size_multiple``)."""
+    if value < multiple or value % multiple:
+        lower = max(multiple, value // multiple * multiple)
         raise FlashError(
-            f"{name} {value} is not a positive multiple of {SIZE_MULTIPLE}",
-            f"use {lower} or {lower + SIZE_MULTIPLE}",
+            f"{name} {value} is not a multiple of {multiple}, this model's size step",
+            f"use {lower} or {lower + multiple}",
             code="bad_size",
         )
 
 
 def resolve_size(image_size: tuple[int, int], width: int | None, height: int | None,
-                 long_side: int) -> tuple[int, int]:
+                 long_side: int, multiple: int) -> tuple[int, int]:
     """The model resolution: explicit sizes are checked, missing ones follow the image's aspect.
 
     With neither given, the long side is ``long_side`` and the short side the image's
-    aspect ratio rounded to a multiple of 8, so a 16:9 camera is not squeezed into a square.
+    aspect ratio rounded to a multiple of ``multiple`` (the model's size step), so a 16:9
+    camera is not squeezed into a square.
     """
     image_w, image_h = image_size
     aspect = image_w / image_h
     if width is not None:
-        check_size("width", width)
+        check_size("width", width, multiple)
     if height is not None:
-        check_size("height", height)
+        check_size("height", height, multiple)
     if width is None and height is None:
-        check_size("long side", long_side)
+        check_size("long side", long_side, multiple)
         if aspect >= 1:
-            width, height = long_side, _round_to_multiple(long_side / aspect)
+            width, height = long_side, round_side(long_side / aspect, multiple)
         else:
-            width, height = _round_to_multiple(long_side * aspect), long_side
+            width, height = round_side(long_side * aspect, multiple), long_side
     elif width is None:
-        width = _round_to_multiple(height * aspect)
+        width = round_side(height * aspect, multiple)
     elif height is None:
-        height = _round_to_multiple(width / aspect)
+        height = round_side(width / aspect, multiple)
     return width, height
 
 

@@ -42,7 +42,7 @@ class AnimationSettings:
     height: int = 512
     adain: bool = True
 
-    def validate(self, max_frames: int) -> None:
+    def validate(self, max_frames: int, size_multiple: int) -> None:
         if self.num_frames < 2:
             raise FlashError(f"frames must be at least 2 (got {self.num_frames})", "use --frames 16", code="bad_frames")
         if self.num_frames > max_frames:
@@ -55,8 +55,8 @@ class AnimationSettings:
                              code="bad_guidance")
         if not self.prompt.strip():
             raise FlashError("the prompt is empty", "pass --prompt TEXT or --action PRESET", code="bad_prompt")
-        check_size("width", self.width)
-        check_size("height", self.height)
+        check_size("width", self.width, size_multiple)
+        check_size("height", self.height, size_multiple)
 
 
 def adain_latents(latents: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -151,7 +151,7 @@ class FlashPipeline:
         progress: ProgressFn | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> AnimationResult:
-        settings.validate(self.max_frames)
+        settings.validate(self.max_frames, self.base.size_multiple)
         progress = progress or (lambda phase, step, total: None)
         timings: dict[str, float] = {}
         clock = time.perf_counter()

@@ -6,9 +6,9 @@ properties' limits and defaults from it through the bundled engine. A request is
 dataclass instance (``AnimateRequest``, ``TrainRequest``): its fields, their types, defaults,
 limits and help are the ``Spec`` in each field's metadata.
 
-Limits here are the ones no model can exceed; a model's own (its native size, the most
-frames its motion modules take) come from ``models.loading.model_limits`` and are checked
-when a request is resolved, before any weights load.
+Limits here are the ones no model can exceed; a model's own (its native size, the step its
+sizes go in, the most frames its motion modules take) come from ``models.loading.model_limits``
+and are checked when a request is resolved, before any weights load.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from typing import Any
 from flash_engine.errors import FlashError
 
 BAD_ARGUMENT = "bad_argument"
-SIZE_MULTIPLE = 8
+# Sizes are multiples of the model's VAE scale (``model_limits``' ``size_multiple``): this is
+# Stable Diffusion's, the step where the model is not known yet (the add-on before the engine runs).
+DEFAULT_SIZE_MULTIPLE = 8
+MIN_SIDE = 8
 MAX_SIDE = 4096
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes up to 64 bits
 MAX_FRAMES = 64  # no motion module we load takes more; a model's own limit may be lower
@@ -46,6 +49,9 @@ DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
+SIZE_STEP_HELP = f"the model's size step, its VAE's scale ({DEFAULT_SIZE_MULTIPLE} for Stable Diffusion)"
+
+
 KIND_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
               list: "a list of strings", dict: "an object"}
 
@@ -59,7 +65,6 @@ class Spec:
     required: bool = False
     minimum: float | None = None
     maximum: float | None = None
-    multiple_of: int | None = None
     choices: tuple | None = None
     flag: str | None = None  # the CLI flag when it is not --field-name
     metavar: str | None = None
@@ -83,10 +88,6 @@ class Spec:
             if (low is not None and value < low) or (high is not None and value > high):
                 raise FlashError(f"'{name}' must be {wanted} (got {value})", f"use {name} {self.example()}",
                                  code=BAD_ARGUMENT)
-            if self.multiple_of and value % self.multiple_of:
-                lower = max(self.multiple_of, value // self.multiple_of * self.multiple_of)
-                raise FlashError(f"'{name}' {value} is not a multiple of {self.multiple_of}",
-                                 f"use {lower} or {lower + self.multiple_of}", code=BAD_ARGUMENT)
         if self.choices is not None and value not in self.choices:
             raise FlashError(f"'{name}' must be one of {', '.join(map(str, self.choices))} (got {value!r:.40})",
                              f"fix '{name}'", code=BAD_ARGUMENT)
@@ -125,6 +126,13 @@ def _number(value: float) -> str:
     if value == MAX_SEED:
         return "2^64-1"
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def round_side(value: float, multiple: int) -> int:
+    """A side of ``value`` pixels as the nearest multiple of ``multiple`` (halves up), and
+    at least MIN_SIDE: how a size that follows an aspect ratio is made one the model takes."""
+    smallest = -(-MIN_SIDE // multiple) * multiple
+    return max(smallest, int(value / multiple + 0.5) * multiple)
 
 
 def spec(kind: type, default: Any = None, **options) -> Any:
@@ -168,13 +176,13 @@ class AnimateRequest:
     guidance: float | None = spec(float, None, minimum=0.0, maximum=30.0,
                                   help=f"classifier-free guidance (default: the preset's, else {DEFAULT_GUIDANCE})")
     seed: int | None = spec(int, None, minimum=0, maximum=MAX_SEED, help="default: random (recorded in flash.json)")
-    width: int | None = spec(int, None, minimum=SIZE_MULTIPLE, maximum=MAX_SIDE, multiple_of=SIZE_MULTIPLE,
-                             help="multiple of 8; default follows the image's aspect")
-    height: int | None = spec(int, None, minimum=SIZE_MULTIPLE, maximum=MAX_SIDE, multiple_of=SIZE_MULTIPLE,
-                              help="multiple of 8; default follows the image's aspect")
-    long_side: int | None = spec(int, None, minimum=64, maximum=MAX_SIDE, multiple_of=SIZE_MULTIPLE,
+    width: int | None = spec(int, None, minimum=MIN_SIDE, maximum=MAX_SIDE,
+                             help=f"a multiple of {SIZE_STEP_HELP}; default follows the image's aspect")
+    height: int | None = spec(int, None, minimum=MIN_SIDE, maximum=MAX_SIDE,
+                              help=f"a multiple of {SIZE_STEP_HELP}; default follows the image's aspect")
+    long_side: int | None = spec(int, None, minimum=64, maximum=MAX_SIDE,
                                  help="long side when neither --width nor --height is given (default: the "
-                                      "model's native size)")
+                                      "model's native size), a multiple of its size step")
     overwrite: bool = spec(bool, False, help="replace --out when it is a take the engine wrote (only its files)")
     mp4: bool = spec(bool, False, help="also write flash.mp4")
     fps: float | None = spec(float, None, minimum=1, maximum=240,
@@ -231,7 +239,8 @@ class TrainRequest:
     motion_adapter: str | None = _model_fields()["motion_adapter"]
     steps: int | None = spec(int, None, minimum=0, maximum=10**7, help=f"UNet steps (default {DEFAULT_TRAIN_STEPS})")
     decoder_steps: int | None = spec(int, None, minimum=0, maximum=10**7, help=f"decoder steps (default {DEFAULT_DECODER_STEPS})")
-    resolution: str | None = spec(str, None, help="N or WxH, multiples of 8 (default: the model's native size)")
+    resolution: str | None = spec(str, None, help=f"N or WxH, each a multiple of {SIZE_STEP_HELP} "
+                                   "(default: the model's native size)")
     frames: int | None = spec(int, None, minimum=2, maximum=MAX_FRAMES, help=f"frames per clip sample (default {DEFAULT_FRAMES})")
     stride: int | None = spec(int, None, minimum=1, maximum=64, help=f"source frames between samples (default {DEFAULT_STRIDE})")
     variant: int | None = spec(int, None, minimum=1, maximum=6,

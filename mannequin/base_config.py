@@ -56,7 +56,7 @@ class BaseConfig:
     text_ff: int = 256
     max_frames: int = 32  # motion modules' position table (the pipeline's frame limit)
     # ---- stage 1: VAE on frames ----
-    vae_steps: int = 3200
+    vae_steps: int = 2400
     vae_batch: int = 16  # whole frames per step (from 16 random clips)
     vae_crop: int = 32  # the first `vae_crop_fraction` of the steps train on random crops of this side...
     vae_crop_batch: int = 64  # ...this many per step (the same pixels per step as 16 whole frames)
@@ -69,7 +69,7 @@ class BaseConfig:
     vae_logvar_init: float = -6.0  # posterior std starts at 0.05, not 1: the decoder sees the latent early
     scale_frames: int = 2048  # frames used to measure the latents' std (-> scaling_factor)
     # ---- stage 2: text encoder + UNet2D + motion modules, on latent videos ----
-    unet_steps: int = 4000
+    unet_steps: int = 3600
     unet_batch: int = 4  # clips of `frames` frames
     unet_lr: float = 3e-4
     unet_warmup: int = 250

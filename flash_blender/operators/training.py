@@ -152,7 +152,8 @@ def begin_training(context, overrides: dict, resume: bool = False) -> training.T
     args = training.train_args(
         clips_folder=clips_folder, name=name, prompt=value("prompt"), out=paths.out, model=model_argument(prefs),
         steps=value("steps"), decoder_steps=value("decoder_steps"), resolution=value("resolution"), frames=frames,
-        stride=stride, device=prefs.device, precision=prefs.precision)
+        stride=stride, device=prefs.device, precision=prefs.precision,
+        model_limits=MANAGER.model_limits(config))  # a running engine's model: its size step
     paths.actions_dir.mkdir(parents=True, exist_ok=True)
     sources = clipcheck.stage_files(chosen, paths.staged_clips) if kind == "files" else {}
     training.write_json(paths.request_file, {

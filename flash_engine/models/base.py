@@ -27,6 +27,17 @@ ANIMATEDIFF_SCHEDULE = dict(
 )
 
 
+SD_VAE_BLOCKS = 4  # a VAE config that leaves its blocks out is taken as Stable Diffusion's
+
+
+def vae_size_multiple(vae_config) -> int:
+    """The VAE's scale, pixels per latent cell along a side: what every clip and training
+    size must be a multiple of. diffusers' AutoencoderKL halves the size in every block but
+    the last (SD's 4 blocks: 8; 3 blocks: 4). ``vae_config``: a loaded VAE's ``config`` or
+    its ``config.json`` as a dict, so the size is told before any weights load."""
+    return 2 ** (len(vae_config.get("block_out_channels", [0] * SD_VAE_BLOCKS)) - 1)
+
+
 @dataclass
 class BaseModel:
     tokenizer: object
@@ -40,6 +51,11 @@ class BaseModel:
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"text_encoder": self.text_encoder, "vae": self.vae, "unet": self.unet}
+
+    @property
+    def size_multiple(self) -> int:
+        """What every width and height must be a multiple of (the VAE's scale)."""
+        return vae_size_multiple(self.vae.config)
 
 
 def animatediff_scheduler(config: dict | None = None) -> DDIMScheduler:

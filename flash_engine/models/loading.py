@@ -33,7 +33,7 @@ from pathlib import Path
 
 from flash_engine.errors import FlashError
 from flash_engine.model_actions import ModelActions, from_card
-from flash_engine.models.base import BaseModel, assemble_base
+from flash_engine.models.base import BaseModel, assemble_base, vae_size_multiple
 
 WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "motion_adapter")
 LOADED_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")  # under the model folder
@@ -288,8 +288,9 @@ def _read_config(path: Path) -> dict:
 
 def model_limits(source: str | Path, adapter_dir: str | Path | None = None) -> dict:
     """What a model takes, read from its configs without loading any weights: its native
-    ``width``/``height`` (the default clip and training size), ``max_frames`` (its motion
-    modules' length), ``latent_channels`` and the ``fps`` its motion was learned at."""
+    ``width``/``height`` (the default clip and training size), ``size_multiple`` (its VAE's
+    scale: every size is a multiple of it), ``max_frames`` (its motion modules' length),
+    ``latent_channels`` and the ``fps`` its motion was learned at."""
     from flash_engine.requests import DEFAULT_FPS
 
     if str(source) in BUILT_IN and str(source) != MANNEQUIN:
@@ -301,10 +302,10 @@ def model_limits(source: str | Path, adapter_dir: str | Path | None = None) -> d
     vae = _read_config(model_dir / "vae" / "config.json")
     motion = _read_config(adapter / "config.json")
     try:
-        scale = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+        scale = vae_size_multiple(vae)
         sample = unet.get("sample_size", 64)
         height, width = (sample, sample) if isinstance(sample, int) else sample
-        return {"width": int(width) * scale, "height": int(height) * scale,
+        return {"width": int(width) * scale, "height": int(height) * scale, "size_multiple": scale,
                 "max_frames": int(motion.get("motion_max_seq_length", DIFFUSERS_DEFAULT_MAX_FRAMES)),
                 "latent_channels": int(unet.get("in_channels", 4)), "fps": DEFAULT_FPS}
     except (TypeError, ValueError) as err:

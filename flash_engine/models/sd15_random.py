@@ -10,6 +10,7 @@ import torch
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from flash_engine.models.base import vae_size_multiple
 from flash_engine.models.tiny import tiny_tokenizer
 
 SEED = 15
@@ -18,7 +19,9 @@ SEED = 15
 MOTION_MAX_SEQ_LENGTH = 32
 # What the built model takes, told without building it (loading.model_limits; a test checks
 # these against the built model's configs).
-LIMITS = {"width": 512, "height": 512, "max_frames": MOTION_MAX_SEQ_LENGTH, "latent_channels": 4}
+VAE_CHANNELS = (128, 256, 512, 512)
+LIMITS = {"width": 512, "height": 512, "max_frames": MOTION_MAX_SEQ_LENGTH, "latent_channels": 4,
+          "size_multiple": vae_size_multiple({"block_out_channels": VAE_CHANNELS})}
 
 def sd15_random_parts() -> dict:
     tokenizer = tiny_tokenizer()  # ids only index the embedding table; vocabulary size is irrelevant to speed
@@ -31,7 +34,7 @@ def sd15_random_parts() -> dict:
             pad_token_id=tokenizer.pad_token_id))
         vae = AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512)
+            block_out_channels=VAE_CHANNELS, layers_per_block=2, latent_channels=4, sample_size=512)
         unet2d = UNet2DConditionModel(
             sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280))

@@ -3,7 +3,8 @@
 No files and no network: the same classes as Stable Diffusion 1.5 + AnimateDiff (CLIP
 text encoder with a byte-level CLIP tokenizer, AutoencoderKL with an 8× downsampling,
 UNet2DConditionModel + MotionAdapter) with small widths and random weights. The full
-pipeline runs on a CPU in seconds; tests and the demo use it.
+pipeline runs on a CPU in seconds; tests and the demo use it. ``tiny_parts(vae_blocks=3)``
+is the same with a 4× VAE (tests of models whose size step is not Stable Diffusion's 8).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from safetensors.torch import save as safetensors_bytes
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from flash_engine.models.base import BaseModel, assemble_base
+from flash_engine.models.base import BaseModel, assemble_base, vae_size_multiple
 
 TINY_SEED = 20250303
 TEXT_WIDTH = 32
@@ -24,9 +25,12 @@ MAX_TOKENS = 77
 
 
 MOTION_MAX_SEQ_LENGTH = 32
+VAE_BLOCKS = 4  # as Stable Diffusion's: 8x downsampling
+VAE_CHANNELS = (16, 32, 32, 32)
 # What the built model takes, told without building it (loading.model_limits; a test checks
 # these against the built model's configs).
-LIMITS = {"width": 64, "height": 64, "max_frames": MOTION_MAX_SEQ_LENGTH, "latent_channels": 4}
+LIMITS = {"width": 64, "height": 64, "max_frames": MOTION_MAX_SEQ_LENGTH, "latent_channels": 4,
+          "size_multiple": vae_size_multiple({"block_out_channels": VAE_CHANNELS[:VAE_BLOCKS]})}
 
 def tiny_tokenizer() -> CLIPTokenizer:
     """A real CLIP tokenizer with a byte-level vocabulary and no merges (one token per byte)."""
@@ -40,8 +44,13 @@ def tiny_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
 
 
-def tiny_parts() -> dict:
-    """The separate parts, as they would be saved in a diffusers-layout folder."""
+def tiny_parts(vae_blocks: int = VAE_BLOCKS) -> dict:
+    """The separate parts, as they would be saved in a diffusers-layout folder. ``vae_blocks``
+    (1-4): the VAE's block count, whose scale is 2**(vae_blocks - 1); the UNet's sample size
+    follows, so the native size stays 64."""
+    if not 1 <= vae_blocks <= len(VAE_CHANNELS):
+        raise ValueError(f"vae_blocks must be 1-{len(VAE_CHANNELS)}")
+    scale = vae_size_multiple({"block_out_channels": VAE_CHANNELS[:vae_blocks]})
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
@@ -61,16 +70,16 @@ def tiny_parts() -> dict:
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(16, 32, 32, 32),
+            down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+            up_block_types=("UpDecoderBlock2D",) * vae_blocks,
+            block_out_channels=VAE_CHANNELS[:vae_blocks],
             layers_per_block=1,
             norm_num_groups=8,
             latent_channels=4,
             sample_size=64,
         )
         unet2d = UNet2DConditionModel(
-            sample_size=8,
+            sample_size=LIMITS["width"] // scale,
             in_channels=4,
             out_channels=4,
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),

@@ -54,14 +54,20 @@ class TrainConfig:
             setattr(self, key, value)
         return self
 
-    def validate(self) -> None:
+    def validate(self, size_multiple: int) -> None:
+        """A one-line FlashError for a setting no training can run with; ``size_multiple``:
+        the base model's size step (its VAE's scale), which width and height are multiples of."""
+        step = size_multiple
+        sizes_ok = self.width >= step and self.height >= step and not (self.width % step or self.height % step)
+        lower = "x".join(str(max(step, side // step * step)) for side in (self.width, self.height))
+        higher = "x".join(str(max(step, side // step * step) + step) for side in (self.width, self.height))
         checks = [
             (self.num_frames >= 2, "frames must be at least 2", "use --frames 16"),
             (self.stride >= 1, "stride must be at least 1", "use --stride 2"),
             (self.steps >= 0 and self.decoder_steps >= 0, "step counts must not be negative", "use --steps 20000"),
             (self.steps + self.decoder_steps > 0, "nothing to train: 0 UNet and 0 decoder steps", "use --steps N"),
-            (self.width % 8 == 0 and self.height % 8 == 0 and self.width > 0 and self.height > 0,
-             f"resolution {self.width}x{self.height} is not a multiple of 8", "use --resolution 512"),
+            (sizes_ok, f"resolution {self.width}x{self.height} is not a multiple of {step}, this model's size step",
+             f"use --resolution {lower} or {higher}"),
             (self.checkpoint_every >= 1, "checkpoint interval must be at least 1", "use --checkpoint-every 500"),
             (self.decoder_frames >= 2, "decoder frames must be at least 2", "use --decoder-frames 4"),
             (0 <= self.correspondence_fraction <= 1, "correspondence fraction must be in [0, 1]", "use 0.5"),

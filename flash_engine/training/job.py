@@ -38,17 +38,23 @@ class ResolvedTrain:
     start_over: bool = False  # --force over an earlier run's checkpoint: removed when training starts
 
 
-def parse_resolution(text: str | None, native: tuple[int, int]) -> tuple[int, int]:
-    """``N`` or ``WxH`` (multiples of 8); none: the base model's native size."""
+def parse_resolution(text: str | None, native: tuple[int, int], multiple: int) -> tuple[int, int]:
+    """``N`` or ``WxH`` (multiples of ``multiple``, the model's size step); none: the base
+    model's native size."""
     if not text:
         return native
     try:
         parts = [int(p) for p in str(text).lower().split("x")]
     except ValueError:
         parts = []
-    if len(parts) not in (1, 2) or any(p < 8 or p % 8 for p in parts):
-        raise FlashError(f"resolution {text!r} is not N or WxH in multiples of 8", "use --resolution 512",
+    if len(parts) not in (1, 2):
+        raise FlashError(f"resolution {text!r} is not N or WxH", f"use --resolution {native[0]}x{native[1]}",
                          code="bad_size")
+    if any(p < multiple or p % multiple for p in parts):
+        lower = [max(multiple, p // multiple * multiple) for p in parts]
+        raise FlashError(f"resolution {text!r} is not N or WxH in multiples of {multiple}, this model's size step",
+                         f"use --resolution {'x'.join(map(str, lower))} or "
+                         f"{'x'.join(str(p + multiple) for p in lower)}", code="bad_size")
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
@@ -106,12 +112,13 @@ def build_config(request: TrainRequest, limits: dict) -> TrainConfig:
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
-    config.width, config.height = parse_resolution(request.resolution, (limits["width"], limits["height"]))
+    config.width, config.height = parse_resolution(request.resolution, (limits["width"], limits["height"]),
+                                                   limits["size_multiple"])
     if config.num_frames > limits["max_frames"]:
         raise FlashError(f"frames must be at most {limits['max_frames']} for this model's motion modules "
                          f"(got {config.num_frames})", f"use frames {min(DEFAULT_FRAMES, limits['max_frames'])}",
                          code="bad_frames")
-    config.validate()
+    config.validate(limits["size_multiple"])
     return config
 
 

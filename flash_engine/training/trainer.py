@@ -54,7 +54,7 @@ def sample_timesteps(generator: torch.Generator, count: int, skew: float, train_
 class FlashTrainer:
     def __init__(self, base: BaseModel, clips: list[Clip], config: TrainConfig, work_dir: Path,
                  device: torch.device = torch.device("cpu")):
-        config.validate()
+        config.validate(base.size_multiple)
         self.base, self.clips, self.config, self.work_dir = base, clips, config, Path(work_dir)
         self.device = device
         self.generator = torch.Generator("cpu").manual_seed(config.seed)

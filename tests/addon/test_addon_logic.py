@@ -221,6 +221,11 @@ def test_model_size_follows_the_camera_aspect(resolution, long_side, expected):
     assert take_planning.model_size(x, y, long_side, px, py) == expected
 
 
+@pytest.mark.parametrize("multiple, expected", [(8, (504, 208)), (4, (500, 208)), (16, (496, 208))])
+def test_model_size_rounds_to_the_models_own_multiple(multiple, expected):
+    assert take_planning.model_size(2048, 858, 500, multiple=multiple) == expected
+
+
 def test_model_size_refuses_an_empty_frame():
     with pytest.raises(take_planning.PlanError, match="resolution"):
         take_planning.model_size(0, 1080, 512)

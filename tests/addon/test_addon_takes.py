@@ -71,6 +71,26 @@ def test_a_long_side_the_user_set_gives_both_sides_at_the_camera_aspect(tmp_path
     assert args["mp4"] is True
 
 
+def test_the_clip_size_steps_by_the_models_own_multiple_and_by_8_before_it_is_known(tmp_path):
+    limits_4x = {**MANNEQUIN_LIMITS, "size_multiple": 4}  # a 4x VAE: sizes in steps of 4
+    take, _ = planned(tmp_path, limits_4x)
+    assert take.reference_size == (64, 36)  # 16:9 at 64: 36, a multiple of 4 (8 would give 40)
+    take, args = planned(tmp_path, limits_4x, long_side=100)
+    assert (args["width"], args["height"]) == take.reference_size == (100, 56)
+    assert requests.parse("animate", args).width == 100  # the schema leaves the step to the model
+    take, args = planned(tmp_path, None, long_side=100)  # not known yet: Stable Diffusion's 8
+    assert (args["width"], args["height"]) == (104, 56)
+    assert takes.size_text(SHOT, None, limits_4x) == "Clip: 64 × 36 px (the model's native size, camera aspect)"
+
+
+def test_a_size_the_engines_model_cannot_take_is_refused_in_one_line_once_it_says_hello():
+    takes.check_model_limits({"width": 104, "height": 56}, {"size_multiple": 8})
+    with pytest.raises(PlanError) as err:  # planned in steps of 8, the engine's model steps by 16
+        takes.check_model_limits({"width": 104, "height": 64}, {"size_multiple": 16})
+    assert str(err.value) == ("a width of 104 is not a multiple of 16, this model's size step (animate again: "
+                              "the engine runs now, so the size is planned in steps of 16)")
+
+
 def test_the_take_record_is_frozen_and_copies_the_plan(tmp_path):
     take, _ = planned(tmp_path, None, output="PLANE", plane_distance=4.0, outside="HIDE")
     assert (take.name, take.folder, take.reference) == (take.plan.name, take.plan.folder, take.plan.reference)

@@ -186,6 +186,12 @@ def test_train_request_always_names_model_device_and_precision():
         training.train_args(prompt="p", steps=0, decoder_steps=0, resolution=64, **common)
     with pytest.raises(PlanError, match="multiple of 8"):
         training.train_args(prompt="p", steps=1, decoder_steps=0, resolution=100, **common)
+    # the engine's model steps by 4 (its hello's model_limits): 100 and 36 are sizes it takes
+    limits_4x = {"width": 64, "height": 64, "size_multiple": 4}
+    assert training.train_args(prompt="p", steps=1, decoder_steps=0, resolution=36, model_limits=limits_4x,
+                               **common)["resolution"] == "36"
+    with pytest.raises(PlanError, match=r"resolution 34 is not a multiple of 4.*use 32 or 36"):
+        training.train_args(prompt="p", steps=1, decoder_steps=0, resolution=34, model_limits=limits_4x, **common)
     native = training.train_args(prompt="p", steps=1, decoder_steps=0, resolution=training.NATIVE_RESOLUTION, **common)
     assert "resolution" not in native  # the engine trains at the base model's own size
 

@@ -17,12 +17,12 @@ from flash_engine.output import staged_folder
     ((1920, 1080), 320, 320, (320, 320)),
 ])
 def test_resolve_size(image, width, height, expected):
-    assert resolve_size(image, width, height, 512) == expected
+    assert resolve_size(image, width, height, 512, multiple=8) == expected
 
 
 def test_resolve_size_rejects_non_multiples_with_a_suggestion():
-    with pytest.raises(FlashError, match=r"width 100 is not a positive multiple of 8 \(use 96 or 104\)"):
-        resolve_size((100, 100), 100, None, 512)
+    with pytest.raises(FlashError, match=r"width 100 is not a multiple of 8, this model's size step \(use 96 or 104\)"):
+        resolve_size((100, 100), 100, None, 512, multiple=8)
 
 
 def test_fit_reference_covers_and_centre_crops():

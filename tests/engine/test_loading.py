@@ -299,9 +299,9 @@ def test_model_limits_are_read_from_the_configs_without_loading(tmp_path, monkey
     folder = loading.save_folder(tiny_parts(), tmp_path / "tiny-folder")
     monkeypatch.setattr(loading, "load_folder", lambda *a, **k: pytest.fail("weights were loaded"))
     assert loading.model_limits(str(folder)) == loading.model_limits("tiny") == {
-        "width": 64, "height": 64, "max_frames": 32, "latent_channels": 4, "fps": 8}
-    assert loading.model_limits("mannequin") == {"width": 64, "height": 64, "max_frames": 32, "latent_channels": 8,
-                                                 "fps": 8}
+        "width": 64, "height": 64, "size_multiple": 8, "max_frames": 32, "latent_channels": 4, "fps": 8}
+    assert loading.model_limits("mannequin") == {"width": 64, "height": 64, "size_multiple": 8, "max_frames": 32,
+                                                 "latent_channels": 8, "fps": 8}
     (folder / "motion_adapter" / "config.json").write_text("{not json")
     with pytest.raises(FlashError, match="unreadable model config"):
         loading.model_limits(str(folder))

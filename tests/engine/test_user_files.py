@@ -369,7 +369,8 @@ def test_a_clip_too_large_for_the_device_is_refused_with_a_size_that_fits(tmp_pa
     assert abs(fit_w / fit_h - 1024 / 576) < 0.1  # the shot's aspect
     import torch
 
-    devices.check_clip_fits(torch.device("cpu"), torch.float32, 16, fit_w, fit_h, guided=True)  # it does fit
+    devices.check_clip_fits(torch.device("cpu"), torch.float32, 16, fit_w, fit_h, guided=True,
+                            size_multiple=8)  # it does fit
 
 
 def test_a_4096_clip_on_this_machine_is_refused_up_front(tmp_path, capsys, reference_png, no_model_load):
