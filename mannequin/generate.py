@@ -215,8 +215,9 @@ def _write_json(path: Path, data) -> None:
 
 
 def render_and_write(task: tuple) -> float:
-    """Render one clip and write it with its sidecar (unless ``frames`` is False: the clip is
-    there), and its keypoints and depth when asked; returns the seconds it took."""
+    """Render one clip and write it with its sidecar, and its keypoints and depth when asked;
+    returns the seconds it took. ``task``: (spec dict, clip path, format[, render the clip
+    (False: it is there), keypoints, depth])."""
     from mannequin.render import render_clip
 
     spec_dict, target, fmt, *extras = task
