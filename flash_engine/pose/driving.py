@@ -17,7 +17,6 @@ the hip centre per frame).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -156,9 +155,6 @@ def openpose_from_mediapipe(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _mediapipe_pose(static: bool):
-    # MediaPipe's C++ side logs to stderr at start; quiet it before it first loads.
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         import mediapipe as mp
     except ImportError as err:
