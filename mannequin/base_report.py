@@ -99,6 +99,33 @@ def measure(model: str, cache: Path, judge, train_actions: tuple[str, ...], log=
     }
 
 
+def demo_figure(model: str, cache: Path, path: Path, scale: int = 3) -> Path:
+    """The picture in docs/mannequin-base.md: the demo take (the card's demo settings, as
+    ``make demo``), the VAE round trip of its ground truth, and the ground truth, every other
+    frame, enlarged ``scale``× (nearest neighbour: pixels as the model made them)."""
+    from PIL import Image
+
+    from flash_engine.models.loading import load_base
+    from flash_engine.pipeline import AnimationSettings, FlashPipeline
+    from mannequin.benchmark import model_card, vae_round_trip
+    from mannequin.generate import clip_path
+    from mannequin.train_base import read_clip
+
+    demo = model_card(model)["demo"]
+    truth = read_clip(clip_path(cache / "test", demo["action"], 0, "png"), demo["frames"])
+    base = load_base(model)
+    settings = AnimationSettings(prompt=demo["prompt"], num_frames=demo["frames"], steps=demo["steps"],
+                                 guidance=demo["guidance"], seed=demo["seed"], width=demo["width"],
+                                 height=demo["height"])
+    generated = FlashPipeline(base)(Image.fromarray(truth[0]), settings).frames
+    rows = [np.concatenate(list(clip[::2]), axis=1) for clip in (generated, vae_round_trip(base, truth), truth)]
+    strip = Image.fromarray(np.concatenate(rows, axis=0))
+    strip = strip.resize((strip.width * scale, strip.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    strip.save(path)
+    return path
+
+
 def _rate(pair) -> str:
     mean, error = pair
     return f"{100 * mean:.0f}% ± {100 * error:.0f}" if math.isfinite(error) else f"{100 * mean:.0f}%"
@@ -134,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, help="mannequin clip cache (default: the training run's)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--figure", type=Path, help="also draw the demo strip (generated / VAE round trip / "
+                        "ground truth) of --model into this PNG")
     args = parser.parse_args(argv)
     import torch
 
@@ -142,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     from mannequin.judge import JudgeUnavailable, PoseJudge
     from mannequin.benchmark import model_card
 
+    from flash_engine.library_logs import quiet_libraries
+
+    quiet_libraries()
     if args.threads:
         torch.set_num_threads(args.threads)
     cache = args.cache or default_cache_dir()
@@ -158,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     with judge:
         results = [measure(m, cache, judge, train_actions) for m in [args.model] + ([args.compare] if args.compare else [])]
     print(table(results))
+    if args.figure:
+        print(f"wrote {demo_figure(args.model, cache, args.figure)}")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "torch_threads": torch.get_num_threads()}, indent=1))
     return 0
