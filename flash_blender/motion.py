@@ -15,6 +15,8 @@ Every bad input is a one-line PlanError naming the fix, raised before anything i
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,3 +185,20 @@ def depth_record(choice: MotionChoice, folder: Path, camera: str, samples: list[
                  near_far: tuple[float, float] | None) -> dict:
     return {"folder": str(folder), "camera": camera, "scene_frames": [frame + sub for frame, sub in samples],
             "near_far": list(near_far) if near_far else None, "depth_strength": choice.depth_strength}
+
+
+MANIFEST_KEY = "motion_source"  # the add-on's entry in the take's flash.json (the engine ignores it)
+
+
+def record_in_manifest(manifest: Path, record: dict) -> None:
+    """Add the motion source to the take's ``flash.json`` (written whole, through a temporary
+    file, so a failure leaves the engine's manifest as it was)."""
+    manifest = Path(manifest)
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    data[MANIFEST_KEY] = record
+    staging = manifest.with_name(f".{manifest.name}.{os.getpid()}.partial")
+    try:
+        staging.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(staging, manifest)
+    finally:
+        staging.unlink(missing_ok=True)

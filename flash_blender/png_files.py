@@ -1,17 +1,18 @@
-"""PNG files from numpy arrays: 8-bit RGB pictures and 16-bit greyscale depth.
+"""PNG files from raw pixels: 8-bit RGB pictures and 16-bit greyscale depth.
 
-numpy and the standard library only (zlib), so the same code writes pose maps and depth
-inside Blender and in plain pytest, without Blender's image API or PIL. A file is created
-new: an existing one is never replaced.
+Standard library only (zlib), so the same code writes pose maps and depth inside Blender and
+in plain pytest, without Blender's image API. Pixels are row-major with row 0 at the top: RGB
+as ``bytes``/``bytearray`` of ``width × height × 3``, depth as ``array('H')`` of ``width ×
+height``. A file is created new: an existing one is never replaced.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
+from array import array
 from pathlib import Path
-
-import numpy as np
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GREY, RGB = 0, 2  # PNG colour types
@@ -22,31 +23,34 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """``pixels``: uint8 (H, W, 3) RGB, uint8 (H, W) grey or uint16 (H, W) grey; row 0 is the top."""
-    pixels = np.asarray(pixels)
-    if pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3:
-        colour, depth, rows = RGB, 8, pixels
-    elif pixels.dtype == np.uint8 and pixels.ndim == 2:
-        colour, depth, rows = GREY, 8, pixels
-    elif pixels.dtype == np.uint16 and pixels.ndim == 2:
-        colour, depth, rows = GREY, 16, pixels.astype(">u2")  # PNG stores 16-bit samples big-endian
-    else:
-        raise ValueError(f"cannot write {pixels.dtype} pixels of shape {pixels.shape} as PNG")
-    height, width = pixels.shape[:2]
-    if not (height and width):
+def _png(width: int, height: int, raw: bytes, colour: int, bits: int, row_bytes: int) -> bytes:
+    if width < 1 or height < 1:
         raise ValueError("a PNG needs at least one pixel")
-    raw = np.ascontiguousarray(rows).reshape(height, -1).view(np.uint8)
-    scanlines = np.concatenate([np.zeros((height, 1), np.uint8), raw], axis=1)  # filter 0 per row
-    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return (SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(scanlines.tobytes(), COMPRESSION))
+    if len(raw) != row_bytes * height:
+        raise ValueError(f"{len(raw)} bytes of pixels for a {width}x{height} picture")
+    lines = bytearray()
+    for y in range(height):
+        lines.append(0)  # filter type 0: the row as it is
+        lines += raw[y * row_bytes:(y + 1) * row_bytes]
+    header = struct.pack(">IIBBBBB", width, height, bits, colour, 0, 0, 0)
+    return (SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(bytes(lines), COMPRESSION))
             + _chunk(b"IEND", b""))
 
 
-def write_png(path: Path, pixels: np.ndarray) -> Path:
-    """Write ``pixels`` to a new PNG at ``path`` (FileExistsError if it exists)."""
+def rgb_png(width: int, height: int, pixels) -> bytes:
+    return _png(width, height, bytes(pixels), RGB, 8, width * 3)
+
+
+def grey16_png(width: int, height: int, values: array) -> bytes:
+    samples = array("H", values)
+    if sys.byteorder == "little":
+        samples.byteswap()  # PNG stores 16-bit samples big-endian
+    return _png(width, height, samples.tobytes(), GREY, 16, width * 2)
+
+
+def write_new(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a new file at ``path`` (FileExistsError if it exists)."""
     path = Path(path)
-    data = png_bytes(pixels)
     with open(path, "xb") as handle:
         handle.write(data)
     return path

@@ -4,8 +4,7 @@ pictures of the preview, the frames a take is read at, and the motion fields of 
 
 from __future__ import annotations
 
-import json
-import math
+from array import array
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from flash_blender import camera_frame as cf
 from flash_blender import motion, pose_file, pose_maps, rig_pose
 from flash_blender.camera_project import camera_view, image_point, to_camera
 from flash_blender.errors import PlanError
-from flash_blender.png_files import write_png
+from flash_blender.png_files import grey16_png, rgb_png, write_new
 from flash_blender.request_limits import check_request
 from flash_blender.timing import TakeTiming
 
@@ -214,21 +213,27 @@ def test_the_pose_file_is_what_the_engines_reader_reads(tmp_path):
 def test_pngs_read_back_exactly_8_bit_rgb_and_16_bit_grey(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     grey16 = np.arange(35, dtype=np.uint16).reshape(5, 7) * 1871
-    write_png(tmp_path / "a.png", rgb)
-    write_png(tmp_path / "d.png", grey16)
+    write_new(tmp_path / "a.png", rgb_png(7, 5, rgb.tobytes()))
+    write_new(tmp_path / "d.png", grey16_png(7, 5, array("H", grey16.ravel().tolist())))
     with Image.open(tmp_path / "a.png") as image:
         assert image.mode == "RGB" and np.array_equal(np.asarray(image), rgb)
     with Image.open(tmp_path / "d.png") as image:
         assert image.mode.startswith("I") and np.array_equal(np.asarray(image).astype(np.uint16), grey16)
     with pytest.raises(FileExistsError):
-        write_png(tmp_path / "a.png", rgb)
+        write_new(tmp_path / "a.png", b"")
+    with pytest.raises(ValueError):
+        rgb_png(7, 5, b"short")
+
+
+def picture(pixels: bytearray, width: int, height: int) -> np.ndarray:
+    return np.frombuffer(bytes(pixels), np.uint8).reshape(height, width, 3)
 
 
 def test_the_pose_map_draws_openposes_limbs_and_points_in_their_colours():
     points = [(0.0, 0.0, 0.0)] * 18
     points[2], points[3] = (0.25, 0.5, 1.0), (0.75, 0.5, 1.0)  # right shoulder → right elbow
     points[5] = (0.5, 0.1, 0.1)  # low confidence: not drawn
-    image = pose_maps.draw_pose(points, 512, 256)
+    image = picture(pose_maps.draw_pose(points, 512, 256), 512, 256)
     assert image[128, 128].tolist() == list(pose_maps.COLOURS[2])  # the shoulder point, full colour
     assert image[128, 384].tolist() == list(pose_maps.COLOURS[3])
     limb = [int(c * 0.6) for c in pose_maps.COLOURS[2]]  # limb [3,4] is the third: colour index 2
@@ -238,19 +243,22 @@ def test_the_pose_map_draws_openposes_limbs_and_points_in_their_colours():
     assert not image[25, 256].any() and not image[0, 0].any()
     drawn = image.any(axis=2)
     assert drawn.sum() < 0.02 * drawn.size
+    # over a background: only the drawn pixels change
+    grey = bytearray([90] * (512 * 256 * 3))
+    over = picture(pose_maps.draw_pose(points, 512, 256, grey), 512, 256)
+    assert over[128, 256].tolist() == limb and over[0, 0].tolist() == [90, 90, 90] and grey[0] == 90
 
 
 def test_depth_is_inverse_depth_over_the_take_near_bright_background_black():
-    near = np.full((2, 3), 2.0)
-    far = np.full((2, 3), 8.0)
-    far[0, 0] = 4.0
-    mask = np.ones((2, 3), bool)
-    empty = mask.copy()
-    empty[1, 2] = False
+    near = [2.0] * 6
+    far = [4.0] + [8.0] * 5
+    mask = [True] * 6
+    empty = [True] * 5 + [False]
     maps = pose_maps.normalise_depth([near, far], [mask, empty])
-    assert maps[0].dtype == np.uint16 and (maps[0] == 65535).all()  # the take's nearest
-    assert maps[1][0, 1] == 0 and maps[1][1, 2] == 0  # the farthest, and nothing
-    assert maps[1][0, 0] == round((1 / 4 - 1 / 8) / (1 / 2 - 1 / 8) * 65535)  # inverse depth between
+    assert maps[0].typecode == "H" and list(maps[0]) == [65535] * 6  # the take's nearest
+    assert maps[1][1] == 0 and maps[1][5] == 0  # the farthest, and nothing
+    assert maps[1][0] == round((1 / 4 - 1 / 8) / (1 / 2 - 1 / 8) * 65535)  # inverse depth between
+    assert list(pose_maps.depth_preview(array("H", [65535, 0]))) == [255] * 3 + [0] * 3
 
 
 # ---------------------------------------------------------------------------------------
@@ -311,3 +319,16 @@ def test_batch_motion_and_clip_checks_are_one_line_with_the_fix(tmp_path):
     with pytest.raises(PlanError, match="not in camera 'Cam''s view on any frame.*frames 5-16"):
         motion.check_visible([[0.0] * 18] * 4, "Hero", "Cam", (5, 16))
     motion.check_visible([[0.0] * 17 + [1.0]], "Hero", "Cam", (5, 16))
+
+
+def test_the_batch_takes_motion_and_depth_flags(capsys):
+    from flash_blender.batch import parse_args
+
+    options = parse_args(["--motion", "rig:Hero", "--depth", "--frames", "4"])
+    assert options.overrides == {"frames": 4, "motion": "RIG", "rig": "Hero", "depth": True}
+    assert parse_args(["--motion", "clip:/f/a.mp4", "--no-depth"]).overrides == {
+        "motion": "CLIP", "clip": "/f/a.mp4", "depth": False}
+    assert "motion" not in parse_args([]).overrides and "depth" not in parse_args([]).overrides
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--motion", "dance"])
+    assert stop.value.code == 2 and "rig:NAME" in capsys.readouterr().err
