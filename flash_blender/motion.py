@@ -30,6 +30,7 @@ DEPTH_FRAME = "frame_{:04d}.png"
 # What Blender's movie reader (FFmpeg) opens; anything else is refused before the engine sees it.
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ogv", ".wmv", ".mxf",
                     ".dv", ".flv", ".gif")
+STRENGTH_DECIMALS = 3  # Blender's float properties are 32-bit: 0.8 is sent as 0.8, not 0.800000011920929
 PANEL = "FLASH › Motion"
 RIG_FIX = f"pick an armature in {PANEL} › Rig, or set Motion to Action"
 CLIP_FIX = f"pick a video file in {PANEL} › Reference Clip"
@@ -94,11 +95,11 @@ def request_args(choice: MotionChoice, reference: Path) -> dict:
         if choice.clip_start:
             args["driving_start"] = choice.clip_start
     if choice.source != ACTION and choice.pose_strength is not None:
-        args["pose_strength"] = float(choice.pose_strength)
+        args["pose_strength"] = round(float(choice.pose_strength), STRENGTH_DECIMALS)
     if choice.depth:
         args["depth"] = str(depth_folder(reference).resolve())
         if choice.depth_strength is not None:
-            args["depth_strength"] = float(choice.depth_strength)
+            args["depth_strength"] = round(float(choice.depth_strength), STRENGTH_DECIMALS)
     return args
 
 
