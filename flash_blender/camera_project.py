@@ -5,7 +5,8 @@ Pure Python (no bpy). :func:`camera_view` is Blender's ``world_to_camera_view``
 orthographic cameras and the pixel aspect are those of the render: x from 0 (left) to 1
 (right), y from 0 (bottom) to 1 (top), and the depth along the view axis. :func:`image_point`
 turns that into an image keypoint (y down, as pose files have it) with a confidence: 0 for a
-point behind the camera, outside the picture or outside the clipping range, else 1.
+point behind the camera, outside the picture or outside the clipping range, else 1 (the
+Blender side lowers it to :data:`OCCLUDED` where the set hides the point).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .camera_frame import ORTHOGRAPHIC, CameraParams, frame_corners
 Vec3 = tuple[float, float, float]
 Matrix4 = tuple  # 4 rows of 4 numbers, as ``tuple(map(tuple, obj.matrix_world))`` gives them
 VISIBLE, HIDDEN = 1.0, 0.0
+OCCLUDED = 0.1  # in the picture but behind something else: below the engine's 0.3, so not drawn
 
 
 def _normalized_inverse(matrix: Matrix4) -> tuple:
@@ -43,6 +45,20 @@ def to_camera(matrix_world: Matrix4, point: Vec3) -> Vec3:
     """``point`` in the camera's own space (it looks down -Z, +Y up)."""
     inv, translation = _normalized_inverse(matrix_world)
     return tuple(sum(inv[i][k] * point[k] for k in range(3)) + translation[i] for i in range(3))
+
+
+def view_ray(params: CameraParams, matrix_world: Matrix4, point: Vec3) -> tuple[Vec3, Vec3, float]:
+    """The ray the camera sees ``point`` along: (origin, unit direction, distance to the point).
+    A perspective camera's rays start at its centre, an orthographic one's on its own plane."""
+    inv, _ = _normalized_inverse(matrix_world)
+    forward = tuple(-inv[2][k] for k in range(3))  # the camera's -Z axis in world space (rows of inv: axes)
+    if params.type == ORTHOGRAPHIC:
+        depth = -to_camera(matrix_world, point)[2]
+        return tuple(p - f * depth for p, f in zip(point, forward)), forward, depth
+    origin = tuple(matrix_world[i][3] for i in range(3))
+    offset = tuple(p - o for p, o in zip(point, origin))
+    distance = math.sqrt(sum(v * v for v in offset)) or 1e-12
+    return origin, tuple(v / distance for v in offset), distance
 
 
 def camera_view(params: CameraParams, matrix_world: Matrix4, point: Vec3) -> Vec3:

@@ -6,7 +6,9 @@ The logic is pure Python beside this module (``rig_pose``, ``camera_project``, `
 
 - :func:`read_rig` sets each of the take's sample frames (``TakeTiming.sample_frames``) and
   reads the armature's *evaluated* pose (constraints, drivers, NLA) and the camera's evaluated
-  lens, shift and placement, then puts the frame and the active camera back;
+  lens, shift and placement, then puts the frame and the active camera back; a joint the set
+  hides from the camera (a ray cast meets something that renders and is not the character)
+  gets a low confidence;
 - :func:`render_depth` renders the camera's depth along the view axis on those frames with
   Cycles (one sample, every surface an emission of its depth, into float EXRs in a temporary
   folder), normalises it over the take and writes 16-bit PNGs; every setting it changes (render,
@@ -28,17 +30,20 @@ from pathlib import Path
 import bpy
 
 from . import motion as mo
-from .camera_project import image_point
+from .camera_project import OCCLUDED, image_point, view_ray
 from .errors import PlanError
 from .importers import camera_params
 from .pose_maps import normalise_depth
 from .png_files import grey16_png, write_new
-from .reference import camera_kept, markers_unbound, preserved_render_settings, takes_hidden_from_render
+from .reference import (TAKE_PROPERTY, camera_kept, markers_unbound, preserved_render_settings,
+                        takes_hidden_from_render)
 from .rig_pose import Mapping, bones_needed, resolve, world_points
 
 DEPTH_MATERIAL = "FLASH depth pass"
 DEPTH_OUTPUT = "View Z Depth"  # ShaderNodeCameraData: distance along the view axis, as depth maps have it
 COVERED = 0.5  # alpha above which a depth pixel hit something
+MAX_SURFACES = 16  # the character's own surfaces a ray may pass through before it meets the set
+RAY_STEP = 1e-4  # how far past a surface a continued ray starts (scene units)
 
 
 # ---------------------------------------------------------------------------------------
@@ -64,6 +69,45 @@ def _depsgraph(context, scene):
     return context.evaluated_depsgraph_get()
 
 
+def character_objects(scene, armature) -> set[str]:
+    """The objects that are the rig's character (deformed by it, or parented under it): they
+    do not hide its joints, which sit inside them. Neither do takes' and previews' planes."""
+    def under_rig(obj) -> bool:
+        parent = obj.parent
+        while parent is not None:
+            if parent == armature:
+                return True
+            parent = parent.parent
+        return False
+
+    skip = {armature.name}
+    for obj in scene.objects:
+        deformed = any(m.type == 'ARMATURE' and m.object == armature for m in getattr(obj, "modifiers", ()))
+        if deformed or under_rig(obj) or TAKE_PROPERTY in obj or obj.hide_render:
+            skip.add(obj.name)
+    return skip
+
+
+def occluded(scene, depsgraph, origin, direction, distance: float, skip: set[str]) -> bool:
+    """Whether something that renders, other than ``skip``, lies on the ray before ``distance``."""
+    from mathutils import Vector
+
+    start, direction, travelled = Vector(origin), Vector(direction), 0.0
+    for _ in range(MAX_SURFACES):
+        left = distance - travelled - RAY_STEP
+        if left <= 0:
+            return False
+        hit, location, _normal, _index, obj, _matrix = scene.ray_cast(depsgraph, start, direction, distance=left)
+        if not hit:
+            return False
+        if obj is not None and obj.original.name not in skip:
+            return True
+        moved = (location - start).length + RAY_STEP
+        travelled += moved
+        start = start + direction * moved
+    return False
+
+
 @dataclass
 class RigRead:
     """A rig read through a camera on the take's sample frames."""
@@ -79,6 +123,7 @@ def read_rig(context, scene, camera, armature, mapping: Mapping, samples: list) 
     The scene's frame and active camera are as they were afterwards."""
     read = RigRead(mapping=mapping, samples=list(samples))
     names = bones_needed(mapping)
+    skip = character_objects(scene, armature)
     with camera_kept(scene):
         for frame, subframe in samples:
             scene.frame_set(frame, subframe=subframe)
@@ -95,8 +140,14 @@ def read_rig(context, scene, camera, armature, mapping: Mapping, samples: list) 
             params = camera_params(scene, shot.data)
             matrix = tuple(tuple(row) for row in shot.matrix_world)
             clip = (shot.data.clip_start, shot.data.clip_end)
+            image = []
+            for point in points:
+                x, y, confidence = image_point(params, matrix, point, clip)
+                if confidence > 0 and occluded(scene, depsgraph, *view_ray(params, matrix, point), skip):
+                    confidence = OCCLUDED
+                image.append((x, y, confidence))
             read.world.append(points)
-            read.image.append([image_point(params, matrix, point, clip) for point in points])
+            read.image.append(image)
     return read
 
 

@@ -31,7 +31,7 @@ TOLERANCE = 1e-4
 TAKE = {"frames": 4, "steps": 1, "long_side": 64, "output": 'BOTH'}
 TAKE_START = 5  # 4 clip frames at 8 fps in a 24 fps scene: read on scene frames 5, 8, 11, 14
 # The take camera's cards: (name, distance from the camera, x across the view, size)
-CARDS = (("NearCard", 3.0, -0.6, 0.5), ("MidCard", 5.0, 0.9, 0.8), ("FarWall", 10.0, 0.0, 30.0))
+CARDS = (("NearCard", 3.0, -0.6, 0.5), ("MidCard", 5.0, 1.6, 0.8), ("FarWall", 10.0, 0.0, 30.0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -65,6 +65,15 @@ def test_a_point_behind_the_camera_has_confidence_0_and_an_offscreen_rig_is_refu
     bad = part(record, "bad")["offscreen"]
     assert bad["result"] == ["CANCELLED"] and "is not in camera 'Away''s view on any frame" in bad["error"]
     assert bad["one_line"] and not bad["submitted"] and not bad["new_files"], bad
+
+
+def test_joints_the_set_hides_get_low_confidence_and_the_characters_own_body_hides_none(record):
+    seen = part(record, "occlusion")
+    for point in ("right_hip", "left_hip", "right_knee", "left_knee", "right_ankle", "left_ankle"):
+        assert seen[point] == [0.1], (point, seen[point])  # behind the low wall
+    for point in ("neck", "right_shoulder", "left_shoulder", "right_elbow", "left_elbow", "right_wrist", "left_wrist",
+                  "nose", "right_eye", "left_eye", "right_ear", "left_ear"):
+        assert seen[point] == [1.0], (point, seen[point])  # above it; the shoulders inside the torso mesh
 
 
 def test_a_rig_and_depth_take_sends_f_poses_and_f_depth_maps_and_changes_none_of_the_users_settings(record):
@@ -322,6 +331,18 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
     rigify = build_rig("Rigify", RIGIFY_NAMES, 0.0)
     mixamo = build_rig("Mixamo", MIXAMO_NAMES, 0.3)
     nla_only(mixamo)
+    # the Rigify rig's body: its joints sit inside it, which must not hide them
+    bpy.ops.mesh.primitive_cube_add(size=1.0, location=(0.0, 0.0, 1.25))
+    torso = bpy.context.active_object
+    torso.name, torso.scale = "Torso", (0.5, 0.3, 0.5)
+    torso.parent = rigify
+    # beside the rigs, a low wall hides their legs from a camera looking across at them (its top
+    # is where a ray from the camera to a point 1.3 high 7 away crosses it)
+    blocked_at = (-7.0, 0.0, 1.2)
+    bpy.ops.mesh.primitive_plane_add(size=1.0, location=(-1.5, 0.0, (1.2786 - 10.0) / 2),
+                                     rotation=(0, math.pi / 2, 0))
+    wall = bpy.context.active_object
+    wall.name, wall.scale = "LowWall", (11.2786, 4.0, 1.0)
     take_cam_at = (0.2, -8.0, 1.2)
     cams = {
         "Shifted": camera("Shifted", (0.4, -7.0, 1.1), (math.pi / 2, 0, 0.05), lens=35.0, shift_x=0.15,
@@ -331,6 +352,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
         "Fast": camera("Fast", (0.2, -6.5, 1.3), (math.pi / 2, 0, -0.05), lens=30.0),
         "Away": camera("Away", (0.2, -6.0, 1.0), (math.pi / 2, 0, math.pi)),
         "Take": camera("Take", take_cam_at, (math.pi / 2, 0, 0), lens=28.0),
+        "Blocked": camera("Blocked", blocked_at, (math.pi / 2, 0, -math.pi / 2), lens=28.0),
     }
     lens = cams["Shifted"].data  # an animated lens: 35 mm to 50 mm over the take
     for frame, value in ((1, 35.0), (30, 50.0)):
@@ -406,6 +428,14 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
             behind += [world_to_camera_view(scene, cams["Away"], Vector(p)).z < 0 for p in world if p]
         record["behind"] = {"all_behind": all(behind) and len(behind) > 0, "frames": len(read.image),
                             "confidences": [c for frame in read.image for _x, _y, c in frame]}
+
+    @step("occlusion")
+    def _occlusion():
+        rig_motion = addon("rig_motion")
+        mapping = rig_motion.rig_mapping(rigify, addon("motion").MotionChoice(source="RIG", rig="Rigify"))
+        read = rig_motion.read_rig(bpy.context, scene, cams["Blocked"], rigify, mapping, take_samples(3, 4))
+        names = addon("rig_pose").POINTS
+        record["occlusion"] = {name: sorted({frame[i][2] for frame in read.image}) for i, name in enumerate(names)}
 
     # The take's scene: the user's own render settings, a marker bound to another camera.
     view_layer = bpy.context.view_layer
