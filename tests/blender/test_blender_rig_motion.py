@@ -120,6 +120,14 @@ def test_a_rig_and_depth_take_sends_f_poses_and_f_depth_maps_and_changes_none_of
     assert take["after"] == take["before"], [k for k in take["before"] if take["before"][k] != take["after"].get(k)]
 
 
+def test_a_failed_take_leaves_no_pose_file_depth_maps_or_reference(record):
+    failed = part(record, "failed")
+    assert "not built into this engine yet" in failed["error"]
+    assert failed["pose"] and failed["depth"]  # the request carried them...
+    assert failed["new_files"] == [], failed  # ...and nothing of the take is left
+    assert failed["left"] == [False, False]
+
+
 def test_preview_motion_draws_the_skeleton_on_a_plane_without_the_engine(record):
     preview = part(record, "preview")
     assert preview["result"] == ["FINISHED"] and preview["submitted"] == 0, preview
@@ -234,9 +242,20 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
 
     clients: list = []
 
+    from flash_engine.client import EngineError
+
     class WritingClient(FakeClient):
+        fail_next = False  # the next job fails, as the engine reports a refused request
+
         def submit(self, kind, args):
             job_id = super().submit(kind, args)
+            if WritingClient.fail_next:
+                WritingClient.fail_next = False
+                state = self.jobs[job_id]
+                state.state = "failed"
+                state.error = EngineError("motion control is not built into this engine yet", "animate without it",
+                                          code="bad_argument")
+                return job_id
             folder = Path(args["out"])
             folder.mkdir(parents=True)
             frames = []
@@ -524,6 +543,20 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
             "expected_poses": expected,
             "card_pixels": card_pixels, "plane": bpy.data.objects.get(take.name) is not None,
             "strip": take.name in scene.sequence_editor.strips, "motion_source": manifest.get("motion_source")}
+
+    @step("failed")
+    def _failed():
+        flash.motion, flash.rig, flash.use_depth = 'RIG', rigify, True
+        files = flash_files()
+        WritingClient.fail_next = True
+        try:
+            bpy.ops.flash.animate_action(**TAKE)
+            error = ""
+        except RuntimeError as err:
+            error = str(err)
+        args = submitted()[-1]
+        record["failed"] = {"error": error, "new_files": sorted(flash_files() - files), "pose": args.get("pose"),
+                            "depth": args.get("depth"), "left": [Path(args[k]).exists() for k in ("pose", "depth")]}
 
     @step("preview")
     def _preview():
