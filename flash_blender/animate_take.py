@@ -89,7 +89,8 @@ def motion_choice(scene, overrides: dict) -> mo.MotionChoice:
     rig = overrides["rig"] if "rig" in overrides else (settings.rig.name if settings.rig else "")
     return mo.MotionChoice(source=overrides.get("motion") or settings.motion, rig=rig, clip=clip,
                            clip_start=settings.clip_start, depth=overrides.get("depth", settings.use_depth),
-                           pose_strength=settings.pose_strength, depth_strength=settings.depth_strength,
+                           pose_strength=round(settings.pose_strength, mo.STRENGTH_DECIMALS),
+                           depth_strength=round(settings.depth_strength, mo.STRENGTH_DECIMALS),
                            bones=bone_overrides(settings))
 
 

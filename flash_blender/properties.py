@@ -73,9 +73,15 @@ def _is_armature(_self, obj) -> bool:
 
 
 def _clip_changed(self, _context) -> None:
-    from .rig_motion import forget_clip_info  # read again when the panel next asks
+    """Read the new clip's length now, so the panel can show it (it may not open files while drawing)."""
+    from .rig_motion import clip_info, forget_clip_info
 
     forget_clip_info()
+    if self.clip_path:
+        try:
+            clip_info(bpy.path.abspath(self.clip_path))
+        except Exception:  # the panel then offers to read it again; the take checks it anyway
+            pass
 
 
 class FlashBonePoint(PropertyGroup):
