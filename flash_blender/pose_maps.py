@@ -7,7 +7,8 @@ maps ``array('H')``. The maps follow the convention public OpenPose ControlNets 
 order, each a filled ellipse from point to point in its colour × 0.6, then every point a filled
 circle in its full colour, half-width and radius 4 px per 512 px of the short side, on black; a
 point with low confidence is not drawn, nor its limbs. The engine draws the maps it conditions
-on itself, from the same pose file: this drawing is for the artist's eyes.
+on itself (``flash_engine.pose.draw``, with OpenCV, which Blender lacks) from the same pose
+file: this drawing is for the artist's eyes, and a test holds it to the engine's.
 
 Depth as depth ControlNets expect it (MiDaS' convention): inverse depth along the view axis,
 normalised over the whole take (not per frame, so the maps do not flicker), the nearest point 1,
@@ -28,6 +29,7 @@ COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0
 LIMB_SHADE = 0.6
 STICK_WIDTH = 4  # px per REFERENCE_SIDE of the short side: limbs' half-width, points' radius
 REFERENCE_SIDE = 512
+OUTLINE = 0.5  # a filled OpenCV ellipse covers the pixels its outline touches: half a pixel beyond its axes
 MIN_CONFIDENCE = 0.3  # the engine's: below it a point is missing (flash_engine.pose.format)
 DEPTH_MAX = 65535
 
@@ -41,21 +43,25 @@ def _stroke(width: int, height: int) -> float:
 
 
 def _fill(canvas: bytearray, width: int, height: int, inside, colour, box) -> None:
-    """Paint the pixels in ``box`` (x0, y0, x1, y1) whose centres ``inside(x, y)`` accepts."""
+    """Paint the pixels in ``box`` (x0, y0, x1, y1) that ``inside(x, y)`` accepts; a pixel is at
+    its integer coordinates, as OpenCV has it."""
     x0, y0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
     x1, y1 = min(width, math.ceil(box[2]) + 1), min(height, math.ceil(box[3]) + 1)
     value = bytes(colour)
     for y in range(y0, y1):
         row = y * width
         for x in range(x0, x1):
-            if inside(x + 0.5, y + 0.5):
+            if inside(x, y):
                 start = (row + x) * 3
                 canvas[start:start + 3] = value
 
 
 def draw_pose(points, width: int, height: int, canvas: bytearray | None = None) -> bytearray:
     """The OpenPose map of ``points`` (18 × [x, y, confidence], fractions of the image), drawn
-    on ``canvas`` (a copy; black when None)."""
+    on ``canvas`` (a copy; black when None). The geometry is controlnet_aux's as OpenCV draws
+    it (whole-pixel centres, axes and angles; a filled outline covers half a pixel more), so at
+    512 px on the short side it is the engine's map but for a few edge pixels; smaller, its
+    strokes stay at least a pixel wide where the engine's map averages them down."""
     canvas = black(width, height) if canvas is None else bytearray(canvas)
     xy = [(p[0] * width, p[1] * height) for p in points]
     seen = [p[2] >= MIN_CONFIDENCE for p in points]
@@ -64,23 +70,23 @@ def draw_pose(points, width: int, height: int, canvas: bytearray | None = None) 
         a, b = a - 1, b - 1
         if not (seen[a] and seen[b]):
             continue
-        cx, cy = (xy[a][0] + xy[b][0]) / 2, (xy[a][1] + xy[b][1]) / 2
-        dx, dy = xy[b][0] - xy[a][0], xy[b][1] - xy[a][1]
-        length = math.hypot(dx, dy)
-        major = max(length / 2, 0.5)
-        ux, uy = (dx / length, dy / length) if length > 0 else (1.0, 0.0)
+        (xa, ya), (xb, yb) = xy[a], xy[b]
+        cx, cy = int((xa + xb) / 2), int((ya + yb) / 2)
+        major, minor = int(math.hypot(xa - xb, ya - yb) / 2) + OUTLINE, half + OUTLINE
+        angle = math.radians(int(math.degrees(math.atan2(ya - yb, xa - xb))))
+        ux, uy = math.cos(angle), math.sin(angle)
 
-        def inside(x, y, cx=cx, cy=cy, ux=ux, uy=uy, major=major):
+        def inside(x, y, cx=cx, cy=cy, ux=ux, uy=uy, major=major, minor=minor):
             ox, oy = x - cx, y - cy
             u = (ox * ux + oy * uy) / major
-            v = (-ox * uy + oy * ux) / half
+            v = (-ox * uy + oy * ux) / minor
             return u * u + v * v <= 1.0
 
-        reach = major + half
         colour = tuple(int(c * LIMB_SHADE) for c in COLOURS[index])
-        _fill(canvas, width, height, inside, colour, (cx - reach, cy - reach, cx + reach, cy + reach))
+        _fill(canvas, width, height, inside, colour, (cx - major, cy - major, cx + major, cy + major))
     for index, (px, py) in enumerate(xy):
         if seen[index]:
+            px, py = int(px), int(py)
             _fill(canvas, width, height, lambda x, y, px=px, py=py: (x - px) ** 2 + (y - py) ** 2 <= half * half,
                   COLOURS[index], (px - half, py - half, px + half, py + half))
     return canvas

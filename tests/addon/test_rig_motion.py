@@ -332,3 +332,18 @@ def test_the_batch_takes_motion_and_depth_flags(capsys):
     with pytest.raises(SystemExit) as stop:
         parse_args(["--motion", "dance"])
     assert stop.value.code == 2 and "rig:NAME" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [(512, 512), (910, 512), (512, 900)])
+def test_the_preview_draws_the_engines_pose_map_at_512_on_the_short_side(size):
+    draw = pytest.importorskip("flash_engine.pose.draw")
+    pytest.importorskip("cv2")
+    body = [(0.5, 0.2, 1), (0.5, 0.3, 1), (0.42, 0.3, 1), (0.38, 0.42, 1), (0.36, 0.55, 1), (0.58, 0.3, 1),
+            (0.62, 0.42, 1), (0.66, 0.52, 1), (0.45, 0.55, 1), (0.44, 0.7, 1), (0.43, 0.85, 1), (0.55, 0.55, 1),
+            (0.57, 0.7, 1), (0.6, 0.86, 1), (0.48, 0.18, 1), (0.52, 0.18, 1), (0.46, 0.2, 1), (0.54, 0.2, 0.1)]
+    width, height = size
+    ours = picture(pose_maps.draw_pose(body, width, height), width, height).astype(int)
+    engines = draw.draw_pose_map(np.array(body), width, height).astype(int)
+    drawn = ours.any(axis=2) | engines.any(axis=2)
+    differ = (np.abs(ours - engines).max(axis=2) > 0) & drawn
+    assert drawn.sum() > 3000 and differ.sum() < 0.05 * drawn.sum(), differ.sum() / drawn.sum()
