@@ -10,6 +10,8 @@ Neither touches the session's status: the caller shows what they return.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,18 +20,24 @@ from typing import Callable
 import bpy
 
 from . import importers
+from . import motion as mo
+from .bundled import engine_module
 from .engine import MANAGER
 from .errors import PlanError
+from .motion_take import prepare_motion, remove_written, write_motion
 from .job_loop import JobLoop, Outcome, changed_lines
 from .progress import AnimateJob, one_line
-from .properties import DEFAULT_ACTION
+from .properties import DEFAULT_ACTION, bone_overrides
 from .reference import render_reference
 from .services import engine_config, get_catalog, get_prefs, user_dir
 from .take_planning import check_writable, output_root, plan_take, remove_dead_staging, reserve_reference
 from .takes import Shot, Take, TakeChoice, plan_animate, take_result
+from .timing import DEFAULT_CLIP_FPS, TakeTiming, scene_fps
 
 # The settings an operator (or a batch) may override; unset ones come from the scene.
-OVERRIDES = ("action", "prompt", "seed", "frames", "steps", "guidance", "long_side", "output")
+OVERRIDES = ("action", "prompt", "seed", "frames", "steps", "guidance", "long_side", "output", "motion", "rig",
+             "clip", "depth")
+MOTION_OVERRIDES = ("motion", "rig", "clip", "depth")
 TICK_S = 0.1
 
 
@@ -67,7 +75,30 @@ def take_choice(scene, overrides: dict, mp4: bool = False) -> TakeChoice:
         long_side = None if settings.native_size else settings.long_side
     return TakeChoice(action=action, prompt=value("prompt"), seed=value("seed"), frames=value("frames"),
                       steps=value("steps"), guidance=value("guidance"), long_side=long_side, output=value("output"),
-                      plane_distance=settings.plane_distance, outside=settings.outside, mp4=mp4)
+                      plane_distance=settings.plane_distance, outside=settings.outside, mp4=mp4,
+                      motion=motion_choice(scene, overrides))
+
+
+def motion_choice(scene, overrides: dict) -> mo.MotionChoice:
+    """The scene's Motion settings with the overrides of MOTION_OVERRIDES (a rig by name, a
+    clip by path)."""
+    settings = scene.flash
+    clip = overrides["clip"] if "clip" in overrides else settings.clip_path
+    if clip:
+        clip = os.path.abspath(bpy.path.abspath(clip))
+    rig = overrides["rig"] if "rig" in overrides else (settings.rig.name if settings.rig else "")
+    return mo.MotionChoice(source=overrides.get("motion") or settings.motion, rig=rig, clip=clip,
+                           clip_start=settings.clip_start, depth=overrides.get("depth", settings.use_depth),
+                           pose_strength=round(settings.pose_strength, mo.STRENGTH_DECIMALS),
+                           depth_strength=round(settings.depth_strength, mo.STRENGTH_DECIMALS),
+                           bones=bone_overrides(settings))
+
+
+def take_timing(scene, choice: TakeChoice) -> TakeTiming:
+    """The take's timing as the importer will lay it (the action's fps, else the engine's)."""
+    render = scene.render
+    return TakeTiming(scene.frame_current, choice.frames, choice.action.fps or DEFAULT_CLIP_FPS,
+                      scene_fps(render.fps, render.fps_base))
 
 
 def check_camera(scene):
@@ -99,6 +130,8 @@ def start_take(context, overrides: dict, output_folder: str | None = None, mp4: 
     plan = plan_take(root.folder, scene.name, camera.name, choice.action.slug)
     started = MANAGER.model_limits(config)  # a running engine's model: the reference at its size
     take, args = plan_animate(choice, shot, plan, root, started)
+    timing = take_timing(scene, choice)
+    prepared = prepare_motion(context, scene, camera, choice.motion, timing)  # the rig read and checked
     # After every check that writes nothing, before the engine starts: a read-only folder
     # costs no model load, and a refused take leaves no folder behind.
     check_writable(root.folder)
@@ -107,6 +140,10 @@ def start_take(context, overrides: dict, output_folder: str | None = None, mp4: 
         reserve_reference(plan)
         try:
             render_reference(scene, plan.reference, *take.reference_size)
+            if prepared is not None:  # before the job's first tick submits the request
+                record, written = write_motion(context, scene, camera, prepared, plan.reference, take.reference_size,
+                                               timing.clip_fps)
+                job.meta = dataclasses.replace(take, motion=record, motion_files=written)
         except BaseException:
             plan.reference.unlink(missing_ok=True)  # ours: reserve_reference made it
             raise
@@ -120,6 +157,7 @@ def discard_take(take: Take, engine_died: bool = False) -> None:
     """Remove what a take that will not be imported left: its reference render, and after an
     engine death the staging folder the dead engine could not remove itself."""
     take.reference.unlink(missing_ok=True)
+    remove_written(take.motion_files)
     if engine_died:
         remove_dead_staging(take.plan)
 
@@ -143,12 +181,28 @@ def finish_take(context, job: AnimateJob) -> TakeEnd:
             line += " — Animate Action again starts a fresh engine"
         return TakeEnd(False, line, "ERROR")
     try:
-        message, notes = importers.import_take(context, take, take_result(job.result))
+        result = take_result(job.result)
+        motion_note = record_motion(take, result)
+        message, notes = importers.import_take(context, take, result)
+        notes += motion_note
     except Exception as err:
         if not isinstance(err, PlanError):
             traceback.print_exc()
         return TakeEnd(False, f"the clip is in {take.folder} but could not be imported: {one_line(err)}", "ERROR")
     return TakeEnd(True, message, "INFO", notes)
+
+
+def record_motion(take: Take, result) -> list[str]:
+    """The motion source into the take's flash.json; a note when it cannot be written (the
+    frames are fine either way)."""
+    if take.motion is None:
+        return []
+    manifest = result.folder / engine_module("layout").TAKE_MANIFEST
+    try:
+        mo.record_in_manifest(manifest, take.motion)
+    except (OSError, ValueError) as err:
+        return [f"the motion source could not be recorded in {manifest}: {one_line(err)}"]
+    return []
 
 
 def take_loop(job: AnimateJob, context=None, shown: Callable[[TakeEnd], None] | None = None) -> JobLoop:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PlanError
+from .motion import parse_motion
 
 MODES = ("active", "all", "markers", "named")
 OUTPUTS = ("plane", "vse", "both")
@@ -86,6 +87,11 @@ def parser() -> argparse.ArgumentParser:
     take.add_argument("--guidance", type=float)
     take.add_argument("--long-side", type=int, dest="long_side")
     take.add_argument("--output", choices=OUTPUTS, help="what to import: plane, vse (strip) or both")
+    take.add_argument("--motion", metavar="action|rig:NAME|clip:PATH",
+                      help="what moves the person: the action alone, the armature NAME (read through each shot's "
+                           "own camera) or the video PATH (default: the scene's Motion setting)")
+    take.add_argument("--depth", action=argparse.BooleanOptionalAction, default=None,
+                      help="also steer by each shot's depth from its camera (default: the scene's Depth from Scene)")
     out = p.add_argument_group("output")
     out.add_argument("--out", default="", metavar="DIR",
                      help="the output root for the take folders (absolute, or // relative to the .blend; "
@@ -111,6 +117,13 @@ def parse_args(argv: list[str]) -> BatchOptions:
                  if getattr(args, name) is not None}
     if args.output:
         overrides["output"] = args.output.upper()
+    if args.motion is not None:
+        try:
+            overrides.update(parse_motion(args.motion))
+        except PlanError as err:
+            parser().error(str(err))
+    if args.depth is not None:
+        overrides["depth"] = args.depth
     return BatchOptions(scene=args.scene, mode="named" if args.camera else (args.cameras or "active"),
                         cameras=list(args.camera), overrides=overrides, output_root=args.out, mp4=args.mp4,
                         save=args.save is not None or args.save_over_input, save_path=args.save or "",

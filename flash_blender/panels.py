@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import textwrap
 
+import bpy
 from bpy.types import Panel
 
+from . import rig_pose
 from .engine import MANAGER
+from .motion import describe_clip
 from .takes import Shot, frames_problem, size_text
 from .services import get_catalog
 from .progress import STATUS
-from .properties import current_action
+from .properties import END_ITEMS, bone_overrides, current_action
+from .rig_motion import known_clip_info
 from .timing import DEFAULT_CLIP_FPS, TakeTiming, scene_fps
 
 
@@ -117,4 +121,85 @@ class FLASH_PT_settings(Panel):
             layout.prop(settings, "outside")
 
 
-classes = (FLASH_PT_animate, FLASH_PT_settings)
+END_LABELS = {identifier: name.lower() for identifier, name, _ in END_ITEMS}
+
+
+class FLASH_PT_motion(Panel):
+    bl_space_type = 'VIEW_3D'
+    bl_region_type = 'UI'
+    bl_category = "FLASH"
+    bl_label = "Motion"
+    bl_parent_id = "FLASH_PT_animate"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.flash
+        layout.row().prop(settings, "motion", expand=True)
+        column = layout.column()
+        column.use_property_split = True
+        column.use_property_decorate = False
+        if settings.motion == 'RIG':
+            column.prop(settings, "rig")
+            rig = settings.rig
+            if rig is None:
+                column.label(text="Pick the armature whose pose drives the take", icon='INFO')
+            else:
+                ok, text = rig_pose.mapping_status(rig.name, rig.data.bones.keys(), bone_overrides(settings))
+                wrapped_label(column, context, f"Bones: {text}" if ok else text, 'CHECKMARK' if ok else 'ERROR')
+        elif settings.motion == 'CLIP':
+            column.prop(settings, "clip_path")
+            column.prop(settings, "clip_start")
+            row = column.row(align=True)
+            info = known_clip_info(bpy.path.abspath(settings.clip_path)) if settings.clip_path else None
+            row.label(text=describe_clip(info, settings.clip_start) if settings.clip_path else "Clip: none picked")
+            row.operator("flash.read_clip", text="", icon='FILE_REFRESH')
+        if settings.motion != 'ACTION':
+            column.prop(settings, "pose_strength")
+        column.prop(settings, "use_depth")
+        if settings.use_depth:
+            column.prop(settings, "depth_strength")
+        row = layout.row()
+        row.enabled = settings.motion == 'RIG' or settings.use_depth
+        row.operator("flash.preview_motion", icon='HIDE_OFF')
+
+
+class FLASH_PT_motion_bones(Panel):
+    bl_space_type = 'VIEW_3D'
+    bl_region_type = 'UI'
+    bl_category = "FLASH"
+    bl_label = "Bones"
+    bl_parent_id = "FLASH_PT_motion"
+    bl_options = {'DEFAULT_CLOSED'}
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene is not None and context.scene.flash.motion == 'RIG'
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.flash
+        rig = settings.rig
+        rows = settings.bone_points
+        if len(rows) < len(rig_pose.POINTS):
+            layout.operator("flash.edit_bones", icon='BONE_DATA')
+            return
+        row = layout.row(align=True)
+        row.operator("flash.edit_bones", text="Copy Detected", icon='COPYDOWN').fill = True
+        row.operator("flash.clear_bones", text="Clear", icon='X')
+        detected = rig_pose.detected_sources(rig.data.bones.keys()) if rig is not None else {}
+        for item in rows:
+            line = layout.row(align=True)
+            line.label(text=rig_pose.label(item.point))
+            if rig is not None:
+                line.prop_search(item, "bone", rig.data, "bones", text="")
+            else:
+                line.prop(item, "bone", text="")
+            line.prop(item, "end", text="")
+            if not item.bone:
+                source = detected.get(item.point)
+                hint = f"{source.bone} ({END_LABELS[source.end]})" if source else (
+                    "shoulders' mid-point" if item.point == "neck" else "not given")
+                layout.label(text=f"    auto: {hint}")
+
+
+classes = (FLASH_PT_animate, FLASH_PT_settings, FLASH_PT_motion, FLASH_PT_motion_bones)

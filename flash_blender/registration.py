@@ -20,6 +20,7 @@ from .progress import STATUS
 classes = (
     preferences.FlashClipFile,  # before the preferences and operators that hold it
     preferences.FLASH_AddonPreferences,
+    properties.FlashBonePoint,  # before the settings that hold it
     properties.FlashSceneSettings,
     *operators.classes,
     *panels.classes,

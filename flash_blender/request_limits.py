@@ -15,7 +15,8 @@ from .errors import PlanError
 
 BLENDER_INT_MAX = 2**31 - 1  # IntProperty is 32-bit: seed's 64-bit range is clamped to it
 # The schema's default for fields it leaves to the preset (the engine falls back on these).
-_FALLBACK_DEFAULTS = {"frames": "DEFAULT_FRAMES", "steps": "DEFAULT_STEPS", "guidance": "DEFAULT_GUIDANCE"}
+_FALLBACK_DEFAULTS = {"frames": "DEFAULT_FRAMES", "steps": "DEFAULT_STEPS", "guidance": "DEFAULT_GUIDANCE",
+                      "pose_strength": "DEFAULT_CONTROL_STRENGTH", "depth_strength": "DEFAULT_CONTROL_STRENGTH"}
 
 
 def schema():

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .catalog import ActionInfo
 from .errors import PlanError
+from .motion import MotionChoice, request_args
 from .request_limits import check_request
 from .take_planning import OutputRoot, TakePlan, model_size, size_multiple
 from .timing import clip_fps
@@ -47,6 +48,7 @@ class TakeChoice:
     plane_distance: float = 10.0
     outside: str = "HOLD"
     mp4: bool = False
+    motion: MotionChoice = MotionChoice()  # what moves the person (motion.py): the action alone by default
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class Take:
     prompt: str
     reference_size: tuple[int, int]  # the reference render's width and height
     native_size: bool  # the engine picks the clip's size (the model's own)
+    motion: dict | None = None  # the motion source, as the take's flash.json records it (None: the action alone)
+    motion_files: tuple[Path, ...] = ()  # what the add-on wrote for the motion (pose file, depth maps, their folder)
 
     @property
     def name(self) -> str:
@@ -116,6 +120,13 @@ def clip_size(shot: Shot, long_side: int, model_limits: dict | None) -> tuple[in
                       size_multiple(model_limits))
 
 
+def reference_size(choice: TakeChoice, shot: Shot, model_limits: dict | None) -> tuple[int, int]:
+    """The size the reference (and the take's pose and depth maps) is rendered at."""
+    if choice.long_side is None:
+        return clip_size(shot, native_long_side(model_limits) or REFERENCE_LONG_SIDE, model_limits)
+    return clip_size(shot, choice.long_side, model_limits)
+
+
 def plan_animate(choice: TakeChoice, shot: Shot, plan: TakePlan, root: OutputRoot,
                  model_limits: dict | None = None) -> tuple[Take, dict]:
     """The take's record and the engine request's arguments (creates nothing).
@@ -124,8 +135,7 @@ def plan_animate(choice: TakeChoice, shot: Shot, plan: TakePlan, root: OutputRoo
         raise PlanError(f"unknown output {choice.output!r}", f"use one of {', '.join(OUTPUTS)}")
     prompt = choice.prompt.strip() or choice.action.prompt
     native = choice.long_side is None
-    side = (native_long_side(model_limits) or REFERENCE_LONG_SIDE) if native else choice.long_side
-    width, height = clip_size(shot, side, model_limits)
+    width, height = reference_size(choice, shot, model_limits)
     take = Take(plan=plan, scene=shot.scene, camera=shot.camera, frame_start=shot.frame, in_project=root.in_project,
                 output=choice.output, distance=choice.plane_distance, outside=choice.outside, action=choice.action.id,
                 action_name=choice.action.name, base_model_only=choice.action.base_model_only, seed=choice.seed,
@@ -137,6 +147,7 @@ def plan_animate(choice: TakeChoice, shot: Shot, plan: TakePlan, root: OutputRoo
         args.update(width=width, height=height)
     if choice.mp4:
         args["mp4"] = True
+    args.update(request_args(choice.motion, plan.reference))
     check_request("animate", args)
     check_model_limits(args, model_limits)
     return take, args

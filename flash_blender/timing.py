@@ -66,6 +66,23 @@ class TakeTiming:
         """The clip frame of each of the take's scene frames, in order (a strip's elements)."""
         return [self.clip_frame(self.frame_start + j) for j in range(self.scene_frames)]
 
+    def sample_frames(self) -> list[tuple[int, float]]:
+        """``(scene frame, subframe)`` at which to read the scene for each clip frame (a rig's
+        pose, a depth pass): the first scene frame that shows it, so what the plane shows on a
+        frame was read on that frame. A clip faster than the scene shows some clip frames on
+        no scene frame: those are read at their own time, between frames."""
+        times = []
+        ratio = self.scene_fps / self.clip_fps
+        for k in range(self.clip_frames):
+            exact = k * ratio
+            first = math.ceil(exact - _EPS)
+            if first < self.scene_frames and self.clip_frame(self.frame_start + first) == k:
+                times.append((self.frame_start + first, 0.0))
+            else:
+                whole = math.floor(exact + _EPS)
+                times.append((self.frame_start + whole, max(0.0, exact - whole)))
+        return times
+
     def offset_keys(self) -> list[tuple[int, int]]:
         """``(scene frame, frame offset)`` keys, held constant until the next, for an image
         sequence with ``frame_start`` = the take's start and ``frame_duration`` = its clip

@@ -17,7 +17,7 @@ from bpy.types import Operator
 from ..animate_take import OVERRIDES, TakeEnd, abandon_take, start_take, take_loop
 from ..job_loop import JobLoop
 from ..progress import STATUS, one_line
-from ..properties import CUSTOM_LONG_SIDE, OUTPUT_ITEMS
+from ..properties import CUSTOM_LONG_SIDE, MOTION_ITEMS, OUTPUT_ITEMS
 from ..request_limits import options
 from .modal import JobOperator, redraw_panels
 
@@ -60,6 +60,11 @@ class FLASH_OT_animate_action(JobOperator, Operator):
                                 description="Instead of the preferences' Output Folder (// is beside the .blend)")
     mp4: BoolProperty(name="MP4", default=False, options={'SKIP_SAVE'},
                       description="Also write flash.mp4 next to the frames")
+    # Motion overrides (the scene's Motion settings otherwise)
+    motion: EnumProperty(name="Motion", items=MOTION_ITEMS, default='ACTION', options={'SKIP_SAVE'})
+    rig: StringProperty(name="Rig", options={'SKIP_SAVE'}, description="The armature object's name")
+    clip: StringProperty(name="Reference Clip", subtype='FILE_PATH', options={'SKIP_SAVE'})
+    depth: BoolProperty(name="Depth from Scene", default=False, options={'SKIP_SAVE'})
 
     @classmethod
     def poll(cls, context):

@@ -28,7 +28,7 @@ from ..engine import MANAGER
 from ..errors import PlanError
 from ..job_loop import run_blocking
 from ..progress import STATUS, one_line
-from ..properties import CUSTOM_LONG_SIDE, OUTPUT_ITEMS
+from ..properties import CUSTOM_LONG_SIDE, MOTION_ITEMS, OUTPUT_ITEMS
 from ..reference import camera_kept
 from ..request_limits import options
 from ..services import get_prefs, user_dir
@@ -168,6 +168,11 @@ class FLASH_OT_batch_animate(Operator):
     long_side: IntProperty(name="Long Side", **{**options("long_side"), "default": CUSTOM_LONG_SIDE},
                            options={'SKIP_SAVE'}, description="Set: this long side instead of the model's native size")
     output: EnumProperty(name="Output", items=OUTPUT_ITEMS, default='BOTH', options={'SKIP_SAVE'})
+    motion: EnumProperty(name="Motion", items=MOTION_ITEMS, default='ACTION', options={'SKIP_SAVE'})
+    rig: StringProperty(name="Rig", options={'SKIP_SAVE'},
+                        description="The armature object's name (each shot reads it through its own camera)")
+    clip: StringProperty(name="Reference Clip", subtype='FILE_PATH', options={'SKIP_SAVE'})
+    depth: BoolProperty(name="Depth from Scene", default=False, options={'SKIP_SAVE'})
     output_root: StringProperty(name="Output Folder", options={'SKIP_SAVE'},
                                 description="Where the take folders go (empty: the preferences', else //flash/)")
     mp4: BoolProperty(name="MP4", default=False, options={'SKIP_SAVE'},

@@ -31,7 +31,8 @@ ADDON = REPO / "flash_blender"
 # Modules that must import without Blender (the rest of the add-on is bpy-facing).
 PURE = ("__init__", "batch", "bundled", "camera_frame", "catalog", "clipcheck", "display", "downloads", "engine",
         "installer", "take_planning", "errors", "progress", "timing", "training", "takes", "job_loop",
-        "request_limits", "process_run")
+        "request_limits", "process_run", "rig_pose", "camera_project", "pose_file", "pose_maps", "png_files",
+        "motion")
 
 
 def approx_corners(got, want, tol=1e-9):
