@@ -73,7 +73,11 @@ def take_choice(scene, overrides: dict, mp4: bool = False) -> TakeChoice:
         long_side = overrides["long_side"]
     else:
         long_side = None if settings.native_size else settings.long_side
-    return TakeChoice(action=action, prompt=value("prompt"), seed=value("seed"), frames=value("frames"),
+    # The scene's prompt is the sentence of the scene's action: another action given to the
+    # operator or the batch brings its own, unless a prompt is given too.
+    other_action = "action" in overrides and action.id != settings.action_id and action.prompt
+    prompt = overrides["prompt"] if "prompt" in overrides else (action.prompt if other_action else settings.prompt)
+    return TakeChoice(action=action, prompt=prompt, seed=value("seed"), frames=value("frames"),
                       steps=value("steps"), guidance=value("guidance"), long_side=long_side, output=value("output"),
                       plane_distance=settings.plane_distance, outside=settings.outside, mp4=mp4,
                       motion=motion_choice(scene, overrides))

@@ -77,6 +77,14 @@ def test_an_unsaved_file_puts_frames_in_the_user_directory_with_a_warning(record
     assert unsaved["image_path"].endswith("Scene_Camera_backflip_001/frame_0001.png")
 
 
+def test_an_action_given_to_the_operator_animates_its_own_sentence_not_the_scenes(record):
+    from flash_engine.presets import find_preset
+
+    unsaved = part(record, "unsaved")  # the scene's action is Soccer shoot; the call asks for backflip
+    assert unsaved["scene_prompt"] == find_preset("soccer_shoot").prompt
+    assert unsaved["sent_prompt"] == find_preset("backflip").prompt
+
+
 def test_without_a_long_side_a_take_has_the_models_native_size(record):
     unsaved = part(record, "unsaved")
     assert unsaved["native_default"] is True
@@ -416,7 +424,10 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
                 native_size = list(image.size)
         else:
             native_size = None
+        manifest = first.parent / "flash.json"
+        sent_prompt = json.loads(manifest.read_text())["settings"]["prompt"] if manifest.is_file() else None
         record["unsaved"] = {"result": result, "error": error, "warnings": list(status.warnings),
+                             "sent_prompt": sent_prompt, "scene_prompt": settings.prompt,
                              "image_path": texture.image.filepath if texture else None, "user_dir": takes_dir,
                              "native_size": native_size, "native_default": scene.flash.native_size}
         save("unsaved")
