@@ -39,9 +39,13 @@ SD15_FILES = [
 ]
 ADAPTER_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
 REVISION = "main"
-# What a download fetches: (repo, sub-folder of the destination, file patterns). The control
-# models join as another pack once they exist.
+# What a download fetches: (repo, sub-folder of the destination, file patterns).
 BASE_WEIGHTS = ((SD15_REPO, "", SD15_FILES), (MOTION_ADAPTER_REPO, "motion_adapter", ADAPTER_FILES))
+# The public SD 1.5 ControlNets (``weights fetch --control``), each its own download in
+# WEIGHTS/controlnets/<name>/: the default pose and depth control of any SD 1.5 model.
+PUBLIC_CONTROLNETS = {"pose": "lllyasviel/control_v11p_sd15_openpose", "depth": "lllyasviel/control_v11f1p_sd15_depth"}
+CONTROLNET_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
+CONTROLNETS_DIR = "controlnets"
 COMPLETE_STAMP = "flash-weights.json"  # written last: the files it lists are whole
 PARTIAL_DIR = ".flash-download"  # plan.json and the .part files of an unfinished download
 PLAN_FILE = "plan.json"
@@ -67,6 +71,13 @@ def default_weights_dir() -> Path:
     else:
         base = Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share").expanduser()
     return base / "flash-previs" / "weights"
+
+
+def public_controlnet_dir(control: str, weights_dir: Path | None = None) -> Path:
+    """Where ``weights fetch --control`` puts the public ControlNet for ``control`` ("pose",
+    "depth"); it counts once ``download_state`` says complete."""
+    return (weights_dir or default_weights_dir()).expanduser() / CONTROLNETS_DIR / \
+        PUBLIC_CONTROLNETS[control].split("/")[-1]
 
 
 def weights_status(folder: Path | None = None) -> dict:
