@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def animate_command(args) -> int:
-    from flash_engine.animate import resolve, run_animate
+    from flash_engine.animate import prepare, resolve, run_animate
     from flash_engine.progress import stderr_progress
     from flash_engine.warm import PipelineCache
 
@@ -59,8 +59,11 @@ def animate_command(args) -> int:
     job = resolve(request)
     print(f"flash: {job.frames} frames at {job.width}x{job.height}, {job.steps} steps, seed {job.seed}, "
           f"model {job.model} on {job.key.device}", file=sys.stderr)
+    prepare(job, report=lambda line: print(f"flash: {line}", file=sys.stderr))  # a driving clip: before the model
     cache = PipelineCache()
-    metadata = run_animate(job, cache.get(job.key), progress=stderr_progress(), action_slot=cache.slot)
+    pipeline = cache.get(job.key)
+    metadata = run_animate(job, pipeline, progress=stderr_progress(), action_slot=cache.slot,
+                           controlnets=cache.controlnets(job.controlnet_keys))
     print(f"flash: wrote {len(metadata['frames'])} frames to {job.out}", file=sys.stderr)
     if metadata["action"]["base_model_only"]:
         print("flash: no trained weights for this action: the base model animated the prompt", file=sys.stderr)
