@@ -15,6 +15,7 @@ from flash_engine import protocol as P
 from flash_engine import requests as R
 from flash_engine.errors import FlashError
 from flash_engine.library_logs import quiet_libraries
+from flash_engine.weights import CONTROL_HELP  # standard library only
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
     fetch = weights_commands.add_parser("fetch", help="download SD 1.5 + AnimateDiff (needs network)")
     fetch.add_argument("--dest", type=Path, help="default: the per-user weights folder (see `info`)")
+    fetch.add_argument("--control", action="store_true", help=CONTROL_HELP)
 
     demo = commands.add_parser("demo", help="animate a built-in reference image")
     demo.add_argument("--out", default="out/demo")
@@ -185,10 +187,10 @@ def info_command(args) -> int:
 
 
 def weights_command(args) -> int:
-    from flash_engine.weights import fetch
+    from flash_engine.weights import fetch, fetch_controlnets
 
-    dest = fetch(args.dest)
-    print(f"weights ready in {dest}", file=sys.stderr)
+    for dest in fetch_controlnets(args.dest) if args.control else [fetch(args.dest)]:
+        print(f"weights ready in {dest}", file=sys.stderr)
     return 0
 
 
