@@ -85,6 +85,11 @@ class ResolvedAnimate:
     controls: list = field(default_factory=list)  # controls.TakeControl: what steers the motion
 
     @property
+    def needs_preparing(self) -> bool:
+        """Whether ``prepare`` has work left (a driving clip's poses to read)."""
+        return any(control.driving is not None and control.pose is None for control in self.controls)
+
+    @property
     def controlnet_keys(self) -> list[tuple[str, str]]:
         """The ControlNets this job steers with (``warm.PipelineCache.controlnets`` keeps them)."""
         return [control.controlnet_key for control in self.controls]

@@ -1,4 +1,4 @@
-"""``python -m flash_engine``: animate, train, serve, info, weights, demo.
+"""``python -m flash_engine``: animate, train, pose, serve, info, weights, demo.
 
 Results go to files; progress and errors go to stderr; the exit code is non-zero on failure.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from flash_engine import protocol as P
 from flash_engine import requests as R
 from flash_engine.errors import FlashError
-from flash_engine.library_logs import quiet_libraries
+from flash_engine.library_logs import native_stderr_quiet, quiet_libraries
 from flash_engine.weights import CONTROL_HELP  # standard library only
 
 
@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="teach an action from a few clips (FLASH training)")
     R.add_arguments(train, R.TrainRequest)
     train.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+
+    pose = commands.add_parser("pose", help="a driving clip's poses, fitted to the shot's person, as a .pose.json "
+                                        "(to check, edit, or animate with --pose)")
+    add_pose_arguments(pose)
 
     info = commands.add_parser("info", help="device, versions, weights found, the model's actions and presets")
     info.add_argument("--model", default="default",
@@ -52,6 +56,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The pose command's numbers -> the animate request's fields whose limits they share.
+POSE_LIMITS = {"frames": "frames", "start": "driving_start", "fps": "fps"}
+
+
+def add_pose_arguments(parser: argparse.ArgumentParser) -> None:
+    specs = R.specs(R.AnimateRequest)
+    parser.add_argument("--driving", required=True, metavar=specs["driving"].metavar,
+                        help="a clip of a person: a video file or a folder of frames")
+    parser.add_argument("--out", required=True, metavar="POSE_JSON",
+                        help="the .pose.json to write (docs/pose-format.md); an existing file is never replaced")
+    parser.add_argument("--image", help="the shot's reference frame (PNG/JPEG): the poses are fitted to its person "
+                                        "and made for its size")
+    parser.add_argument("--reference-pose", dest="reference_pose", metavar=specs["reference_pose"].metavar,
+                        help=specs["reference_pose"].help.replace("--image", "--image, or the clip kept as it is"))
+    parser.add_argument("--frames", type=int, default=R.DEFAULT_FRAMES,
+                        help=f"how many frames (default {R.DEFAULT_FRAMES}, a take's)")
+    parser.add_argument("--start", type=int, default=0, help=specs["driving_start"].help)
+    parser.add_argument("--fps", type=float,
+                        help="take the clip's frames at this rate, e.g. every 3rd of a 24 fps video for 8 "
+                             "(default: every frame, at the clip's own rate)")
+
+
+def pose_command(args) -> int:
+    from flash_engine.pose.driving import poses_from_driving
+    from flash_engine.pose.format import read_pose_file, write_pose_file
+
+    out = Path(args.out)
+    if out.exists() or out.is_symlink():
+        raise FlashError(f"{out} already exists; it was left as it is", "choose another --out name",
+                         code="output_exists")
+    if out.suffix.lower() != ".json":
+        raise FlashError(f"--out {out} is not a .json file name", f"e.g. --out {out.with_suffix('').name}.pose.json",
+                         code=R.BAD_ARGUMENT)
+    specs = R.specs(R.AnimateRequest)
+    for flag, name in POSE_LIMITS.items():
+        specs[name].check(f"--{flag}", getattr(args, flag))
+    reference_pose = read_pose_file(args.reference_pose) if args.reference_pose else None
+    image = None
+    if args.image:
+        from flash_engine.images import load_reference
+
+        image = load_reference(args.image)
+    lines = []
+    try:
+        with native_stderr_quiet():  # MediaPipe's start-up lines
+            seq = poses_from_driving(args.driving, args.frames, args.start, image, reference_pose, fps=args.fps,
+                                     report=lines.append)
+    finally:
+        for line in lines:
+            print(f"flash: {line}", file=sys.stderr)
+    write_pose_file(seq, out)
+    if image is None and reference_pose is None:
+        print("flash: not fitted to a person (no --image or --reference-pose): the poses are as in the clip, "
+              "at its size", file=sys.stderr)
+    rate = f" at {seq.fps:g} fps" if seq.fps else ""
+    print(f"flash: wrote {seq.frames} poses for a {seq.width}x{seq.height} image{rate} to {out}", file=sys.stderr)
+    return 0
+
+
 def animate_command(args) -> int:
     from flash_engine.animate import prepare, resolve, run_animate
     from flash_engine.progress import stderr_progress
@@ -61,7 +124,14 @@ def animate_command(args) -> int:
     job = resolve(request)
     print(f"flash: {job.frames} frames at {job.width}x{job.height}, {job.steps} steps, seed {job.seed}, "
           f"model {job.model} on {job.key.device}", file=sys.stderr)
-    prepare(job, report=lambda line: print(f"flash: {line}", file=sys.stderr))  # a driving clip: before the model
+    if job.needs_preparing:  # a driving clip's poses, before the model loads
+        lines = []
+        try:
+            with native_stderr_quiet():  # MediaPipe's start-up lines
+                prepare(job, report=lines.append)
+        finally:
+            for line in lines:
+                print(f"flash: {line}", file=sys.stderr)
     cache = PipelineCache()
     pipeline = cache.get(job.key)
     metadata = run_animate(job, pipeline, progress=stderr_progress(), action_slot=cache.slot,
@@ -207,7 +277,8 @@ def serve_command(args) -> int:
     return serve_main(args)
 
 
-COMMANDS = {"serve": serve_command, "animate": animate_command, "train": train_command, "info": info_command, "weights": weights_command, "demo": demo_command}
+COMMANDS = {"serve": serve_command, "animate": animate_command, "train": train_command, "pose": pose_command,
+            "info": info_command, "weights": weights_command, "demo": demo_command}
 
 
 def _terminate(signum, frame):
@@ -219,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     args = build_parser().parse_args(argv)
-    if args.command not in ("info", "serve"):  # serve quiets them itself, after taking over stdout
+    # serve quiets them itself, after taking over stdout; pose loads neither diffusers nor transformers
+    if args.command not in ("info", "serve", "pose"):
         quiet_libraries()
     if args.command != "serve" and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)

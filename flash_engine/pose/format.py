@@ -304,10 +304,11 @@ def write_pose_file(seq: PoseSequence, path: str | Path) -> Path:
                         code="output_exists")
     if path.exists() or path.is_symlink():
         raise exists
-    path.parent.mkdir(parents=True, exist_ok=True)
+    text = pose_file_text(seq)
     staging = path.parent / f"{staging_prefix(path.name)}{secrets.token_hex(4)}"
     try:
-        staging.write_text(pose_file_text(seq), encoding="utf-8")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging.write_text(text, encoding="utf-8")
         try:
             os.link(staging, path)  # fails if the name was taken meanwhile: never replaces
         except FileExistsError:
@@ -316,6 +317,9 @@ def write_pose_file(seq: PoseSequence, path: str | Path) -> Path:
             if path.exists():
                 raise exists from None
             os.replace(staging, path)
+    except OSError as err:
+        raise FlashError(f"cannot write {path}: {err.strerror or err}", "choose a folder you can write to",
+                         code="output_error") from None
     finally:
         staging.unlink(missing_ok=True)
     return path

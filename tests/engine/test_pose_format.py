@@ -1,6 +1,7 @@
 """The .pose.json format: round trip, every bad file a one-line error naming the fix, fitting a take."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +175,16 @@ def test_location_is_the_hip_centre_else_the_neck():
 def test_body_point_names_are_openposes_order():
     assert len(BODY_POINT_NAMES) == 18
     assert BODY_POINT_NAMES[:3] == ("nose", "neck", "right shoulder") and BODY_POINT_NAMES[-1] == "left ear"
+
+
+def test_the_documented_example_reads(tmp_path):
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "pose-format.md").read_text()
+    example = doc.split("```json\n", 1)[1].split("```", 1)[0]
+    seq = read_pose_file(_write_json_text(tmp_path / "example.pose.json", example))
+    assert (seq.frames, seq.width, seq.height, seq.fps) == (1, 1920, 1080, 24.0)
+    assert seq.body[0, 17].tolist() == [0, 0, 0]
+
+
+def _write_json_text(path, text):
+    path.write_text(text)
+    return path
