@@ -328,3 +328,69 @@ def test_a_take_without_controls_records_none(reference_png, tmp_path, tiny_pipe
 
     metadata = run_animate(resolve(request(reference_png, tmp_path)), tiny_pipeline)
     assert metadata["control"] == []
+
+
+# ---- a driving clip (MediaPipe on a rendered mannequin) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def jump_clip(tmp_path_factory):
+    pytest.importorskip("bpy")
+    pytest.importorskip("mediapipe")
+    import mannequin
+
+    frames = mannequin.render_clip(mannequin.sample_spec("jump", 0, split="test"))  # (16, 64, 64, 3)
+    folder = tmp_path_factory.mktemp("jump") / "clip"
+    folder.mkdir()
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"frame_{index + 1}.png")
+    reference = folder.parent / "reference.png"
+    Image.fromarray(frames[2]).save(reference)  # the same person: the shot's still
+    return folder, reference
+
+
+def test_a_driving_take_reads_its_poses_before_the_model_and_keeps_them(jump_clip, tmp_path, controlnet,
+                                                                         monkeypatch):
+    from flash_engine import cli
+    from flash_engine.pose.format import read_pose_file
+    from flash_engine.warm import PipelineCache
+
+    folder, reference = jump_clip
+    order = []
+    real_get = PipelineCache.get
+    monkeypatch.setattr(PipelineCache, "get", lambda self, key: order.append("model") or real_get(self, key))
+    import flash_engine.pose.driving as driving
+
+    real_poses = driving.poses_from_driving
+    monkeypatch.setattr(driving, "poses_from_driving",
+                        lambda *args, **kwargs: order.append("poses") or real_poses(*args, **kwargs))
+    out = tmp_path / "take"
+    assert cli.main(["animate", "--image", str(reference), "--driving", str(folder), "--driving-start", "2",
+                     "--model", "tiny", "--frames", str(FRAMES), "--steps", "1", "--long-side", "64",
+                     "--pose-controlnet", str(controlnet), "--prompt", "a person is jumping.", "--out", str(out)]) == 0
+    assert order == ["poses", "model"]
+    meta = json.loads((out / "flash.json").read_text())
+    (control,) = meta["control"]
+    assert control["source"] == {"driving": str(folder.resolve()), "start": 2, "frames": FRAMES, "reference_pose": None,
+                                 "fps": meta["fps"], "poses": "driving.pose.json"}
+    poses = read_pose_file(out / "driving.pose.json")
+    assert poses.frames == FRAMES and (poses.width, poses.height) == (64, 64)
+    assert "driving.pose.json" in meta["files"] and len(meta["sha256"]["driving.pose.json"]) == 64
+    assert (poses.body[:, [1, 2, 5, 8, 11], 2] > 0.5).all()  # the person's torso, every frame
+
+
+def test_a_driving_clip_without_a_person_fails_before_the_model_loads(jump_clip, tmp_path, controlnet,
+                                                                       no_model_loads, capsys):
+    from flash_engine import cli
+
+    _, reference = jump_clip
+    black = tmp_path / "black"
+    black.mkdir()
+    for index in range(FRAMES):
+        Image.new("RGB", (64, 64)).save(black / f"{index}.png")
+    code = cli.main(["animate", "--image", str(reference), "--driving", str(black), "--model", "tiny",
+                     "--frames", str(FRAMES), "--steps", "1", "--long-side", "64", "--pose-controlnet",
+                     str(controlnet), "--prompt", "p", "--out", str(tmp_path / "take")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error:") and "no person" in err[-1]
+    assert not (tmp_path / "take").exists()
