@@ -182,14 +182,15 @@ def load_controlnet(folder: Path, dtype=None):
     return net.requires_grad_(False).eval()
 
 
-def new_controlnet(unet2d, seed: int | None = None):
-    """A ControlNet for a 2D UNet, its encoder copied (diffusers' ``from_unet``). Its output
-    convolutions start at zero, so it steers nothing until trained; with ``seed`` they are
-    random instead (tests and benchmarks of the steering itself)."""
+def new_controlnet(unet2d, seed: int | None = None, copy_weights: bool = True):
+    """A ControlNet for a 2D UNet, its encoder copied (diffusers' ``from_unet``; with
+    ``copy_weights=False`` only its shape). Its output convolutions start at zero, so it steers
+    nothing until trained; with ``seed`` they are random instead (tests and benchmarks of the
+    steering itself)."""
     import torch
     from diffusers import ControlNetModel
 
-    net = ControlNetModel.from_unet(unet2d)
+    net = ControlNetModel.from_unet(unet2d, load_weights_from_unet=copy_weights)
     if seed is not None:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
@@ -198,3 +199,14 @@ def new_controlnet(unet2d, seed: int | None = None):
                 for parameter in module.parameters():
                     parameter.normal_(0.0, 0.2)
     return net.requires_grad_(False).eval()
+
+
+def controlnet_for(model: str | Path, seed: int | None = None):
+    """A new ControlNet shaped for ``model``'s UNet, random weights, made from its config without
+    loading or building that UNet (benchmarks; under ``torch.device("meta")`` it takes no memory)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet2d = UNet2DConditionModel.from_config(unet_config(model))
+    return new_controlnet(unet2d, seed, copy_weights=False)
