@@ -78,6 +78,19 @@ def is_sd15(source: str | Path) -> bool:
         return False
 
 
+WEIGHTS_NAME = "diffusion_pytorch_model"
+
+
+def weights_variant(folder: Path) -> str | None:
+    """The weights variant a folder holds: None for ``diffusion_pytorch_model.safetensors`` (or
+    its shards), else e.g. "fp16" when only ``diffusion_pytorch_model.fp16.safetensors`` is there."""
+    names = {path.name for path in folder.glob(f"{WEIGHTS_NAME}*.safetensors")}
+    if f"{WEIGHTS_NAME}.safetensors" in names or (folder / f"{WEIGHTS_NAME}.safetensors.index.json").is_file():
+        return None
+    variants = sorted(name.split(".")[1] for name in names if name.count(".") == 2)
+    return variants[0] if variants else None
+
+
 def controlnet_problems(folder: Path) -> list[str]:
     """What keeps ``folder`` from loading as a ControlNet, as short phrases (empty when none)."""
     if not folder.is_dir():
@@ -174,7 +187,7 @@ def load_controlnet(folder: Path, dtype=None):
 
     try:
         net = ControlNetModel.from_pretrained(folder, torch_dtype=dtype or torch.float32, use_safetensors=True,
-                                              local_files_only=True)
+                                              local_files_only=True, variant=weights_variant(folder))
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise FlashError(f"could not load the ControlNet in {folder}: {first}",

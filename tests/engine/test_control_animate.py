@@ -394,3 +394,19 @@ def test_a_driving_clip_without_a_person_fails_before_the_model_loads(jump_clip,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error:") and "no person" in err[-1]
     assert not (tmp_path / "take").exists()
+
+
+def test_a_controlnet_folder_with_only_the_fp16_variant_loads(tmp_path):
+    import torch
+
+    from flash_engine.models.controlnet import check_controlnet_folder, load_controlnet
+    from flash_engine.models.controlnet import new_controlnet
+    from flash_engine.models.tiny import tiny_parts
+
+    net = new_controlnet(tiny_parts()["unet2d"], seed=3).to(torch.float16)
+    net.save_pretrained(tmp_path / "net", safe_serialization=True, variant="fp16")
+    assert [p.name for p in (tmp_path / "net").glob("*.safetensors")] == ["diffusion_pytorch_model.fp16.safetensors"]
+    check_controlnet_folder(tmp_path / "net", "pose")
+    loaded = load_controlnet(tmp_path / "net")
+    assert loaded.dtype == torch.float32
+    assert torch.equal(loaded.controlnet_mid_block.weight, net.controlnet_mid_block.weight.float())
