@@ -151,13 +151,14 @@ def test_a_whole_clip_without_controls_is_unchanged_by_an_empty_list(tiny_pipeli
 
 def test_controls_steer_only_inside_their_window(nets):
     pipeline = FlashPipeline(build_tiny())
-    run = settings(steps=4)
+    run = settings(steps=4, guidance=1.0)  # unguided: one batch of frames, the condition not doubled
     calls, handle = count_calls(nets[0])
     try:
         pipeline(draw_scene(SIZE, SIZE), run, controls=[Control(nets[0], conditions(5), start=0.25, end=0.75)])
     finally:
         handle.remove()
     assert len(calls) == 2  # steps 1 and 2 of 4: 1/4 >= 0.25 and 3/4 <= 0.75
+    assert all(sample.shape == (FRAMES, 4, SIZE // 8, SIZE // 8) for sample in calls)
 
 
 def test_flash_on_frame_zero_stays_the_reference_and_the_controlnet_sees_it(nets):
