@@ -24,7 +24,7 @@ from flash_engine.layout import TAKE_DRIVING_POSES, TAKE_MANIFEST, TAKE_MP4
 from flash_engine.output import check_destination, file_digest, normalise, os_error, staged_folder
 from flash_engine.presets import Preset, find_preset
 from flash_engine.models.loading import (BUILT_IN, MANNEQUIN, base_identity, check_mannequin, check_weights_folder,
-                                         model_limits)
+                                         model_card_actions, model_limits)
 from flash_engine.requests import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_STEPS, AnimateRequest, specs, validate
 from flash_engine.weights import resolve_model_source
 
@@ -82,6 +82,7 @@ class ResolvedAnimate:
     reference: object  # PIL image, already at width×height
     out: Path  # normalised: `x/.` is `x`
     key: object  # warm.PipelineKey: the warm pipeline this job runs on
+    model_action: object = None  # model_actions.ModelAction: one of the model card's own actions
     controls: list = field(default_factory=list)  # controls.TakeControl: what steers the motion
 
     @property
@@ -105,15 +106,20 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
         raise FlashError("nothing to animate: no action and no prompt",
                          "pass --action PRESET (see `python -m flash_engine info`) or --prompt TEXT",
                          code="bad_prompt")
-    preset = find_preset(request.action) if request.action else None
+    model = resolve_model_source(request.model)
+    # A model with a card knows its own actions by the sentences it was trained on: its id wins
+    # over a preset of the same name (whose sentence it never saw).
+    card = model_card_actions(model) if request.action else None
+    own = card.get(request.action) if card else None
+    preset = find_preset(request.action) if request.action and own is None else None
     weights = request.weights or (str(preset.weights) if preset and preset.weights else None)
     action = read_action(weights) if weights else None
     given = request.prompt.strip() if request.prompt else None  # a blank prompt is no prompt
-    prompt = given or (action.prompt if action and not preset else None) or (preset.prompt if preset else "")
+    prompt = (given or (action.prompt if action and not preset else None) or (own.prompt if own else None)
+              or (preset.prompt if preset else ""))
     if not prompt.strip():
         raise FlashError("the prompt is empty", "pass --prompt TEXT, or an --action whose preset has one",
                          code="bad_prompt")
-    model = resolve_model_source(request.model)
     if model == MANNEQUIN:
         check_mannequin()
     elif model not in BUILT_IN:
@@ -149,6 +155,7 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
         request=request,
         preset=preset,
         action=action,
+        model_action=own,
         prompt=prompt,
         frames=frames,
         steps=steps,
@@ -244,7 +251,9 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
             "fps": fps,
             "preset": job.preset.id if job.preset else None,
             "action": {
-                "name": job.action.name if job.action else (job.preset.name if job.preset else None),
+                "name": job.action.name if job.action else (job.preset.name if job.preset else
+                                                            job.model_action.name if job.model_action else None),
+                "model_action": job.model_action.id if job.model_action else None,
                 "weights": str(job.action.folder.resolve()) if job.action else None,
                 "base_model_only": job.action is None,
             },

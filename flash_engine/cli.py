@@ -236,7 +236,7 @@ def info_command(args) -> int:
         print(f"model: {model}")
     if actions:
         for learned, header in ((True, f"actions {actions.model} learned, each with the sentence it was trained on "
-                                       "(use it as the prompt):"),
+                                       "(--action ID animates it):"),
                                 (False, f"actions held out of {actions.model}'s training:")):
             chosen = [a for a in actions.actions if a.learned == learned]
             if chosen:

@@ -47,6 +47,9 @@ class ModelActions:
     model: str  # the model's name, for marks ("learned by mannequin")
     actions: tuple[ModelAction, ...]  # the learned ones first, in the card's order
 
+    def get(self, action_id: str) -> ModelAction | None:
+        return next((a for a in self.actions if a.id == action_id), None)
+
     def knows(self, prompt: str) -> bool:
         """Whether ``prompt`` is a sentence the model learned."""
         wanted = _same_sentence(prompt)

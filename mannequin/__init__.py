@@ -3,8 +3,11 @@
 >>> from mannequin import sample_spec, render_clip
 >>> spec = sample_spec("jump", seed, split="train")
 >>> frames = render_clip(spec)          # uint8 (16, 64, 64, 3); same spec, same pixels
+>>> depth = render_depth(spec)         # uint16 (16, 64, 64) near = bright, and its range in metres
+>>> from mannequin.camera import openpose_keypoints
+>>> poses = openpose_keypoints(spec)   # (16, 18, 3): OpenPose points [x, y] in 0..1, confidence
 
-``render_clip`` / ``ground_truth`` / ``reference_frame`` import bpy on first use; everything
+``render_clip`` / ``render_depth`` / ``ground_truth`` / ``reference_frame`` import bpy on first use; everything
 else (actions, specs) is numpy only. See ``mannequin/README.md``.
 """
 
@@ -16,6 +19,12 @@ def render_clip(spec):
     from mannequin.render import render_clip as _render_clip
 
     return _render_clip(spec)
+
+
+def render_depth(spec):
+    from mannequin.render import render_depth as _render_depth
+
+    return _render_depth(spec)
 
 
 def ground_truth(spec):
@@ -31,4 +40,5 @@ def reference_frame(spec):
 
 
 __all__ = ["ACTIONS", "PROMPTS", "HELD_OUT", "SPLITS", "ClipSpec", "action_pose", "clip_times",
-           "clip_seed", "forward_kinematics", "ground_truth", "reference_frame", "render_clip", "sample_spec"]
+           "clip_seed", "forward_kinematics", "ground_truth", "reference_frame", "render_clip", "render_depth",
+           "sample_spec"]

@@ -108,7 +108,7 @@ def prepare_world(config: BenchmarkConfig, cache: Path, held_out: tuple[str, ...
     from mannequin.generate import generate
 
     c = config
-    generate(cache, held_out, max(max(c.shots), c.classifier_clips), "train", c.data_seed, c.size, c.frames,
+    generate(cache, held_out, max((*c.shots, c.classifier_clips)), "train", c.data_seed, c.size, c.frames,
              "png", c.workers, log)
     others = tuple(a for a in ACTIONS if a not in held_out)
     generate(cache, others, c.classifier_clips, "train", c.data_seed, c.size, c.frames, "png", c.workers, log)
@@ -397,7 +397,7 @@ def per_action_markdown(rows: list[dict], config: BenchmarkConfig, metric: str =
     actions = sorted({r["action"] for r in rows}, key=lambda a: ACTION_NAMES.index(a))
     columns = [(0, "truth"), (0, "base")] + [(s, v) for s in config.shots for v in config.variants]
     index = {(r["action"], r["shots"], r["variant"]): r for r in rows}
-    head = "| action | GT | base | " + " | ".join(f"{s}·#{v}" for s, v in columns[2:]) + " |"
+    head = "| " + " | ".join(["action", "GT", "base", *(f"{s}·#{v}" for s, v in columns[2:])]) + " |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for action in actions:
         cells = [f"{index[(action, *c)][metric]:.3f}" if (action, *c) in index else "" for c in columns]
@@ -478,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoder-steps", type=int, default=None)
     parser.add_argument("--references", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--reference-rows", action="store_true",
+                        help="only the GT and base rows (no few-shot training): a new base's starting point")
     parser.add_argument("--smoke", action="store_true", help="the whole chain in about a minute")
     args = parser.parse_args(argv)
     config = smoke_config() if args.smoke else BenchmarkConfig()
@@ -490,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"variants must be among {sorted(VARIANT_NAMES)}")
     if any(a not in ACTIONS for a in config.actions):
         parser.error(f"unknown action(s) in --actions; known: {', '.join(ACTIONS)}")
+    if args.reference_rows:
+        config = replace(config, shots=(), variants=())
     if any(s < 1 for s in config.shots) or config.references < 1:
         parser.error("--shots and --references must be at least 1")
     from flash_engine.cli import quiet_libraries

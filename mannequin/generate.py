@@ -1,13 +1,15 @@
 """Write mannequin clips to a cache folder (idempotent, atomic per clip).
 
     python -m mannequin.generate --out DIR --actions jump squat --clips-per-action 100 \\
-        --split train --seed 0 [--size 64 --frames 16 --format png|mp4 --workers 1]
+        --split train --seed 0 [--size 64 --frames 16 --format png|mp4 --workers 1] [--keypoints] [--depth]
 
 Layout (``DIR`` defaults to ``$FLASH_MANNEQUIN_CACHE`` or ``~/.cache/flash-previs/mannequin``)::
 
     DIR/<split>/<action>/<action>_00000/frame_0001.png …   (--format png, the default)
     DIR/<split>/<action>/<action>_00000.mp4                  (--format mp4)
     DIR/<split>/<action>/.<action>_00000.json                the clip's spec, prompt, generator version
+    DIR/<split>/<action>/.<action>_00000.pose.json           --keypoints: its OpenPose skeleton per frame
+    DIR/<split>/<action>/.<action>_00000.depth/depth_0001.png …   --depth: 16-bit depth, near = bright
     DIR/<split>/specs.jsonl                                  one line per clip: path, action, prompt, spec
     DIR/<split>/prompts.json                                 action -> prompt
 
@@ -19,6 +21,11 @@ split, ...)``: the same command always writes the same pixels. A clip whose fold
 sidecar exist with the same spec and generator version is skipped; anything else is rendered
 under a temporary hidden name and renamed into place, so an interrupted run never leaves a
 clip that looks complete.
+
+``--keypoints`` and ``--depth`` add the ground truth beside each clip, also hidden, for clips
+already there too: keypoints are computed from the spec (no render), depth is one more render
+of the Z pass; the clip itself and its completeness are untouched. A clip that is rendered again
+loses the old ones first.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ GENERATOR_VERSION = 1
 FORMATS = ("png", "mp4")
 FPS = 8
 TMP_PREFIX = ".tmp-"
+POSE_SUFFIX = ".pose.json"
+DEPTH_SUFFIX = ".depth"
+DEPTH_RECORD = "depth.json"   # in a depth folder: the clip's record and the depth range; written last
 
 
 def default_cache_dir() -> Path:
@@ -60,6 +70,16 @@ def clip_path(split_dir: Path, action: str, index: int, fmt: str) -> Path:
 
 def sidecar_path(clip: Path) -> Path:
     return clip.parent / f".{clip.stem}.json"
+
+
+def keypoints_path(clip: Path) -> Path:
+    """The clip's ground-truth OpenPose keypoints (``--keypoints``): a ``.pose.json`` beside it."""
+    return clip.parent / f".{clip.stem}{POSE_SUFFIX}"
+
+
+def depth_path(clip: Path) -> Path:
+    """The clip's depth folder (``--depth``): ``depth_0001.png`` … and ``depth.json``, beside it."""
+    return clip.parent / f".{clip.stem}{DEPTH_SUFFIX}"
 
 
 def clip_spec(action: str, index: int, split: str, seed: int, size: int, frames: int) -> ClipSpec:
@@ -113,6 +133,60 @@ def write_frames(frames: np.ndarray, target: Path, fmt: str) -> None:
     os.replace(tmp, target)
 
 
+def pose_sequence(spec: ClipSpec):
+    """The ground-truth poses of a clip (:func:`mannequin.camera.openpose_keypoints`) as a
+    :class:`flash_engine.pose.format.PoseSequence` at the cache's frame rate."""
+    from flash_engine.pose.format import COORDINATE_RANGE, PoseSequence
+
+    from mannequin.camera import openpose_keypoints
+
+    body = openpose_keypoints(spec)
+    # Points far out of frame (confidence 0) are pulled to the edge of what the format allows.
+    body[..., :2] = np.clip(body[..., :2], *COORDINATE_RANGE)
+    return PoseSequence(body=body, width=spec.size, height=spec.size, fps=float(FPS))
+
+
+def write_keypoints(spec: ClipSpec, clip: Path) -> bool:
+    """Write the clip's ``.pose.json`` unless an identical one is there; True if it wrote one."""
+    from flash_engine.pose.format import pose_file_text, write_pose_file
+
+    path = keypoints_path(clip)
+    sequence = pose_sequence(spec)
+    try:
+        if path.read_text(encoding="utf-8") == pose_file_text(sequence):
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    _remove(path)   # a stale one (another spec or generator): ours to replace
+    write_pose_file(sequence, path)
+    return True
+
+
+def depth_is_complete(clip: Path, spec: ClipSpec, fmt: str) -> bool:
+    folder = depth_path(clip)
+    record = _read_json(folder / DEPTH_RECORD)
+    if not isinstance(record, dict) or record.get("clip") != json.loads(json.dumps(_record(spec, fmt))):
+        return False
+    return len(list(folder.glob("depth_*.png"))) == spec.num_frames
+
+
+def write_depth(spec: ClipSpec, clip: Path, fmt: str) -> None:
+    """Render and write the clip's depth folder atomically (a hidden temporary, then renamed)."""
+    from mannequin.depth import write_depth_pngs
+    from mannequin.render import render_depth
+
+    depth = render_depth(spec)
+    target = depth_path(clip)
+    tmp = target.parent / f"{TMP_PREFIX}{os.getpid()}-{target.name}"
+    _remove(tmp)
+    write_depth_pngs(depth.images, tmp)
+    _write_json(tmp / DEPTH_RECORD, {"clip": _record(spec, fmt), "near_m": depth.near, "far_m": depth.far,
+                                     "convention": "inverse depth normalised over the clip: 65535 at near_m, "
+                                                   "0 at far_m and for the background (mannequin/depth.py)"})
+    _remove(target)
+    os.replace(tmp, target)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -141,20 +215,28 @@ def _write_json(path: Path, data) -> None:
 
 
 def render_and_write(task: tuple) -> float:
-    """Render one clip and write it with its sidecar; returns the render+write seconds."""
+    """Render one clip and write it with its sidecar, and its keypoints and depth when asked;
+    returns the seconds it took. ``task``: (spec dict, clip path, format[, render the clip
+    (False: it is there), keypoints, depth])."""
     from mannequin.render import render_clip
 
-    spec_dict, target, fmt = task
+    spec_dict, target, fmt, *extras = task
+    frames_wanted, keypoints, depth = extras if extras else (True, False, False)
     spec = ClipSpec.from_dict(spec_dict)
     target = Path(target)
     start = time.perf_counter()
-    frames = render_clip(spec)
     target.parent.mkdir(parents=True, exist_ok=True)
-    sidecar = sidecar_path(target)
-    if sidecar.exists():
-        sidecar.unlink()   # the clip is replaced: never leave a sidecar that vouches for the old one
-    write_frames(frames, target, fmt)
-    _write_json(sidecar, _record(spec, fmt))
+    if frames_wanted:
+        frames = render_clip(spec)
+        sidecar = sidecar_path(target)
+        for old in (sidecar, keypoints_path(target), depth_path(target)):
+            _remove(old)   # the clip is replaced: nothing may vouch for the old one
+        write_frames(frames, target, fmt)
+        _write_json(sidecar, _record(spec, fmt))
+    if keypoints:
+        write_keypoints(spec, target)
+    if depth and not depth_is_complete(target, spec, fmt):
+        write_depth(spec, target, fmt)
     return time.perf_counter() - start
 
 
@@ -163,6 +245,8 @@ def write_index(split_dir: Path) -> int:
     lines, prompts = [], {}
     for action_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for sidecar in sorted(action_dir.glob(".*.json")):
+            if sidecar.name.endswith(POSE_SUFFIX):
+                continue
             record = _read_json(sidecar)
             if not record or "spec" not in record:
                 continue
@@ -185,8 +269,9 @@ def write_index(split_dir: Path) -> int:
 
 def generate(out: Path | str | None = None, actions=None, clips_per_action: int = 16, split: str = "train",
              seed: int = 0, size: int = 64, frames: int = 16, fmt: str = "png", workers: int = 1,
-             log=None) -> dict:
-    """Make sure ``clips_per_action`` clips of each action exist under ``out/split``; returns a summary."""
+             log=None, keypoints: bool = False, depth: bool = False) -> dict:
+    """Make sure ``clips_per_action`` clips of each action exist under ``out/split`` (with their
+    keypoints and depth when asked); returns a summary."""
     out = Path(out).expanduser() if out is not None else default_cache_dir()
     actions = list(actions or ACTIONS)
     unknown = [a for a in actions if a not in ACTIONS]
@@ -202,18 +287,25 @@ def generate(out: Path | str | None = None, actions=None, clips_per_action: int 
     split_dir = out / split
     split_dir.mkdir(parents=True, exist_ok=True)
 
-    todo, skipped = [], 0
+    todo, skipped, rendered, keypoints_only = [], 0, 0, []
     for action in actions:
         if (split_dir / action).is_dir():
             remove_stale_temporaries(split_dir / action)
         for index in range(clips_per_action):
             spec = clip_spec(action, index, split, seed, size, frames)
             target = clip_path(split_dir, action, index, fmt)
-            if is_complete(target, spec, fmt):
-                skipped += 1
-            else:
-                todo.append((spec.to_dict(), str(target), fmt))
-    log(f"{split}: {len(todo)} clips to render, {skipped} already there ({out})")
+            task = (spec.to_dict(), str(target), fmt)
+            if not is_complete(target, spec, fmt):
+                todo.append((*task, True, keypoints, depth))
+                rendered += 1
+                continue
+            skipped += 1
+            if depth and not depth_is_complete(target, spec, fmt):
+                todo.append((*task, False, keypoints, depth))
+            elif keypoints:
+                keypoints_only.append((spec, target))   # no Blender needed
+    log(f"{split}: {rendered} clips to render, {skipped} already there ({out})"
+        + (f"; {len(todo) - rendered} need only depth" if depth else ""))
 
     start = time.perf_counter()
     seconds = []
@@ -228,12 +320,17 @@ def generate(out: Path | str | None = None, actions=None, clips_per_action: int 
             seconds.append(render_and_write(task))
             if done % 100 == 0 or done == len(todo):
                 log(f"  {done}/{len(todo)} clips, {(time.perf_counter() - start) / done:.3f} s/clip")
+    keypoints_written = sum(write_keypoints(spec, target) for spec, target in keypoints_only)
     wall = time.perf_counter() - start
     indexed = write_index(split_dir)
-    summary = {"out": str(split_dir), "rendered": len(todo), "skipped": skipped, "indexed": indexed,
+    summary = {"out": str(split_dir), "rendered": rendered, "skipped": skipped, "indexed": indexed,
                "wall_s": round(wall, 3),
                "s_per_clip": round(wall / len(todo), 4) if todo else None,
                "render_write_s_per_clip": round(float(np.mean(seconds)), 4) if seconds else None}
+    if depth:
+        summary["depth_only"] = len(todo) - rendered
+    if keypoints:
+        summary["keypoints_added"] = keypoints_written   # beside clips that were already there
     log(json.dumps(summary))
     return summary
 
@@ -269,6 +366,10 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--format", choices=FORMATS, default="png", dest="fmt")
     parser.add_argument("--workers", type=int, default=1, help="render processes (each loads Blender)")
+    parser.add_argument("--keypoints", action="store_true",
+                        help="also write each clip's ground-truth OpenPose keypoints (.NAME.pose.json, from the spec)")
+    parser.add_argument("--depth", action="store_true",
+                        help="also render each clip's depth (.NAME.depth/, 16-bit PNGs, near = bright)")
     parser.add_argument("--list-actions", action="store_true", help="print the actions and their prompts")
     parser.add_argument("--preview", type=Path, default=None, metavar="PNG",
                         help="only write a contact sheet (one row per action, every 2nd frame) to PNG")
@@ -287,7 +388,7 @@ def main(argv=None) -> int:
         return 0
     try:
         generate(args.out, args.actions, args.clips_per_action, args.split, args.seed, args.size, args.frames,
-                 args.fmt, args.workers, log)
+                 args.fmt, args.workers, log, keypoints=args.keypoints, depth=args.depth)
     except ValueError as err:
         parser.error(str(err))
     return 0

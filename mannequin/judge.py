@@ -128,6 +128,8 @@ def read_folder(folder: Path) -> np.ndarray:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder of frames")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    numbered = [p for p in files if p.name.startswith("frame_")]  # a take: its frames, not its strip.png
+    files = numbered or files
     if not files:
         raise FileNotFoundError(f"{folder} has no .png frames")
     frames = []

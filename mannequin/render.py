@@ -28,11 +28,13 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from mannequin import actions as A
-from mannequin.camera import FIELD_OF_VIEW, camera_matrix, figure_transforms
+from mannequin.camera import (FIELD_OF_VIEW, HEAD_ELLIPSOID_CENTRE, HEAD_ELLIPSOID_RADII, NEAR_CLIP, camera_matrix,
+                              figure_transforms)
 from mannequin.spec import ClipSpec
 
 SCENE_NAME = "FlashMannequin"
@@ -76,7 +78,6 @@ def _add_capsule(bm, bmesh, length, r_top, r_bottom, segments=14, rings=10):
 
 def _segment_shapes():
     """Segment name -> list of ("ellipsoid", radii, centre) / ("capsule", length, r_top, r_bottom)."""
-    head_z = A.HEAD_CENTRE[2]
     foot_len = A.FOOT_TOE + A.FOOT_HEEL
     foot = [("ellipsoid", (0.055, foot_len / 2 + 0.01, 0.045),
              (0.0, (A.FOOT_HEEL - A.FOOT_TOE) / 2, -A.FOOT_SOLE + 0.045))]
@@ -85,7 +86,7 @@ def _segment_shapes():
         "torso": [("ellipsoid", (0.205, 0.125, 0.19), (0.0, 0.0, 0.27)),
                   ("ellipsoid", (0.15, 0.105, 0.14), (0.0, 0.0, 0.08))],
         "head": [("ellipsoid", (0.05, 0.05, 0.09), (0.0, 0.0, 0.02)),
-                 ("ellipsoid", (0.105, 0.115, 0.125), (0.0, -0.01, head_z))],
+                 ("ellipsoid", HEAD_ELLIPSOID_RADII, HEAD_ELLIPSOID_CENTRE)],
         "upper_arm": [("capsule", A.UPPER_ARM, 0.07, 0.058)],
         "forearm": [("capsule", A.FOREARM, 0.058, 0.048),
                     ("ellipsoid", (0.06, 0.05, 0.07), (0.0, 0.0, -A.FOREARM - 0.05))],
@@ -201,10 +202,6 @@ class Renderer:
         render.dither_intensity = 0.0
         render.use_compositing = False
         render.use_sequencer = False
-        render.image_settings.file_format = "PNG"
-        render.image_settings.color_mode = "RGB"
-        render.image_settings.color_depth = "8"
-        render.image_settings.compression = 0
         scene.display.render_aa = "OFF"
         shading = scene.display.shading
         shading.light = "STUDIO"
@@ -214,8 +211,8 @@ class Renderer:
         shading.studiolight_rotate_z = 0.0
         shading.color_type = "OBJECT"
         shading.use_world_space_lighting = True
-        shading.show_shadows = True
         shading.shadow_intensity = SHADOW_INTENSITY
+        self._output("colour")
         shading.show_cavity = False
         shading.show_specular_highlight = True
         shading.show_object_outline = False
@@ -253,7 +250,7 @@ class Renderer:
         camera = bpy.data.cameras.new(f"{SCENE_NAME}.camera")
         camera.sensor_fit = "VERTICAL"
         camera.angle = math.radians(FIELD_OF_VIEW)
-        camera.clip_start = 0.5
+        camera.clip_start = NEAR_CLIP
         camera.clip_end = 100.0
         self.camera = bpy.data.objects.new(f"{SCENE_NAME}.camera", camera)
         scene.collection.objects.link(self.camera)
@@ -314,45 +311,88 @@ class Renderer:
         self.camera.matrix_world = Matrix(camera_matrix(spec.camera_azimuth, spec.camera_elevation,
                                                         spec.camera_distance).tolist())
 
-    def render(self, spec: ClipSpec) -> np.ndarray:
-        """The clip's frames, uint8 (F, H, W, 3).
+    def _output(self, kind: str) -> None:
+        """What a render writes: "colour" (8-bit RGB PNG frames, with shadows) or "depth" (the Z
+        pass, float, in an uncompressed single-part EXR that :func:`mannequin.exr.read_exr` reads)."""
+        settings = self.scene.render.image_settings
+        depth = kind == "depth"
+        self.scene.view_layers[0].use_pass_z = depth
+        self.scene.display.shading.show_shadows = not depth   # shadows change no depth; they cost time
+        if depth:
+            settings.media_type = "MULTI_LAYER_IMAGE"
+            settings.file_format = "OPEN_EXR_MULTILAYER"
+            settings.color_depth = "32"
+            settings.exr_codec = "NONE"
+            settings.use_exr_interleave = True
+        else:
+            settings.media_type = "IMAGE"
+            settings.file_format = "PNG"
+            settings.color_mode = "RGB"
+            settings.color_depth = "8"
+            settings.compression = 0
+
+    def _render_animation(self, spec: ClipSpec, kind: str) -> list[Path]:
+        """Render every frame of ``spec`` to files in the private folder; returns them in order.
 
         One animation render per clip: a frame-change handler poses the segments for each
         frame (a third faster than one still render per frame; the pixels are identical).
+        The caller holds the lock.
         """
         from mathutils import Matrix
-        from PIL import Image
 
         bpy = self.bpy
         scene = self.scene
+        self._output(kind)
+        self._set_appearance(spec)
+        matrices = [[Matrix(m.tolist()) for m in frame] for frame in figure_transforms(spec)]
+        objects = [self.objects[name] for name in A.SEGMENTS]
+
+        def pose_frame(changed_scene, *_):
+            if changed_scene is scene:
+                index = min(max(changed_scene.frame_current - 1, 0), len(matrices) - 1)
+                for obj, matrix in zip(objects, matrices[index]):
+                    obj.matrix_world = matrix
+
+        prefix, suffix = ("frame_", ".png") if kind == "colour" else ("depth_", ".exr")
+        for old in self.tmp.glob(f"{prefix}*{suffix}"):
+            old.unlink()
+        scene.frame_start, scene.frame_end = 1, spec.num_frames
+        scene.frame_set(1)
+        scene.render.filepath = str(self.tmp / prefix)
+        bpy.app.handlers.frame_change_pre.append(pose_frame)
+        try:
+            pose_frame(scene)
+            with _quiet():
+                bpy.ops.render.render(animation=True, scene=scene.name)
+        finally:
+            bpy.app.handlers.frame_change_pre.remove(pose_frame)
+        return [self.tmp / f"{prefix}{index + 1:04d}{suffix}" for index in range(spec.num_frames)]
+
+    def render(self, spec: ClipSpec) -> np.ndarray:
+        """The clip's frames, uint8 (F, H, W, 3)."""
+        from PIL import Image
+
         with self._lock:
-            self._set_appearance(spec)
-            matrices = [[Matrix(m.tolist()) for m in frame] for frame in figure_transforms(spec)]
-            objects = [self.objects[name] for name in A.SEGMENTS]
-
-            def pose_frame(changed_scene, *_):
-                if changed_scene is scene:
-                    index = min(max(changed_scene.frame_current - 1, 0), len(matrices) - 1)
-                    for obj, matrix in zip(objects, matrices[index]):
-                        obj.matrix_world = matrix
-
-            for old in self.tmp.glob("frame_*.png"):
-                old.unlink()
-            scene.frame_start, scene.frame_end = 1, spec.num_frames
-            scene.frame_set(1)
-            scene.render.filepath = str(self.tmp / "frame_")
-            bpy.app.handlers.frame_change_pre.append(pose_frame)
-            try:
-                pose_frame(scene)
-                with _quiet():
-                    bpy.ops.render.render(animation=True, scene=scene.name)
-            finally:
-                bpy.app.handlers.frame_change_pre.remove(pose_frame)
+            paths = self._render_animation(spec, "colour")
             frames = np.empty((spec.num_frames, spec.size, spec.size, 3), dtype=np.uint8)
-            for index in range(spec.num_frames):
-                with Image.open(self.tmp / f"frame_{index + 1:04d}.png") as image:
+            for index, path in enumerate(paths):
+                with Image.open(path) as image:
                     frames[index] = _downsample(np.asarray(image.convert("RGB")), SUPERSAMPLE)
             return frames
+
+    def render_z(self, spec: ClipSpec) -> np.ndarray:
+        """The clip's Z pass at the supersampled size: float32 (F, H·s, W·s), metres along the
+        camera's view axis (what :func:`mannequin.camera.project_with_depth` gives), 1e10 where
+        no geometry is."""
+        from mannequin.exr import read_exr
+
+        with self._lock:
+            paths = self._render_animation(spec, "depth")
+            planes = []
+            for path in paths:
+                channels = read_exr(path)
+                planes.append(next(plane for name, plane in channels.items() if name.endswith("Depth.Z")))
+            return np.stack(planes)
 
 
 _RENDERER: Renderer | None = None
@@ -377,6 +417,23 @@ def renderer() -> Renderer:
 def render_clip(spec: ClipSpec) -> np.ndarray:
     """Render ``spec``: uint8 (num_frames, size, size, 3). The same spec gives the same pixels."""
     return renderer().render(spec)
+
+
+class DepthClip(NamedTuple):
+    """A clip's depth images (see :mod:`mannequin.depth`): uint16 (F, H, W), near = bright,
+    and the nearest and farthest geometry of the clip in metres (the normalisation's range)."""
+
+    images: np.ndarray
+    near: float
+    far: float
+
+
+def render_depth(spec: ClipSpec) -> DepthClip:
+    """Render ``spec``'s depth through the same camera: 16-bit images, near = bright, background 0.
+    ``render_clip(spec)`` is unchanged by it (a separate render of the Z pass)."""
+    from mannequin.depth import depth_images
+
+    return DepthClip(*depth_images(renderer().render_z(spec), SUPERSAMPLE))
 
 
 def ground_truth(spec: ClipSpec) -> np.ndarray:

@@ -316,6 +316,9 @@ def poses_from_driving(path: str | Path, frames: int, start: int, reference_imag
     size. ``fps``: pick the clip's frames at this rate when the video declares its own (the
     sequence's fps is then ``fps``; else the clip's, None for a folder). ``report`` gets a few
     lines on what was found. Every problem is a one-line FlashError."""
+    if frames < 1 or start < 0:
+        raise FlashError(f"a driving clip needs at least 1 frame from a start of 0 or more (got {frames} from {start})",
+                         "fix --frames / --driving-start", code="bad_argument")
     say = report or (lambda line: None)
     size, image = _reference(reference_image, reference_pose)
     if reference_pose is not None and image is not None:

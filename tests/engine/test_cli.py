@@ -222,3 +222,26 @@ def test_info_reads_a_folders_own_model_card(tmp_path, capsys):
     assert section(sections, "actions toy learned")["press"].endswith("a person is doing push-ups.")
     presets = section(sections, "presets")
     assert "[learned by toy]" in presets["push_up"] and "[not learned by toy: train it first]" in presets["backflip"]
+
+
+def test_animate_action_on_mannequin_uses_the_sentence_it_learned_not_the_presets(tmp_path):
+    from flash_engine.models.loading import MANNEQUIN_CARD, MANNEQUIN_DIR
+    from flash_engine.presets import find_preset
+
+    card = json.loads((MANNEQUIN_DIR / MANNEQUIN_CARD).read_text(encoding="utf-8"))
+    assert find_preset("arm_wave").prompt != card["prompts"]["arm_wave"]  # the reason for the rule
+    image = MANNEQUIN_DIR / card["demo"]["image"]
+    common = ["--image", image, "--model", "mannequin", "--frames", "2", "--steps", "1", "--seed", "1"]
+    own = run_engine("animate", "--action", "arm_wave", *common, "--out", tmp_path / "own")
+    assert own.returncode == 0, own.stderr
+    manifest = json.loads((tmp_path / "own" / "flash.json").read_text())
+    assert manifest["settings"]["prompt"] == card["prompts"]["arm_wave"] and manifest["preset"] is None
+    assert manifest["action"]["model_action"] == "arm_wave"
+    preset_only = run_engine("animate", "--action", "soccer_shoot", *common, "--out", tmp_path / "preset")
+    assert preset_only.returncode == 0, preset_only.stderr
+    manifest = json.loads((tmp_path / "preset" / "flash.json").read_text())
+    assert manifest["settings"]["prompt"] == find_preset("soccer_shoot").prompt
+    assert manifest["preset"] == "soccer_shoot" and manifest["action"]["model_action"] is None
+    told = run_engine("animate", "--action", "arm_wave", "--prompt", "a person is clapping.", *common,
+                      "--out", tmp_path / "told")
+    assert json.loads((tmp_path / "told" / "flash.json").read_text())["settings"]["prompt"] == "a person is clapping."

@@ -136,3 +136,16 @@ def test_smoke_benchmark_generates_trains_animates_scores_and_resumes(tmp_path, 
     assert json.loads(after[-1])["variant"] == 5
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert text.count("benchmark:start") == 1 == report.read_text().count("benchmark:start")
+
+
+def test_reference_rows_only_reads_as_a_table_of_two_columns():
+    from mannequin.benchmark import BenchmarkConfig, main, per_action_markdown
+
+    config = BenchmarkConfig(shots=(), variants=())
+    rows = [{"action": "kick", "shots": 0, "variant": "truth", "flow_cos": 0.8},
+            {"action": "kick", "shots": 0, "variant": "base", "flow_cos": 0.1}]
+    table = per_action_markdown(rows, config).splitlines()
+    assert table[0] == "| action | GT | base |" and table[1] == "|---|---|---|"
+    assert table[2] == "| kick | 0.800 | 0.100 |"
+    with pytest.raises(SystemExit):  # --shots with no rows to train is still refused
+        main(["--shots", "0"])

@@ -1,0 +1,167 @@
+"""Does the built-in base draw a person a detector we did not train can see? The figures of
+``docs/mannequin-base.md``'s "person" table, for one model or two side by side (same run):
+
+    python -m mannequin.base_report [--model mannequin] [--compare OLD_FOLDER] [--json OUT]
+
+On the test split (appearances and cameras no training clip has): MediaPipe Pose's person-
+detection rate (``mannequin.judge``) on the rendered frames, on the same frames after the VAE's
+encode → decode, and on clips the model generates from those clips' first frames with their
+own action's sentence (training actions: what the base learned); the round trip's PSNR and
+the keypoint error between MediaPipe's landmarks on the round trip and on the original; and
+seconds per generated clip (16 frames, 25 DDIM steps, CFG) on this CPU. Rates come with a
+standard error over clips (frames of one clip are not independent draws).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROUND_TRIP_ACTIONS = ("jump", "kick")  # a training and a held-out action, as the issue measured them
+CLIPS_PER_ACTION = 4  # test-split clips: all the base's training run renders
+STEPS, GUIDANCE, SEED = 25, 7.5, 0
+
+
+def rate_with_error(found_per_clip: list[int], frames_per_clip: int) -> tuple[float, float]:
+    """Mean detection rate and its standard error over clips."""
+    rates = np.asarray(found_per_clip, dtype=float) / frames_per_clip
+    error = float(rates.std(ddof=1) / math.sqrt(len(rates))) if len(rates) > 1 else float("nan")
+    return float(rates.mean()), error
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * math.log10(255 ** 2 / max(mse, 1e-12))
+
+
+def measure(model: str, cache: Path, judge, train_actions: tuple[str, ...], log=print) -> dict:
+    from PIL import Image
+
+    from flash_engine.models.loading import load_base
+    from flash_engine.pipeline import AnimationSettings, FlashPipeline
+    from mannequin.actions import PROMPTS
+    from mannequin.benchmark import vae_round_trip
+    from mannequin.generate import clip_path
+    from mannequin.judge import score
+    from mannequin.train_base import read_clip
+
+    base = load_base(model)
+    pipeline = FlashPipeline(base)
+
+    def clip(action: str, index: int) -> np.ndarray:
+        return read_clip(clip_path(cache / "test", action, index, "png"), 16)
+
+    found = {"original": [], "round_trip": []}
+    psnrs, errors = [], []
+    for action in ROUND_TRIP_ACTIONS:
+        for index in range(CLIPS_PER_ACTION):
+            truth = clip(action, index)
+            rebuilt = vae_round_trip(base, truth)
+            truth_points, rebuilt_points = judge.clip(truth), judge.clip(rebuilt)
+            judged = score(rebuilt_points, truth_points)
+            found["original"].append(judged.reference_found)
+            found["round_trip"].append(judged.found)
+            psnrs.append(psnr(rebuilt, truth))
+            if judged.keypoint_error_px is not None:
+                errors.append((judged.keypoint_error_px, judged.both_found))
+    generated_found, truth_found, seconds = [], [], []
+    for action in train_actions:
+        truth = clip(action, 0)
+        settings = AnimationSettings(prompt=PROMPTS[action], num_frames=16, steps=STEPS, guidance=GUIDANCE,
+                                     seed=SEED, width=truth.shape[2], height=truth.shape[1])
+        started = time.perf_counter()
+        frames = pipeline(Image.fromarray(truth[0]), settings).frames
+        seconds.append(time.perf_counter() - started)
+        generated_found.append(sum(p is not None for p in judge.clip(frames)))
+        truth_found.append(sum(p is not None for p in judge.clip(truth)))
+        log(f"{model}: {action} generated, person in {generated_found[-1]}/16 frames ({seconds[-1]:.1f} s)")
+    weighted = sum(e * n for e, n in errors) / max(1, sum(n for _, n in errors)) if errors else None
+    return {
+        "model": model, "identity": base.identity,
+        "round_trip_clips": f"test split, {CLIPS_PER_ACTION} clips each of {', '.join(ROUND_TRIP_ACTIONS)}",
+        "original": rate_with_error(found["original"], 16),
+        "original_found": f"{sum(found['original'])}/{16 * len(found['original'])}",
+        "round_trip": rate_with_error(found["round_trip"], 16),
+        "round_trip_found": f"{sum(found['round_trip'])}/{16 * len(found['round_trip'])}",
+        "round_trip_psnr": (float(np.mean(psnrs)), float(np.min(psnrs)), float(np.max(psnrs))),
+        "keypoint_error_px": weighted,
+        "generated_clips": f"test split, clip 0 of each training action ({len(train_actions)}), own sentence",
+        "generated": rate_with_error(generated_found, 16),
+        "generated_found": f"{sum(generated_found)}/{16 * len(generated_found)}",
+        "generated_truth": rate_with_error(truth_found, 16),
+        "seconds_per_clip": float(np.median(seconds)),
+    }
+
+
+def _rate(pair) -> str:
+    mean, error = pair
+    return f"{100 * mean:.0f}% ± {100 * error:.0f}" if math.isfinite(error) else f"{100 * mean:.0f}%"
+
+
+def table(results: list[dict]) -> str:
+    names = [f"{Path(r['model']).name} {r['identity'][:8]}" for r in results]
+    rows = [
+        ("person found, original test frames (round-trip set)", lambda r: f"{r['original_found']} ({_rate(r['original'])})"),
+        ("same frames after the VAE round trip", lambda r: f"{r['round_trip_found']} ({_rate(r['round_trip'])})"),
+        ("round trip ÷ originals' rate", lambda r: f"{r['round_trip'][0] / max(r['original'][0], 1e-9):.2f}"),
+        ("VAE round-trip PSNR, mean (min–max over clips)",
+         lambda r: "{:.1f} dB ({:.1f}–{:.1f})".format(*r["round_trip_psnr"])),
+        ("keypoint error, round trip vs original (px at 64²)",
+         lambda r: "–" if r["keypoint_error_px"] is None else f"{r['keypoint_error_px']:.2f}"),
+        ("person found, generated clips", lambda r: f"{r['generated_found']} ({_rate(r['generated'])})"),
+        ("same clips' ground truth", lambda r: _rate(r["generated_truth"])),
+        ("generated ÷ ground truth's rate", lambda r: f"{r['generated'][0] / max(r['generated_truth'][0], 1e-9):.2f}"),
+        ("seconds per clip (16 frames, 25 steps, CPU, median)", lambda r: f"{r['seconds_per_clip']:.2f}"),
+    ]
+    lines = ["| figure | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {label} | " + " | ".join(cell(r) for r in results) + " |" for label, cell in rows]
+    if len(results) == 2:
+        ratio = results[0]["seconds_per_clip"] / results[1]["seconds_per_clip"]
+        lines.append(f"\nSeconds per clip, first ÷ second model (same run): {ratio:.2f}.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mannequin.base_report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="mannequin", help="the model to measure (default: the built-in)")
+    parser.add_argument("--compare", help="a second model folder measured in the same run (e.g. the old base)")
+    parser.add_argument("--cache", type=Path, help="mannequin clip cache (default: the training run's)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    import torch
+
+    from mannequin.base_config import BaseConfig
+    from mannequin.generate import default_cache_dir, generate
+    from mannequin.judge import JudgeUnavailable, PoseJudge
+    from mannequin.benchmark import model_card
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cache = args.cache or default_cache_dir()
+    config = BaseConfig()
+    card = model_card(args.model)
+    train_actions = tuple(card.get("train_actions") or config.train_actions)
+    generate(cache, tuple(dict.fromkeys(train_actions + ROUND_TRIP_ACTIONS)), CLIPS_PER_ACTION, "test",
+             config.data_seed, config.size, config.frames, "png", 2, lambda *_: None)
+    try:
+        judge = PoseJudge()
+    except JudgeUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with judge:
+        results = [measure(m, cache, judge, train_actions) for m in [args.model] + ([args.compare] if args.compare else [])]
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "torch_threads": torch.get_num_threads()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
