@@ -97,13 +97,14 @@ def resolve_controls(request: AnimateRequest, *, model: str, frames: int, width:
         if not path.exists():
             raise FlashError(f"driving clip not found: {path}", "check the --driving path (a video file or a folder "
                              "of frames)", code="bad_driving")
-        reference_pose = None
+        reference_pose, reference_path = None, None
         if request.reference_pose is not None:
             from flash_engine.pose.format import read_pose_file
 
-            reference_pose = read_pose_file(Path(request.reference_pose).expanduser())
+            reference_path = Path(request.reference_pose).expanduser()
+            reference_pose = read_pose_file(reference_path)
         source = {"driving": os.path.abspath(path), "start": request.driving_start or 0, "frames": frames,
-                  "reference_pose": os.path.abspath(request.reference_pose) if request.reference_pose else None}
+                  "reference_pose": os.path.abspath(reference_path) if reference_path else None}
         folder, identity = _controlnet(request, "pose", model, size_multiple)
         controls.append(TakeControl("pose", folder, identity, **_settings(request, "pose"), source=source,
                                     driving={"path": path, "start": request.driving_start or 0,
