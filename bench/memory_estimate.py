@@ -33,6 +33,7 @@ from torch.distributed._tools.mem_tracker import MemTracker  # noqa: E402
 
 from flash_engine.library_logs import quiet_libraries  # noqa: E402
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features  # noqa: E402
+from flash_engine.models.controlnet import controlnet_for  # noqa: E402
 from flash_engine.models.loading import load_base  # noqa: E402
 from flash_engine.devices import PRECISIONS  # noqa: E402
 
@@ -67,11 +68,13 @@ class MemorySettings:
     offload: bool = False
     decode_chunk: int = 1
     guided: bool = True
+    controlnets: int = 0  # motion control: ControlNets steering the UNet (pose, pose + depth)
 
     @property
     def label(self) -> str:
         return (f"{self.frames}×{self.width}×{self.height} {self.precision}"
-                f"{' offload' if self.offload else ''}{f' decode {self.decode_chunk} at once' if self.decode_chunk > 1 else ''}")
+                f"{' offload' if self.offload else ''}{f' decode {self.decode_chunk} at once' if self.decode_chunk > 1 else ''}"
+                f"{f' + {self.controlnets} ControlNet' + ('s' if self.controlnets > 1 else '') if self.controlnets else ''}")
 
 
 @dataclass
@@ -79,6 +82,7 @@ class MemoryEstimate:
     settings: MemorySettings
     weights: dict[str, int]  # bytes per module, in its dtype
     phases: dict[str, int]  # peak bytes per phase, resident weights included
+    resident: int = 0  # the most weight bytes on the device at once
 
     @property
     def peak(self) -> int:
@@ -113,8 +117,9 @@ def estimate_clip_memory(model: str, settings: MemorySettings) -> MemoryEstimate
     base = base_on_meta(model)
     with torch.device(META):
         decoder = DetailEnhancementDecoder.from_vae(base.vae)
+        controlnets = {f"controlnet_{i}": controlnet_for(model).to(dtype) for i in range(settings.controlnets)}
     modules = {"text_encoder": base.text_encoder.to(dtype), "unet": base.unet.to(dtype),
-               "vae": base.vae.to(vae_dtype), "decoder": decoder.to(vae_dtype)}
+               "vae": base.vae.to(vae_dtype), "decoder": decoder.to(vae_dtype), **controlnets}
     for module in modules.values():
         module.requires_grad_(True)  # MemTracker hooks parameters through their gradients
     weights = {name: module_bytes(module) for name, module in modules.items()}
@@ -136,7 +141,18 @@ def estimate_clip_memory(model: str, settings: MemorySettings) -> MemoryEstimate
         latents = torch.empty((1, channels, frames, latent_h, latent_w), dtype=dtype, device=META)
         model_input = torch.cat([latents] * batch)
         timestep = torch.full((), 500, dtype=torch.long, device=META)
-        noise = modules["unet"](model_input, timestep, encoder_hidden_states=carried["text"]).sample
+        residuals = {}
+        if controlnets:  # as FlashPipeline.control_residuals: frames in the batch, residuals summed
+            per_frame = model_input.transpose(1, 2).reshape(batch * frames, channels, latent_h, latent_w)
+            condition = torch.empty((batch * frames, 3, settings.height, settings.width), dtype=dtype, device=META)
+            down, mid = None, None
+            for net in controlnets.values():
+                net_down, net_mid = net(per_frame, timestep, encoder_hidden_states=carried["text"],
+                                        controlnet_cond=condition, return_dict=False)
+                down = net_down if down is None else [a + b for a, b in zip(down, net_down)]
+                mid = net_mid if mid is None else mid + net_mid
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        noise = modules["unet"](model_input, timestep, encoder_hidden_states=carried["text"], **residuals).sample
         carried["latents"] = latents + noise[:1]  # the scheduler step's output
 
     def decode(tracker):
@@ -148,11 +164,12 @@ def estimate_clip_memory(model: str, settings: MemorySettings) -> MemoryEstimate
             modules["decoder"](video[start:start + chunk], carried["features"], enhance[start:start + chunk])
 
     plan = {"text": (text, ["text_encoder"]), "encode": (encode, ["vae"]),
-            "denoise": (denoise, ["unet"]), "decode": (decode, ["decoder"])}
-    phases = {}
+            "denoise": (denoise, ["unet", *controlnets]), "decode": (decode, ["decoder"])}
+    phases, most = {}, 0
     with fused_attention_model(), torch.no_grad():
         for phase, (run, needs) in plan.items():
             resident = needs if settings.offload else list(modules)
+            most = max(most, sum(weights[name] for name in resident))
             tracker = MemTracker()
             tracker.track_external(*(modules[name] for name in resident),
                                    *(t for value in carried.values()
@@ -160,7 +177,7 @@ def estimate_clip_memory(model: str, settings: MemorySettings) -> MemoryEstimate
             with tracker:
                 run(tracker)
             phases[phase] = tracker.get_tracker_snapshot("peak")[META]["Total"]
-    return MemoryEstimate(settings, weights, phases)
+    return MemoryEstimate(settings, weights, phases, most)
 
 
 def main() -> None:
@@ -169,17 +186,20 @@ def main() -> None:
     parser.add_argument("--frames", type=int, nargs="+", default=[16])
     parser.add_argument("--size", type=int, nargs="+", default=[512], help="square sides in pixels")
     parser.add_argument("--precision", nargs="+", default=["bf16", "fp16", "fp32"], choices=list(PRECISIONS))
+    parser.add_argument("--controlnets", type=int, nargs="+", default=[0],
+                        help="ControlNets steering the UNet (motion control: 1 pose, 2 pose + depth)")
     args = parser.parse_args()
     quiet_libraries()
-    grid = [MemorySettings(frames=frames, width=size, height=size, precision=precision, offload=offload)
+    grid = [MemorySettings(frames=frames, width=size, height=size, precision=precision, offload=offload,
+                           controlnets=controlnets)
             for frames in args.frames for size in args.size for precision in args.precision
-            for offload in (False, True)]
+            for offload in (False, True) for controlnets in args.controlnets]
     print(f"# {args.model}: estimated peak GPU memory per clip (tensor accounting, fused attention)\n")
     print("| settings | weights on the GPU, most at once (GiB) | peak phase | estimated peak (GiB) |\n"
           "|---|---|---|---|", flush=True)
     for settings in grid:
         estimate = estimate_clip_memory(args.model, settings)
-        resident = max(estimate.weights.values()) if settings.offload else sum(estimate.weights.values())
+        resident = estimate.resident
         print(f"| {settings.label} | {resident / GIB:.2f} | {estimate.peak_phase} | {estimate.peak / GIB:.2f} |",
               flush=True)
 

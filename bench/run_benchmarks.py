@@ -8,7 +8,8 @@
 
 Sections (``--only`` picks some): inference (s/clip, s/step, peak memory, achieved TFLOP/s
 against this device's measured matmul rate), animatediff (diffusers' AnimateDiffPipeline on
-the same weights, steps and size: the cost of FLASH's additions), decode (stock VAE decoder vs
+the same weights, steps and size: the cost of FLASH's additions), control (s/step without a
+control, with a pose ControlNet and with pose + depth: the cost of motion control), decode (stock VAE decoder vs
 Detail Enhancement Decoder, per frame), options (channels_last and torch.compile of the UNet
 against eager, compile cost apart), memory (bench/memory_estimate.py's tensor accounting
 for the same settings, beside the measured peak), precision (bf16/fp16 UNet output against fp32),
@@ -122,6 +123,38 @@ def bench_inference(args, rows, device, dtype, pipeline):
     rows.append(("inference", "achieved TFLOP/s / measured matmul TFLOP/s",
                  f"{achieved:.3f} / {ceiling:.3f} = {achieved / ceiling:.1%}"))
     return clip_s
+
+
+def bench_control(args, rows, device, dtype, pipeline):
+    """The cost of motion control, in one run: seconds per denoising step without a control,
+    with one ControlNet (pose) and with two (pose + depth), each a random one shaped for the
+    model (docs/motion-control.md); the peak memory of each and the ControlNet's size."""
+    from PIL import Image
+
+    from flash_engine.models.controlnet import controlnet_for
+    from flash_engine.pipeline import Control
+
+    reference = Image.new("RGB", (args.size, args.size), (120, 140, 160))
+    settings = AnimationSettings(prompt=PROMPT, num_frames=args.frames, steps=args.steps, guidance=args.guidance,
+                                 width=args.size, height=args.size, seed=0)
+    nets = [pipeline.place(controlnet_for(args.model, seed)) for seed in (1, 2)]
+    conditions = torch.rand(args.frames, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    runs = {"no control": [], "pose": [Control(nets[0], conditions, name="pose")],
+            "pose + depth": [Control(nets[0], conditions, name="pose"), Control(nets[1], conditions, name="depth")]}
+    if not args.no_warmup:
+        pipeline(reference, AnimationSettings(**{**settings.__dict__, "steps": 1}), controls=runs["pose + depth"])
+    plain = None
+    for label, controls in runs.items():
+        reset_peak(device)
+        _, result = timed(lambda: pipeline(reference, settings, controls=controls), device)
+        step_s = result.timings["denoise"] / args.steps
+        plain = plain or step_s
+        rows.append(("control", f"seconds per denoising step, {label}", f"{step_s:.3f} (x{step_s / plain:.2f})"))
+        rows.append(("control", f"peak memory, {label}", peak_gib(device)))
+    parameters = sum(p.numel() for p in nets[0].parameters())
+    rows.append(("control", "ControlNet parameters (each)",
+                 f"{parameters / 1e6:.0f} M, {parameters * nets[0].dtype.itemsize / 2**30:.2f} GiB in "
+                 f"{precision_name(dtype)}"))
 
 
 def bench_options(args, rows, device, dtype):
@@ -308,7 +341,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--offload", action="store_true")
     parser.add_argument("--no-warmup", action="store_true", help="skip warm-up runs (slow CPU runs)")
-    sections = ["inference", "animatediff", "decode", "options", "memory", "precision", "training", "engine"]
+    sections = ["inference", "animatediff", "control", "decode", "options", "memory", "precision", "training",
+                "engine"]
     parser.add_argument("--only", nargs="+", choices=sections, default=sections)
     args = parser.parse_args()
     quiet_libraries()
@@ -328,6 +362,8 @@ def main() -> None:
         flash_clip_s = bench_inference(args, rows, device, dtype, pipeline)
     if "animatediff" in args.only and flash_clip_s is not None:
         bench_animatediff(args, rows, device, dtype, pipeline, flash_clip_s)
+    if "control" in args.only:
+        bench_control(args, rows, device, dtype, pipeline)
     if "decode" in args.only:
         bench_decode(args, rows, device, pipeline)
     if "options" in args.only:

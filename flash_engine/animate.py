@@ -11,15 +11,16 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from flash_engine import __version__
 from flash_engine.actions import Action, read_action
+from flash_engine.controls import controlnet_bytes, prepare_controls, resolve_controls
 from flash_engine.errors import FlashError
 from flash_engine.images import fit_reference, load_reference, resolve_size, save_frames, write_mp4
-from flash_engine.layout import TAKE_MANIFEST, TAKE_MP4
+from flash_engine.layout import TAKE_DRIVING_POSES, TAKE_MANIFEST, TAKE_MP4
 from flash_engine.output import check_destination, file_digest, normalise, os_error, staged_folder
 from flash_engine.presets import Preset, find_preset
 from flash_engine.models.loading import (BUILT_IN, MANNEQUIN, base_identity, check_mannequin, check_weights_folder,
@@ -82,6 +83,17 @@ class ResolvedAnimate:
     out: Path  # normalised: `x/.` is `x`
     key: object  # warm.PipelineKey: the warm pipeline this job runs on
     model_action: object = None  # model_actions.ModelAction: one of the model card's own actions
+    controls: list = field(default_factory=list)  # controls.TakeControl: what steers the motion
+
+    @property
+    def needs_preparing(self) -> bool:
+        """Whether ``prepare`` has work left (a driving clip's poses to read)."""
+        return any(control.driving is not None and control.pose is None for control in self.controls)
+
+    @property
+    def controlnet_keys(self) -> list[tuple[str, str]]:
+        """The ControlNets this job steers with (``warm.PipelineCache.controlnets`` keeps them)."""
+        return [control.controlnet_key for control in self.controls]
 
 
 def resolve(request: AnimateRequest) -> ResolvedAnimate:
@@ -90,9 +102,6 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
     from flash_engine.warm import PipelineKey
 
     validate(request)
-    if any(getattr(request, name) is not None for name in ("pose", "driving", "depth")):
-        raise FlashError("motion control (--pose, --driving, --depth) is not built into this engine yet",
-                         "animate without it", code="bad_argument")
     if not request.action and not request.weights and not (request.prompt and request.prompt.strip()):
         raise FlashError("nothing to animate: no action and no prompt",
                          "pass --action PRESET (see `python -m flash_engine info`) or --prompt TEXT",
@@ -136,8 +145,11 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
     native_long_side = max(limits["width"], limits["height"])
     width, height = resolve_size(reference.size, request.width, request.height, request.long_side or native_long_side,
                                  limits["size_multiple"])
+    controls = resolve_controls(request, model=model, frames=frames, width=width, height=height,
+                                size_multiple=limits["size_multiple"], reference_size=reference.size)
     devices.check_clip_fits(device, dtype, frames, width, height, guided=guidance > 1.0,
-                            size_multiple=limits["size_multiple"], weights_bytes=_weights_bytes(model))
+                            size_multiple=limits["size_multiple"],
+                            weights_bytes=_weights_bytes(model) + controlnet_bytes(controls))
     check_destination(request.out, request.overwrite, written_take_files, needed_bytes=frames * width * height * 3)
     return ResolvedAnimate(
         request=request,
@@ -158,7 +170,29 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
         out=normalise(request.out),
         key=PipelineKey(model, request.motion_adapter, str(device), devices.precision_name(dtype),
                                 request.offload),
+        controls=controls,
     )
+
+
+def prepare(job: ResolvedAnimate, report: Callable[[str], None] | None = None) -> None:
+    """What a job does before its model loads: a driving clip's poses (MediaPipe, seconds).
+    Run by the job, not by ``resolve`` (the service's reading thread must not wait for it);
+    ``run_animate`` runs it too when the caller has not."""
+    prepare_controls(job.controls, job.frames, job.reference, clip_fps(job.request, job.action), report)
+
+
+def _write_driving_poses(job: ResolvedAnimate, staging: Path) -> list[str]:
+    """A driving clip's poses, as read and retargeted, beside the frames (to check, edit, reuse
+    with --pose); its flash.json source names the file."""
+    from flash_engine.pose.format import write_pose_file
+
+    written = []
+    for control in job.controls:
+        if control.driving is not None:
+            write_pose_file(control.pose, staging / TAKE_DRIVING_POSES)
+            control.source["poses"] = TAKE_DRIVING_POSES
+            written.append(TAKE_DRIVING_POSES)
+    return written
 
 
 def _weights_bytes(model: str) -> int:
@@ -172,13 +206,21 @@ def _weights_bytes(model: str) -> int:
 
 def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, int], None] | None = None,
                 should_cancel: Callable[[], bool] | None = None, action_slot=None,
-                extra_files: ExtraFiles | None = None) -> dict:
-    """Animate into the request's folder; returns the metadata written to ``flash.json``."""
+                extra_files: ExtraFiles | None = None, controlnets: list | None = None) -> dict:
+    """Animate into the request's folder; returns the metadata written to ``flash.json``.
+    ``controlnets``: the loaded ControlNets of ``job.controlnet_keys`` (a warm cache's); None
+    loads them for this job only."""
     from flash_engine.actions import ActionSlot
+    from flash_engine.controls import pipeline_controls
+    from flash_engine.models.controlnet import load_controlnet
     from flash_engine.pipeline import AnimationSettings
 
     request = job.request
     fps = clip_fps(request, job.action)
+    prepare(job)
+    if controlnets is None:
+        controlnets = [pipeline.place(load_controlnet(control.controlnet)) for control in job.controls]
+    controls = pipeline_controls(job.controls, controlnets, job.width, job.height)
     slot = action_slot or ActionSlot(pipeline)
     slot.apply(job.action)
     settings = AnimationSettings(
@@ -188,12 +230,13 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
     started = time.perf_counter()
     with staged_folder(job.out, overwrite=request.overwrite, written_files=written_take_files,
                        needed_bytes=job.frames * job.width * job.height * 3) as staging:
-        result = pipeline(job.reference, settings, progress=progress, should_cancel=should_cancel)
+        result = pipeline(job.reference, settings, progress=progress, should_cancel=should_cancel, controls=controls)
         write_started = time.perf_counter()
         try:
             files = [p.name for p in save_frames(result.frames, staging)]
             if request.mp4:
                 files.append(write_mp4(result.frames, staging / TAKE_MP4, fps=fps).name)
+            files += _write_driving_poses(job, staging)
             if extra_files is not None:
                 files += extra_files(staging, result.frames)
         except OSError as err:  # disk full, read-only, ...: one line, and the staging folder goes
@@ -221,6 +264,9 @@ def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, in
                 "dtype": str(pipeline.dtype).removeprefix("torch."),
                 "offload": pipeline.offload,
             },
+            # What steered the motion: its source (pose file and its SHA-256, driving clip and range,
+            # depth folder), strength, schedule window and ControlNet; empty for a prompt-only take.
+            "control": [control.record() for control in job.controls],
             "frames": files[: job.frames],
             "mp4": TAKE_MP4 if request.mp4 else None,
             # Every file the engine wrote here, and its SHA-256: --overwrite replaces this folder

@@ -15,6 +15,7 @@ from flash_engine import protocol as P
 from flash_engine import requests as R
 from flash_engine.errors import FlashError
 from flash_engine.library_logs import native_stderr_quiet, quiet_libraries
+from flash_engine.weights import CONTROL_HELP  # standard library only
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
     fetch = weights_commands.add_parser("fetch", help="download SD 1.5 + AnimateDiff (needs network)")
     fetch.add_argument("--dest", type=Path, help="default: the per-user weights folder (see `info`)")
+    fetch.add_argument("--control", action="store_true", help=CONTROL_HELP)
 
     demo = commands.add_parser("demo", help="animate a built-in reference image")
     demo.add_argument("--out", default="out/demo")
@@ -114,7 +116,7 @@ def pose_command(args) -> int:
 
 
 def animate_command(args) -> int:
-    from flash_engine.animate import resolve, run_animate
+    from flash_engine.animate import prepare, resolve, run_animate
     from flash_engine.progress import stderr_progress
     from flash_engine.warm import PipelineCache
 
@@ -122,8 +124,18 @@ def animate_command(args) -> int:
     job = resolve(request)
     print(f"flash: {job.frames} frames at {job.width}x{job.height}, {job.steps} steps, seed {job.seed}, "
           f"model {job.model} on {job.key.device}", file=sys.stderr)
+    if job.needs_preparing:  # a driving clip's poses, before the model loads
+        lines = []
+        try:
+            with native_stderr_quiet():  # MediaPipe's start-up lines
+                prepare(job, report=lines.append)
+        finally:
+            for line in lines:
+                print(f"flash: {line}", file=sys.stderr)
     cache = PipelineCache()
-    metadata = run_animate(job, cache.get(job.key), progress=stderr_progress(), action_slot=cache.slot)
+    pipeline = cache.get(job.key)
+    metadata = run_animate(job, pipeline, progress=stderr_progress(), action_slot=cache.slot,
+                           controlnets=cache.controlnets(job.controlnet_keys))
     print(f"flash: wrote {len(metadata['frames'])} frames to {job.out}", file=sys.stderr)
     if metadata["action"]["base_model_only"]:
         print("flash: no trained weights for this action: the base model animated the prompt", file=sys.stderr)
@@ -245,10 +257,10 @@ def info_command(args) -> int:
 
 
 def weights_command(args) -> int:
-    from flash_engine.weights import fetch
+    from flash_engine.weights import fetch, fetch_controlnets
 
-    dest = fetch(args.dest)
-    print(f"weights ready in {dest}", file=sys.stderr)
+    for dest in fetch_controlnets(args.dest) if args.control else [fetch(args.dest)]:
+        print(f"weights ready in {dest}", file=sys.stderr)
     return 0
 
 

@@ -94,13 +94,15 @@ def resolve_size(image_size: tuple[int, int], width: int | None, height: int | N
     return width, height
 
 
-def fit_reference(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Scale to cover width×height, then centre-crop: the aspect is kept, nothing is stretched."""
+def fit_reference(image: Image.Image, width: int, height: int,
+                  resample: Image.Resampling = Image.Resampling.LANCZOS) -> Image.Image:
+    """Scale to cover width×height, then centre-crop: the aspect is kept, nothing is stretched.
+    Whatever else is fitted to a take (depth) goes through here too, so it stays aligned."""
     if image.size == (width, height):
         return image
     scale = max(width / image.width, height / image.height)
     scaled = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
-                          Image.Resampling.LANCZOS)
+                          resample)
     left = (scaled.width - width) // 2
     top = (scaled.height - height) // 2
     return scaled.crop((left, top, left + width, top + height))

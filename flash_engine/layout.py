@@ -6,11 +6,13 @@ work folders) through the bundled engine, so both sides name them from here.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 # A take folder
 TAKE_MANIFEST = "flash.json"  # every setting, and the list of files the engine wrote
 TAKE_MP4 = "flash.mp4"
+TAKE_DRIVING_POSES = "driving.pose.json"  # a take driven by a clip: the poses read from it
 
 # An action folder
 ACTION_MANIFEST = "action.toml"
@@ -29,6 +31,11 @@ CHECKPOINT_JSON = "checkpoint.json"  # in a training work folder: written last, 
 # Training clips: video files, or folders of numbered frames
 VIDEO_SUFFIXES = (".avi", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".webm")
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+
+def natural_key(path: Path):
+    """Sort key for numbered files: ``frame_2`` before ``frame_10`` (name order as people read it)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", Path(path).name)]
 
 
 def frame_name(index: int) -> str:

@@ -1,8 +1,13 @@
 """FLASH sampling: clean first frame, DDIM with classifier-free guidance, latent AdaIN,
-and the Detail Enhancement Decoder.
+the Detail Enhancement Decoder, and optional ControlNets steering the motion.
 
 The reference image is encoded once; its clean latent replaces latent frame 0 before
 every UNet call, so the first frame is never noised (spec: "Noise-free first frame").
+
+A ``Control`` (a diffusers ``ControlNetModel`` and its condition per frame) steers through
+the UNet's ``down_block_additional_residuals`` / ``mid_block_additional_residual``, as
+diffusers' ``AnimateDiffControlNetPipeline`` does: frames folded into the batch, prompt
+embeddings per frame, several controls summed each with its own scale (``MultiControlNetModel``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -67,6 +72,36 @@ def adain_latents(latents: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 @dataclass
+class Control:
+    """One ControlNet steering a clip: ``frames`` is its condition per frame, (F, 3, H, W) in
+    [0, 1] at the clip's size (no normalisation, as diffusers feeds ControlNets); ``scale`` its
+    conditioning scale; ``start``/``end`` the fraction of the steps it steers over."""
+
+    net: torch.nn.Module  # diffusers.ControlNetModel
+    frames: torch.Tensor
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    name: str = "control"
+
+    def active(self, step: int, total: int) -> bool:
+        """diffusers' rule (``control_guidance_start/end``): step i of N steers when
+        start <= i/N and (i+1)/N <= end. A zero scale adds nothing, so it never runs."""
+        return self.scale != 0 and self.start <= step / total and (step + 1) / total <= self.end
+
+
+def check_controls(controls: Sequence[Control], settings: "AnimationSettings") -> None:
+    """A one-line FlashError when a control's condition is not one (3, H, W) image per frame."""
+    wanted = (settings.num_frames, 3, settings.height, settings.width)
+    for control in controls:
+        if tuple(control.frames.shape) != wanted:
+            shape = "x".join(map(str, control.frames.shape))
+            raise FlashError(f"the {control.name} condition is {shape}, the clip needs {'x'.join(map(str, wanted))} "
+                             "(frames x 3 x height x width)", f"give one {control.name} image per frame at the "
+                             "clip's size", code="bad_control")
+
+
+@dataclass
 class AnimationResult:
     frames: np.ndarray  # (F, H, W, 3) uint8
     latents: torch.Tensor  # (1, C, F, h, w), what was decoded
@@ -115,6 +150,12 @@ class FlashPipeline:
             mode = {"mode": compile_unet} if isinstance(compile_unet, str) else {}
             base.unet.compile(**COMPILE_OPTIONS, **mode)
 
+    def place(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Put a module the pipeline runs with the UNet (a ControlNet) where the UNet is kept,
+        in its dtype, frozen."""
+        module.requires_grad_(False).eval()
+        return module.to(device="cpu" if self.offload else self.device, dtype=self.dtype)
+
     @property
     def max_frames(self) -> int:
         return int(self.base.unet.config.get("motion_max_seq_length", 32))
@@ -150,8 +191,12 @@ class FlashPipeline:
         settings: AnimationSettings,
         progress: ProgressFn | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        controls: Sequence[Control] | None = None,
     ) -> AnimationResult:
+        """``controls``: ControlNets steering the motion (none: FLASH as without them)."""
         settings.validate(self.max_frames, self.base.size_multiple)
+        controls = list(controls or ())
+        check_controls(controls, settings)
         progress = progress or (lambda phase, step, total: None)
         timings: dict[str, float] = {}
         clock = time.perf_counter()
@@ -187,9 +232,9 @@ class FlashPipeline:
         channels, height, width = reference_latent.shape[1:]
         latents = torch.randn((1, channels, frames, height, width), generator=generator, dtype=torch.float32)
         latents = to_device(latents * scheduler.init_noise_sigma, self.device, self.dtype)
-        with self._on_device(unet):
+        with self._on_device(unet, *(control.net for control in controls)):
             latents = self.denoise(latents, reference_latent, encoder_hidden_states, settings,
-                                   lambda step, total: progress("denoise", step, total), check_cancel)
+                                   lambda step, total: progress("denoise", step, total), check_cancel, controls)
         latents[:, :, 0] = reference_latent
         if settings.adain:
             latents = adain_latents(latents.float()).to(self.dtype)
@@ -201,10 +246,12 @@ class FlashPipeline:
         lap("decode")
         return AnimationResult(frames=to_uint8_frames(pixels_out), latents=latents.float().cpu(), timings=timings)
 
-    def denoise(self, latents: torch.Tensor, reference_latent: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                settings: AnimationSettings, progress: Callable[[int, int], None],
-                check_cancel: Callable[[], None]) -> torch.Tensor:
-        """DDIM from noise to the clip's latents, frame 0 held clean, guided when guidance > 1.
+    def denoise(self, latents: torch.Tensor, reference_latent: torch.Tensor | None,
+                encoder_hidden_states: torch.Tensor, settings: AnimationSettings,
+                progress: Callable[[int, int], None], check_cancel: Callable[[], None],
+                controls: Sequence[Control] = ()) -> torch.Tensor:
+        """DDIM from noise to the clip's latents, frame 0 held clean (``reference_latent``; None:
+        no clean frame, as plain AnimateDiff), guided when guidance > 1, steered by ``controls``.
 
         Nothing here waits for the device: the scheduler keeps its timesteps on the host (its
         step indexes its tables with them and compares them with 0), and the UNet reads copies
@@ -214,12 +261,19 @@ class FlashPipeline:
         scheduler.set_timesteps(settings.steps)
         unet_timesteps = to_device(scheduler.timesteps, self.device)
         total = len(scheduler.timesteps)
+        # Each condition on the device once, doubled for the [unconditional; text] batch.
+        conditions = [to_device(control.frames, self.device, self.dtype) for control in controls]
+        conditions = [torch.cat([frames, frames]) if guided else frames for frames in conditions]
         progress(0, total)
         for step, timestep in enumerate(scheduler.timesteps):
-            latents[:, :, 0] = reference_latent
+            if reference_latent is not None:
+                latents[:, :, 0] = reference_latent
             model_input = torch.cat([latents, latents]) if guided else latents
             model_input = scheduler.scale_model_input(model_input, timestep)
-            noise = unet(model_input, unet_timesteps[step], encoder_hidden_states=encoder_hidden_states).sample
+            residuals = self.control_residuals(controls, conditions, step, total, model_input, unet_timesteps[step],
+                                               encoder_hidden_states)
+            noise = unet(model_input, unet_timesteps[step], encoder_hidden_states=encoder_hidden_states,
+                         **residuals).sample
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + settings.guidance * (cond - uncond)
@@ -227,6 +281,27 @@ class FlashPipeline:
             progress(step + 1, total)
             check_cancel()
         return latents
+
+    @staticmethod
+    def control_residuals(controls: Sequence[Control], conditions: list[torch.Tensor], step: int, total: int,
+                          model_input: torch.Tensor, timestep: torch.Tensor,
+                          encoder_hidden_states: torch.Tensor) -> dict:
+        """The UNet's extra residuals from the controls active at this step, summed (each
+        scaled by its own net); no keys when none is active, so the UNet runs as without them."""
+        active = [(control, frames) for control, frames in zip(controls, conditions) if control.active(step, total)]
+        if not active:
+            return {}
+        batch, channels, frames, height, width = model_input.shape
+        # (B, C, F, h, w) → (B·F, C, h, w): a ControlNet is a 2D net, each frame an image.
+        per_frame = model_input.transpose(1, 2).reshape(batch * frames, channels, height, width)
+        down, mid = None, None
+        for control, condition in active:
+            control_down, control_mid = control.net(per_frame, timestep, encoder_hidden_states=encoder_hidden_states,
+                                                    controlnet_cond=condition, conditioning_scale=control.scale,
+                                                    return_dict=False)
+            down = control_down if down is None else [a + b for a, b in zip(down, control_down)]
+            mid = control_mid if mid is None else mid + control_mid
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
     def decode(self, latents: torch.Tensor, reference_features: dict, progress: ProgressFn) -> torch.Tensor:
         """(1, C, F, h, w) scaled latents → (F, 3, H, W) pixels, every frame after the first enhanced."""

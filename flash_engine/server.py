@@ -181,6 +181,14 @@ class Engine:
             log(f"model loaded in {time.perf_counter() - started:.1f}s")
         return cache.get(key), cache.slot
 
+    def controlnets(self, keys: list, log: Callable[[str], None]) -> list:
+        """The warm ControlNets for ``keys`` (after ``pipeline``), loading only those not warm."""
+        cache = self.cache
+        missing = [folder for folder, identity in keys if (folder, identity) not in cache.loaded_controlnets]
+        if missing:
+            log(f"loading ControlNet {', '.join(missing)}")
+        return cache.controlnets(keys)
+
     def release(self) -> dict:
         if self._cache is not None:
             self._cache.release()
@@ -223,8 +231,11 @@ def prepare_animate(engine: Engine, args: dict, report=None):
 
 def run_animate_job(engine: Engine, job, context: "JobContext") -> dict:
     animate, _, _ = _torch_side()
+    animate.prepare(job, report=context.log)  # a driving clip's poses: before the model loads
+    context.check_cancel()
     context.progress("load", 0, 1)
     pipeline, slot = engine.pipeline(job.key, context.log)
+    controlnets = engine.controlnets(job.controlnet_keys, context.log)
     context.progress("load", 1, 1)
     context.log(f"animate: {job.frames} frames at {job.width}x{job.height}, {job.steps} steps, seed {job.seed}, "
                 f"model {job.model} on {job.key.device}")
@@ -234,7 +245,7 @@ def run_animate_job(engine: Engine, job, context: "JobContext") -> dict:
         context.progress(phase, step, total)
 
     metadata = animate.run_animate(job, pipeline, progress=progress, should_cancel=context.should_cancel,
-                                   action_slot=slot)
+                                   action_slot=slot, controlnets=controlnets)
     return {
         "out": str(job.out),
         "frames": [str(job.out / name) for name in metadata["frames"]],

@@ -3,7 +3,9 @@
 Standard library only at import time (the add-on reads ``download_state`` with Blender's
 Python); the download itself imports huggingface_hub and runs in the engine's environment::
 
-    python -m flash_engine.weights fetch [--dest DIR] [--json]
+    python -m flash_engine.weights fetch [--dest DIR] [--control] [--json]
+
+(``--control``: the public SD 1.5 pose and depth ControlNets instead, into DEST/controlnets/.)
 
 A download resumes: each file is fetched into ``DEST/.flash-download/<path>.part`` with HTTP
 Range requests from where the last try stopped (a dropped connection is retried at once; a
@@ -39,9 +41,15 @@ SD15_FILES = [
 ]
 ADAPTER_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
 REVISION = "main"
-# What a download fetches: (repo, sub-folder of the destination, file patterns). The control
-# models join as another pack once they exist.
+# What a download fetches: (repo, sub-folder of the destination, file patterns).
 BASE_WEIGHTS = ((SD15_REPO, "", SD15_FILES), (MOTION_ADAPTER_REPO, "motion_adapter", ADAPTER_FILES))
+# The public SD 1.5 ControlNets (``weights fetch --control``), each its own download in
+# WEIGHTS/controlnets/<name>/: the default pose and depth control of any SD 1.5 model.
+PUBLIC_CONTROLNETS = {"pose": "lllyasviel/control_v11p_sd15_openpose", "depth": "lllyasviel/control_v11f1p_sd15_depth"}
+CONTROLNET_FILES = ["config.json", "diffusion_pytorch_model.safetensors"]
+CONTROLNETS_DIR = "controlnets"
+CONTROL_HELP = ("fetch the public SD 1.5 ControlNets (pose: openpose, depth) instead, into DEST/controlnets/: "
+                "the default motion control of SD 1.5 models")
 COMPLETE_STAMP = "flash-weights.json"  # written last: the files it lists are whole
 PARTIAL_DIR = ".flash-download"  # plan.json and the .part files of an unfinished download
 PLAN_FILE = "plan.json"
@@ -67,6 +75,13 @@ def default_weights_dir() -> Path:
     else:
         base = Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share").expanduser()
     return base / "flash-previs" / "weights"
+
+
+def public_controlnet_dir(control: str, weights_dir: Path | None = None) -> Path:
+    """Where ``weights fetch --control`` puts the public ControlNet for ``control`` ("pose",
+    "depth"); it counts once ``download_state`` says complete."""
+    return (weights_dir or default_weights_dir()).expanduser() / CONTROLNETS_DIR / \
+        PUBLIC_CONTROLNETS[control].split("/")[-1]
 
 
 def weights_status(folder: Path | None = None) -> dict:
@@ -260,21 +275,42 @@ def _fetch_file(remote: RemoteFile, part: Path, on_bytes) -> None:
             time.sleep(min(0.2 * 2 ** tries, 5.0))
 
 
-def fetch(dest: Path | None = None, packs=BASE_WEIGHTS, progress=None) -> Path:
+def fetch(dest: Path | None = None, packs=BASE_WEIGHTS, progress=None, problems=None) -> Path:
     """Download SD 1.5 + the AnimateDiff v1-5-2 motion adapter (safetensors only) into
     ``dest``, resuming whatever an earlier run left. ``progress(done, total, path)`` is
     called as bytes arrive (bytes in the destination, of all files). Disk failures are
-    one line too."""
+    one line too. ``packs``/``problems``: another download and what it must hold when done."""
     from flash_engine.output import os_error
 
     dest = (dest or default_weights_dir()).expanduser()
     try:
-        return _fetch(dest, packs, progress)
+        return _fetch(dest, packs, progress, problems or weights_status_files)
     except OSError as err:
         raise os_error(err, dest) from err
 
 
-def _fetch(dest: Path, packs, progress) -> Path:
+def fetch_controlnets(weights_dir: Path | None = None, progress=None, controls=tuple(PUBLIC_CONTROLNETS)) -> list[Path]:
+    """Download the public SD 1.5 ControlNets (``PUBLIC_CONTROLNETS``, safetensors only) into
+    WEIGHTS/controlnets/<name>/, each its own resumable download; ``progress(done, total, path)``
+    per download, ``path`` relative to ``weights_dir``."""
+    from flash_engine.models.controlnet import controlnet_problems
+
+    weights_dir = (weights_dir or default_weights_dir()).expanduser()
+    folders = []
+    for control in controls:
+        folder = public_controlnet_dir(control, weights_dir)
+        prefix = folder.relative_to(weights_dir).as_posix()
+        report = (lambda done, total, path, _prefix=prefix: progress(done, total, f"{_prefix}/{path}")) \
+            if progress else None
+        folders.append(fetch(folder, controlnet_packs(control), report, problems=controlnet_problems))
+    return folders
+
+
+def controlnet_packs(control: str) -> tuple:
+    return ((PUBLIC_CONTROLNETS[control], "", CONTROLNET_FILES),)
+
+
+def _fetch(dest: Path, packs, progress, problems) -> Path:
     try:
         dest.mkdir(parents=True, exist_ok=True)
         files = plan_download(packs)
@@ -338,7 +374,7 @@ def _fetch(dest: Path, packs, progress) -> Path:
         _write_json(partial / PLAN_FILE, plan)
         done += remote.size
         report(done, total, remote.path)
-    status = weights_status_files(dest)
+    status = problems(dest)
     if status:
         raise FlashError(f"download finished but {dest} is incomplete: {'; '.join(status)}",
                          "run `python -m flash_engine weights fetch` again", code="download_failed")
@@ -367,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     fetch_parser = commands.add_parser("fetch", help="download SD 1.5 + AnimateDiff (needs network)")
     fetch_parser.add_argument("--dest", type=Path, help="default: the per-user weights folder")
+    fetch_parser.add_argument("--control", action="store_true", help=CONTROL_HELP)
     fetch_parser.add_argument("--json", action="store_true",
                               help="one JSON object a line on stdout (plan, progress, done, error): for the add-on")
     args = parser.parse_args(argv)
@@ -387,14 +424,18 @@ def main(argv: list[str] | None = None) -> int:
     # Cancelling sends SIGTERM: end through the normal path, so each .part file is closed whole.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     try:
-        dest = fetch(args.dest, progress=progress if args.json else None)
+        if args.control:
+            folders = fetch_controlnets(args.dest, progress=progress if args.json else None)
+        else:
+            folders = [fetch(args.dest, progress=progress if args.json else None)]
     except FlashError as err:
         emit({"event": "error", "message": err.message, "hint": err.hint})
         print(f"error: {err.message}" + (f"\n  {err.hint}" if err.hint else ""), file=sys.stderr)
         return 1
-    emit({"event": "done", "folder": str(dest), **download_state(dest)})
-    if not args.json:
-        print(f"weights ready in {dest}", file=sys.stderr)
+    for folder in folders:
+        emit({"event": "done", "folder": str(folder), **download_state(folder)})
+        if not args.json:
+            print(f"weights ready in {folder}", file=sys.stderr)
     return 0
 
 

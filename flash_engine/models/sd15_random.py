@@ -23,6 +23,12 @@ VAE_CHANNELS = (128, 256, 512, 512)
 LIMITS = {"width": 512, "height": 512, "max_frames": MOTION_MAX_SEQ_LENGTH, "latent_channels": 4,
           "size_multiple": vae_size_multiple({"block_out_channels": VAE_CHANNELS})}
 
+# Stable Diffusion 1.5's UNet (diffusers' defaults for the rest); read without building it
+# where a ControlNet is checked against the model (models.controlnet.unet_config).
+UNET_CONFIG = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+                   block_out_channels=(320, 640, 1280, 1280))
+
+
 def sd15_random_parts() -> dict:
     tokenizer = tiny_tokenizer()  # ids only index the embedding table; vocabulary size is irrelevant to speed
     with torch.random.fork_rng(devices=[]):
@@ -35,9 +41,7 @@ def sd15_random_parts() -> dict:
         vae = AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
             block_out_channels=VAE_CHANNELS, layers_per_block=2, latent_channels=4, sample_size=512)
-        unet2d = UNet2DConditionModel(
-            sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280))
+        unet2d = UNet2DConditionModel(**UNET_CONFIG)
         motion_adapter = MotionAdapter(
             block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2,
             motion_mid_block_layers_per_block=1, motion_num_attention_heads=8, motion_norm_num_groups=32,

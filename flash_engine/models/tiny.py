@@ -32,6 +32,21 @@ VAE_CHANNELS = (16, 32, 32, 32)
 LIMITS = {"width": 64, "height": 64, "max_frames": MOTION_MAX_SEQ_LENGTH, "latent_channels": 4,
           "size_multiple": vae_size_multiple({"block_out_channels": VAE_CHANNELS[:VAE_BLOCKS]})}
 
+# The 2D UNet's config (its sample size follows the VAE): read without building it where a
+# ControlNet is checked against the model (models.controlnet.unet_config).
+UNET_CONFIG = dict(
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    cross_attention_dim=TEXT_WIDTH,
+    attention_head_dim=8,
+    norm_num_groups=8,
+)
+
+
 def tiny_tokenizer() -> CLIPTokenizer:
     """A real CLIP tokenizer with a byte-level vocabulary and no merges (one token per byte)."""
     vocab: dict[str, int] = {}
@@ -78,18 +93,7 @@ def tiny_parts(vae_blocks: int = VAE_BLOCKS) -> dict:
             latent_channels=4,
             sample_size=64,
         )
-        unet2d = UNet2DConditionModel(
-            sample_size=LIMITS["width"] // scale,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            cross_attention_dim=TEXT_WIDTH,
-            attention_head_dim=8,
-            norm_num_groups=8,
-        )
+        unet2d = UNet2DConditionModel(sample_size=LIMITS["width"] // scale, **UNET_CONFIG)
         motion_adapter = MotionAdapter(
             block_out_channels=(32, 64),
             motion_layers_per_block=1,

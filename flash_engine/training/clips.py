@@ -8,7 +8,6 @@ scan is part of the train job (seconds per clip), never of the checks before it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -54,8 +53,7 @@ class ClipScan:
         return f"using {len(self.good)} of {len(self.good) + len(self.bad)} clips"
 
 
-def _natural_key(path: Path):
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+_natural_key = layout.natural_key
 
 
 def _working_size(width: int, height: int, resolution: tuple[int, int]) -> tuple[int, int]:

@@ -103,6 +103,29 @@ def test_a_second_animate_does_not_load_the_model_again(engine, reference, tmp_p
     assert status["running"] is None and status["queue"] == []
 
 
+def test_a_pose_take_through_the_service_keeps_its_controlnet_warm(engine, reference, tmp_path):
+    from tests.support.controls import save_tiny_controlnet, write_poses
+
+    controlnet = save_tiny_controlnet(tmp_path / "controlnet")
+    poses = write_poses(tmp_path / "take.pose.json", 3, 64, 48)
+    engine.animate(clip(reference, tmp_path / "plain"), timeout=300)  # the model is warm
+    loads = engine.status()["loads"]
+    args = clip(reference, tmp_path / "posed", pose=str(poses), pose_controlnet=str(controlnet), pose_strength=0.8)
+    result = engine.animate(args, timeout=300)
+    (control,) = result["metadata"]["control"]
+    assert control["control"] == "pose" and control["source"]["pose"] == str(poses.resolve())
+    assert control["strength"] == 0.8 and control["controlnet"]["folder"] == str(controlnet.resolve())
+    assert len(result["frames"]) == 3
+    assert engine.status()["loads"] == loads + 1  # the ControlNet, once
+    engine.animate({**args, "out": str(tmp_path / "again"), "seed": 6}, timeout=300)
+    assert engine.status()["loads"] == loads + 1  # warm: not loaded again
+    with pytest.raises(EngineError) as caught:  # poses for another take: refused before it is accepted
+        engine.animate(clip(reference, tmp_path / "bad", frames=4, pose=str(poses), pose_controlnet=str(controlnet)),
+                       timeout=60)
+    assert caught.value.code == "bad_pose" and "\n" not in caught.value.message
+    assert not (tmp_path / "bad").exists()
+
+
 def test_cancel_mid_job_stops_it_and_leaves_no_output(engine, reference, tmp_path):
     out = tmp_path / "cancelled"
     job = engine.submit("animate", clip(reference, out, steps=LONG_STEPS))

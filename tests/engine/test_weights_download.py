@@ -25,15 +25,19 @@ def repos(tmp_path_factory) -> dict[str, Path]:
     return tiny_repos(tmp_path_factory.mktemp("hub-repos"))
 
 
-@pytest.fixture
-def hub(repos, monkeypatch, tmp_path):
-    server = Hub(repos).start()
+def _point_at(monkeypatch, server, tmp_path):
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     import huggingface_hub.constants as constants  # read at import: point the loaded copy here too
 
     monkeypatch.setattr(constants, "ENDPOINT", server.url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+@pytest.fixture
+def hub(repos, monkeypatch, tmp_path):
+    server = Hub(repos).start()
+    _point_at(monkeypatch, server, tmp_path)
     yield server
     server.stop()
 
@@ -188,3 +192,99 @@ def test_a_part_of_an_older_revision_is_not_resumed_and_a_users_file_is_not_repl
         weights.fetch(mine)
     assert (mine / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == b"my own fine-tune"
 
+
+
+# ---- the public ControlNets (weights fetch --control)
+
+
+@pytest.fixture(scope="module")
+def control_repos(tmp_path_factory) -> dict[str, Path]:
+    from tests.support.hub_standin import controlnet_repos
+
+    return controlnet_repos(tmp_path_factory.mktemp("control-repos"))
+
+
+@pytest.fixture
+def control_hub(control_repos, monkeypatch, tmp_path):
+    server = Hub(control_repos).start()
+    _point_at(monkeypatch, server, tmp_path)
+    yield server
+    server.stop()
+
+
+def test_the_public_controlnets_are_fetched_where_motion_control_finds_them(control_hub, control_repos, tmp_path,
+                                                                             monkeypatch):
+    import torch
+
+    from flash_engine import weights
+    from flash_engine.cli import main
+    from flash_engine.models.controlnet import find_controlnet, load_controlnet
+    from flash_engine.models.sd15_random import UNET_CONFIG
+
+    monkeypatch.setenv("FLASH_WEIGHTS_DIR", str(tmp_path / "weights"))
+    sd15 = tmp_path / "sd15"
+    (sd15 / "unet").mkdir(parents=True)
+    (sd15 / "unet" / "config.json").write_text(json.dumps(UNET_CONFIG))
+    with pytest.raises(Exception, match="weights fetch --control"):
+        find_controlnet("pose", None, str(sd15))
+    assert main(["weights", "fetch", "--control"]) == 0
+    for control, repo in (("pose", weights.PUBLIC_CONTROLNETS["pose"]), ("depth", weights.PUBLIC_CONTROLNETS["depth"])):
+        folder = find_controlnet(control, None, str(sd15))
+        assert folder == tmp_path / "weights" / "controlnets" / repo.split("/")[1]
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors",
+                                                            weights.COMPLETE_STAMP]  # no pickle, no README
+        assert weights.download_state(folder)["state"] == "complete"
+        served = (control_repos[repo] / "diffusion_pytorch_model.safetensors").read_bytes()
+        assert (folder / "diffusion_pytorch_model.safetensors").read_bytes() == served
+        load_controlnet(folder)  # it loads as a ControlNet
+    assert not any(path.endswith(".bin") for _, path, _ in control_hub.requests)
+    before = len(control_hub.requests)
+    weights.fetch_controlnets()  # complete: nothing fetched again
+    assert not [r for r in control_hub.requests[before:] if r[0] == "GET" and "/resolve/" in r[1]]
+
+
+def test_an_unfinished_controlnet_download_is_not_used_and_resumes(control_hub, control_repos, tmp_path, monkeypatch):
+    from flash_engine import weights
+    from flash_engine.models.controlnet import find_controlnet
+    from flash_engine.models.sd15_random import UNET_CONFIG
+
+    monkeypatch.setenv("FLASH_WEIGHTS_DIR", str(tmp_path / "weights"))
+    sd15 = tmp_path / "sd15"
+    (sd15 / "unet").mkdir(parents=True)
+    (sd15 / "unet" / "config.json").write_text(json.dumps(UNET_CONFIG))
+    repo = weights.PUBLIC_CONTROLNETS["pose"]
+    name = "diffusion_pytorch_model.safetensors"
+    size = (control_repos[repo] / name).stat().st_size
+
+    class Stop(BaseException):
+        pass
+
+    def stop_halfway(done, total, path):
+        if path.endswith(name) and done >= size // 2:
+            raise Stop
+
+    control_hub.drop_after[f"{repo}/{name}"] = size // 2
+    with pytest.raises(Stop):
+        weights.fetch_controlnets(progress=stop_halfway, controls=("pose",))
+    with pytest.raises(Exception, match="has not finished downloading"):
+        find_controlnet("pose", None, str(sd15))
+    weights.fetch_controlnets(controls=("pose",))
+    assert [rng for method, path, rng in control_hub.requests if method == "GET" and path.endswith(name)][-1] \
+        == f"bytes={size // 2}-"
+    assert find_controlnet("pose", None, str(sd15)) == weights.public_controlnet_dir("pose")
+
+
+def test_the_json_command_fetches_the_controlnets_with_a_done_event_each(control_hub, tmp_path):
+    from flash_engine import weights
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "flash_engine.weights", "fetch", "--dest", str(tmp_path / "w"),
+                           "--control", "--json"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    done = [e for e in events if e["event"] == "done"]
+    assert [e["folder"] for e in done] == [str(weights.public_controlnet_dir(c, tmp_path / "w"))
+                                           for c in ("pose", "depth")]
+    assert all(e["state"] == "complete" for e in done)
+    assert {e["file"].split("/")[1] for e in events if e["event"] == "progress"} == \
+        {repo.split("/")[1] for repo in weights.PUBLIC_CONTROLNETS.values()}

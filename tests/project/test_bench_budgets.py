@@ -73,3 +73,15 @@ def test_flop_budget_counts_the_trainers_real_work():
     five, ten = clip_flops("tiny", 4, 64, steps=5), clip_flops("tiny", 4, 64, steps=10)
     assert ten["UNet, 10 guided steps"] == pytest.approx(2 * five["UNet, 5 guided steps"])
     assert five["decode (enhanced)"] > 0 and five["reference encode"] > 0
+
+
+def test_a_controlnet_adds_its_weights_and_activations_to_the_denoising_phase():
+    plain = estimate_clip_memory("tiny", small(offload=True))
+    steered = estimate_clip_memory("tiny", small(offload=True, controlnets=1))
+    both = estimate_clip_memory("tiny", small(offload=True, controlnets=2))
+    net = steered.weights["controlnet_0"]
+    assert net > 0 and both.weights["controlnet_1"] == net
+    assert steered.resident == plain.resident + net and both.resident == plain.resident + 2 * net  # with the UNet
+    assert steered.phases["denoise"] > plain.phases["denoise"] + net  # its residuals are held too
+    assert both.phases["denoise"] > steered.phases["denoise"] + net
+    assert steered.phases["decode"] == plain.phases["decode"]  # offloaded: not resident while decoding

@@ -162,3 +162,21 @@ def tiny_repos(dest: Path) -> dict[str, Path]:
     (sd15 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}) + "\n")
     (sd15 / "README.md").write_text("not fetched: only the listed patterns are\n")
     return {SD15_REPO: sd15, ADAPTER_REPO: adapter}
+
+
+OPENPOSE_REPO = "lllyasviel/control_v11p_sd15_openpose"
+DEPTH_REPO = "lllyasviel/control_v11f1p_sd15_depth"
+
+
+def controlnet_repos(dest: Path) -> dict[str, Path]:
+    """Tiny ControlNets saved with save_pretrained in the two public ControlNet repos' places,
+    beside what the real repos also hold and the engine must not fetch (pickles, a README)."""
+    from tests.support.controls import save_tiny_controlnet
+
+    repos = {}
+    for seed, repo in enumerate((OPENPOSE_REPO, DEPTH_REPO), start=1):
+        folder = save_tiny_controlnet(dest / repo.split("/")[1], seed=seed)
+        (folder / "diffusion_pytorch_model.bin").write_bytes(b"a pickle: never fetched")
+        (folder / "README.md").write_text("not fetched\n")
+        repos[repo] = folder
+    return repos
