@@ -4,13 +4,14 @@ The rendering tests need the `bpy` wheel (the test extra); the loss tests run an
 """
 
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from mannequin.base_config import HELD_OUT_ACTIONS, BaseConfig, smoke_config
 from mannequin.train_base import (RunError, StopRules, Log, assemble, build_parts, render_clips, run,
@@ -66,7 +67,7 @@ def test_smoke_cli_writes_a_model_that_load_base_loads_and_the_pipeline_animates
 
     out = tmp_path / "model"
     done = subprocess.run([sys.executable, "-m", "mannequin.train_base", "--smoke", "--out", str(out),
-                           "--work", str(tmp_path / "work"), "--cache", str(cache), "--workers", "1"],
+                           "--work", str(tmp_path / "work"), "--cache", str(cache), "--workers", "1", "--threads", "1"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[unet] step 6/6" in done.stderr and "eta" in done.stderr  # progress lines with loss and ETA
@@ -90,6 +91,35 @@ def test_smoke_cli_writes_a_model_that_load_base_loads_and_the_pipeline_animates
     losses = json.loads((out / "losses.json").read_text())
     assert losses["vae"]["steps_done"] == 6 and losses["unet"]["steps_done"] == 6
     assert set(losses["eval"]) >= {"train_actions", "held_out_actions", "per_action"}
+
+    # The decoder tune: more decoder steps from the VAE stage's checkpoint, written into the
+    # export with the encoder (so the UNet's latents) untouched.
+    def tune(*args):
+        return subprocess.run([sys.executable, "-m", "mannequin.tune_decoder", "--work", str(tmp_path / "tune"),
+                               "--cache", str(cache), *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    before = model_tensors(out)
+    done = tune("--from-checkpoint", str(tmp_path / "work" / "vae"), "--steps", "3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = tune("--from-checkpoint", str(tmp_path / "work" / "vae"), "--steps", "3")
+    assert again.returncode != 0 and "--resume" in again.stderr  # a finished tune is not silently redone
+    done = tune("--apply", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = model_tensors(out)
+    tuned = [k for k in before if k.startswith(("vae/decoder.", "vae/post_quant_conv."))]
+    assert tuned and any(not torch.equal(before[k], after[k]) for k in tuned)
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in tuned)  # encoder, UNet: as they were
+    assert json.loads((out / "training.json").read_text())["decoder_tune"]["step"] == 3
+    load_base(out)  # still a model
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    first = next(k for k in sorted(before) if k.startswith("vae/encoder."))
+    file = next((other / "vae").glob("*.safetensors"))
+    tensors = load_file(file)
+    tensors[first.removeprefix("vae/")] = tensors[first.removeprefix("vae/")] + 1
+    save_file(tensors, file)
+    refused = tune("--apply", str(other))
+    assert refused.returncode != 0 and "was not exported from the VAE this tune started from" in refused.stderr
 
 
 # ---------------------------------------------------------------- each stage learns
