@@ -8,19 +8,14 @@ flash_batch's own parser, so the job type and the script cannot drift apart."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from flash_blender import batch
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "farm" / "flamenco" / "flash_previs.js"
-HARNESS = REPO / "tests" / "support" / "flamenco_harness.js"
-NODE = shutil.which("node")
+from tests.support.flamenco import NODE, compile_job as _compile, eval_like_the_addon, hidden_evals
+
 pytestmark = pytest.mark.skipif(NODE is None, reason="needs Node.js")
 
 BLEND = "/farm/shots/sq010/sh020.blend"
@@ -28,20 +23,8 @@ ROOT = "/farm/previs"
 CREATED = "2026-03-04T05:06:07"
 
 
-def compile_job(settings: dict, name: str = "sh020 previs", tmp: Path | None = None) -> dict:
-    base = {"blendfile": BLEND, "output_root": ROOT}
-    job = {"name": name, "created": CREATED, "settings": {**base, **settings}}
-    path = Path(tmp or "/tmp") / f"flamenco-job-{abs(hash(json.dumps(job)))}.json"
-    path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
-    try:
-        proc = subprocess.run([NODE, str(HARNESS), str(SCRIPT), str(path)], capture_output=True, text=True,
-                              timeout=60, encoding="utf-8")
-    finally:
-        path.unlink(missing_ok=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(proc.stdout)
-    assert "harness_error" not in result, result["harness_error"]
-    return result
+def compile_job(settings: dict, name: str = "sh020 previs") -> dict:
+    return _compile({"blendfile": BLEND, "output_root": ROOT, **settings}, name, CREATED)
 
 
 def submitted_lists(cameras: list[str], markers: list[tuple[int, str, str | None]], scene="Scene") -> dict:
@@ -51,19 +34,7 @@ def submitted_lists(cameras: list[str], markers: list[tuple[int, str, str | None
     by_name = {o.name: o for o in objects}
     timeline = [SimpleNamespace(frame=f, name=n, camera=by_name.get(c) if c else None) for f, n, c in markers]
     context = SimpleNamespace(scene=SimpleNamespace(name=scene, objects=objects, timeline_markers=timeline))
-    return {key: eval(expr, {}, {"C": context, "bpy": None, "settings": None, "jobname": "job"})  # noqa: S307
-            for key, expr in hidden_evals().items()}
-
-
-def hidden_evals() -> dict:
-    """The job type's ``eval`` expressions of its hidden settings, read by Node from JOB_TYPE."""
-    proc = subprocess.run([NODE, "-e", "const vm=require('vm');const c=vm.createContext({});"
-                           f"vm.runInContext(require('fs').readFileSync({json.dumps(str(SCRIPT))},'utf8'),c);"
-                           "const t=vm.runInContext('JOB_TYPE',c);const o={};"
-                           "t.settings.forEach(s=>{if(s.eval&&s.visible==='hidden')o[s.key]=s.eval});"
-                           "process.stdout.write(JSON.stringify(o))"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return eval_like_the_addon(hidden_evals(), context)
 
 
 def blender_args(task: dict) -> list[str]:
