@@ -236,9 +236,10 @@ def _marker_shots(scene: str, name: str, bound: list, markers: list) -> list[Sho
     if any(m[1] == name for m in markers):
         return [Shot(scene, None, marker=name, error=f"timeline marker '{name}' of scene '{scene}' has no camera "
                                                      "bound (Timeline: Marker > Bind Camera to Markers, Ctrl+B)")]
-    near = difflib.get_close_matches(name, [m[1] for m in markers], n=3, cutoff=0.6)
+    names = sorted({m[1] for m in markers})  # several markers may share a name
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(near)}?" if near else (
-        f"its markers: {', '.join(sorted({m[1] for m in markers}))}" if markers else "it has no markers")
+        f"its markers: {', '.join(names)}" if names else "it has no markers")
     return [Shot(scene, None, marker=name, error=f"no timeline marker named '{name}' in scene '{scene}' ({hint})")]
 
 
