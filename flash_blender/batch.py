@@ -40,6 +40,7 @@ class BatchOptions:
     scene: str = ""  # empty: the file's active scene
     mode: str = "active"
     cameras: list[str] = field(default_factory=list)  # mode "named"
+    markers: list[str] = field(default_factory=list)  # mode "markers": only the markers of these names (empty: all)
     overrides: dict = field(default_factory=dict)  # flash.animate_action properties: action, prompt, seed, ...
     output_root: str = ""  # empty: the preferences' (default //flash/)
     mp4: bool = False
@@ -47,6 +48,10 @@ class BatchOptions:
     save_path: str = ""  # empty: <name>_flash.blend beside the opened file
     save_over_input: bool = False
     overwrite: bool = False  # --save may replace an existing file
+    save_numbered: bool = False  # --save PATH that exists: PATH_2.blend, ... instead of refusing
+    out_must_exist: bool = False  # the output root is refused when missing, not created
+    record: str = ""  # after every shot is done: a take record (take_records.py) written here
+    import_records: list[str] = field(default_factory=list)  # import these records' takes, run nothing
 
 
 # ---------------------------------------------------------------------------------------
@@ -78,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
                             "markers: the cameras bound to timeline markers, each at its marker's frame")
     shots.add_argument("--camera", action="append", default=[], metavar="NAME",
                        help="a camera by name (repeat for more); implies named cameras")
+    shots.add_argument("--marker", action="append", default=[], metavar="NAME",
+                       help="the camera bound to the timeline marker NAME, at its frame (repeat for more); "
+                            "implies marker cameras")
     take = p.add_argument_group("take settings (default: the scene's FLASH settings)")
     take.add_argument("--action", help="preset id or name, or a trained action (trained:NAME or its name)")
     take.add_argument("--prompt", help="the action sentence")
@@ -102,16 +110,29 @@ def parser() -> argparse.ArgumentParser:
                           "NAME_flash.blend beside the opened file, NAME_flash_2.blend and so on when that exists; "
                           "// means beside it). An existing PATH is refused unless --overwrite")
     out.add_argument("--overwrite", action="store_true", help="allow --save PATH to replace an existing file")
+    out.add_argument("--save-numbered", action="store_true",
+                     help="when --save PATH exists, save PATH_2.blend (and so on) instead of refusing")
     out.add_argument("--save-over-input", action="store_true",
                      help="allow --save to write over the opened .blend itself")
+    farm = p.add_argument_group("farm (one shot per task; see docs/farm.md)")
+    farm.add_argument("--out-must-exist", action="store_true",
+                      help="refuse an --out folder that does not exist instead of creating it (a shared folder "
+                           "that is not mounted on this machine)")
+    farm.add_argument("--record", default="", metavar="FILE",
+                      help="when every shot is done, write FILE: a record of the takes made, for --import-takes")
+    farm.add_argument("--import-takes", nargs="+", default=[], metavar="RECORD", dest="import_takes",
+                      help="import the finished takes the RECORD files name (from their folders on disk) instead "
+                           "of animating anything; with --save, the copy holds them all")
     return p
 
 
 def parse_args(argv: list[str]) -> BatchOptions:
     """``argv``: the script's own arguments (after ``--``). argparse exits 2 on a bad one."""
     args = parser().parse_args(argv)
-    if args.camera and args.cameras:
-        parser().error("--camera and --cameras are exclusive: name cameras, or pick a mode")
+    if sum(map(bool, (args.camera, args.marker, args.cameras))) > 1:
+        parser().error("--camera, --marker and --cameras are exclusive: name cameras or markers, or pick a mode")
+    if args.import_takes and (args.camera or args.marker or args.cameras or args.record):
+        parser().error("--import-takes animates nothing: drop --camera, --marker, --cameras and --record")
     overrides = {name: getattr(args, name)
                  for name in ("action", "prompt", "seed", "frames", "steps", "guidance", "long_side")
                  if getattr(args, name) is not None}
@@ -124,10 +145,15 @@ def parse_args(argv: list[str]) -> BatchOptions:
             parser().error(str(err))
     if args.depth is not None:
         overrides["depth"] = args.depth
-    return BatchOptions(scene=args.scene, mode="named" if args.camera else (args.cameras or "active"),
-                        cameras=list(args.camera), overrides=overrides, output_root=args.out, mp4=args.mp4,
+    if args.out_must_exist and not args.out:
+        parser().error("--out-must-exist needs --out DIR")
+    mode = "named" if args.camera else "markers" if args.marker else (args.cameras or "active")
+    return BatchOptions(scene=args.scene, mode=mode, cameras=list(args.camera), markers=list(args.marker),
+                        overrides=overrides, output_root=args.out, mp4=args.mp4,
                         save=args.save is not None or args.save_over_input, save_path=args.save or "",
-                        save_over_input=args.save_over_input, overwrite=args.overwrite)
+                        save_over_input=args.save_over_input, overwrite=args.overwrite,
+                        save_numbered=args.save_numbered,
+                        out_must_exist=args.out_must_exist, record=args.record, import_records=list(args.import_takes))
 
 
 def split_names(text: str) -> list[str]:
@@ -159,12 +185,14 @@ class Shot:
 
 
 def select_shots(mode: str, scene: str, *, active: str | None, cameras: list[str], others: list[str] = (),
-                 markers: list[tuple[int, str, str | None]] = (), names: list[str] = ()) -> list[Shot]:
+                 markers: list[tuple[int, str, str | None]] = (), names: list[str] = (),
+                 marker_names: list[str] = ()) -> list[Shot]:
     """The shots to run.
 
     ``active``: the scene's active camera's name (or None); ``cameras``: the names of the
     scene's camera objects; ``others``: the names of its other objects (to say "not a
-    camera"); ``markers``: ``(frame, marker name, bound camera name or None)``.
+    camera"); ``markers``: ``(frame, marker name, bound camera name or None)``;
+    ``marker_names``: in mode "markers", only the markers of these names.
     """
     if mode == "active":
         if active is None:
@@ -177,6 +205,8 @@ def select_shots(mode: str, scene: str, *, active: str | None, cameras: list[str
         return [Shot(scene, name) for name in sorted(cameras)]
     if mode == "markers":
         bound = sorted((m for m in markers if m[2]), key=lambda m: (m[0], m[1]))
+        if marker_names:
+            return [shot for name in marker_names for shot in _marker_shots(scene, name, bound, markers)]
         if not bound:
             return [Shot(scene, None, error=f"no timeline marker of scene '{scene}' has a camera bound "
                                             "(Timeline: Marker > Bind Camera to Markers, Ctrl+B)")]
@@ -199,14 +229,40 @@ def select_shots(mode: str, scene: str, *, active: str | None, cameras: list[str
     raise BatchError(f"unknown camera choice {mode!r}", f"use one of {', '.join(MODES)}")
 
 
+def _marker_shots(scene: str, name: str, bound: list, markers: list) -> list[Shot]:
+    shots = [Shot(scene, camera, frame=frame, marker=marker) for frame, marker, camera in bound if marker == name]
+    if shots:
+        return shots
+    if any(m[1] == name for m in markers):
+        return [Shot(scene, None, marker=name, error=f"timeline marker '{name}' of scene '{scene}' has no camera "
+                                                     "bound (Timeline: Marker > Bind Camera to Markers, Ctrl+B)")]
+    names = sorted({m[1] for m in markers})  # several markers may share a name
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(near)}?" if near else (
+        f"its markers: {', '.join(names)}" if names else "it has no markers")
+    return [Shot(scene, None, marker=name, error=f"no timeline marker named '{name}' in scene '{scene}' ({hint})")]
+
+
+def check_out_exists(folder: Path) -> None:
+    """``--out-must-exist``: the output root is there (BatchError with the fix). On a farm a
+    missing shared folder means it is not mounted: creating it would hide the takes on one
+    machine's local disk."""
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist on this machine"
+        raise BatchError(f"the output root {folder} {what}",
+                         "mount the shared folder here (or create it), or pass another --out")
+
+
 # ---------------------------------------------------------------------------------------
 # Saving and reporting
 
 
-def save_target(blend_path: str, requested: str, over_input: bool, overwrite: bool = False) -> Path:
+def save_target(blend_path: str, requested: str, over_input: bool, overwrite: bool = False,
+                numbered: bool = False) -> Path:
     """Where the copy with the results goes. Never the opened file unless ``over_input``, never
     another existing file unless ``overwrite``: the default name is numbered past existing
-    ones (NAME_flash_2.blend, ...), a named one that exists is refused."""
+    ones (NAME_flash_2.blend, ...), a named one that exists is refused — or numbered too
+    with ``numbered`` (a farm task run again)."""
     blend = Path(blend_path).resolve() if blend_path else None
     requested = (requested or "").strip()
     if requested.startswith("//"):
@@ -229,8 +285,9 @@ def save_target(blend_path: str, requested: str, over_input: bool, overwrite: bo
     if blend is not None and target == blend and not over_input:
         raise BatchError(f"--save {target} is the opened file", "save elsewhere, or pass --save-over-input")
     if target.exists() and not overwrite and target != blend:
-        if requested:
-            raise BatchError(f"--save {target} exists", "pass --overwrite to replace it, or save elsewhere")
+        if requested and not numbered:
+            raise BatchError(f"--save {target} exists",
+                             "pass --overwrite to replace it, --save-numbered to number the name, or save elsewhere")
         stem, number = target.stem, 2
         while target.exists():
             target = target.with_name(f"{stem}_{number}.blend")

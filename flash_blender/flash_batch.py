@@ -33,9 +33,9 @@ def addon_package() -> str | None:
     here = Path(globals().get("__file__") or ".").resolve().parent
     guess = f"bl_ext.{here.parent.name}.{here.name}"
     try:
-        addon_utils.enable(guess, default_set=False)
-    except Exception as err:  # not an installed extension
-        print(f"FLASH batch: cannot enable {guess}: {err}")
+        addon_utils.enable(guess, default_set=False, handle_error=lambda err: None)
+    except Exception:  # not an installed extension: run() says so in one line
+        pass
     return guess if guess in bpy.context.preferences.addons.keys() else None
 
 

@@ -21,9 +21,10 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy.types import Operator
 
+from .. import importers
 from ..animate_take import OVERRIDES, start_take, stored_folder, take_loop
-from ..batch import (EXIT_USAGE, OUTPUT_FIX, BatchError, BatchOptions, ShotResult, exit_code, final_lines,
-                     parse_args, save_target, script_argv, select_shots, split_names, summary_line)
+from ..batch import (EXIT_USAGE, OUTPUT_FIX, BatchError, BatchOptions, Shot, ShotResult, check_out_exists, exit_code,
+                     final_lines, parse_args, save_target, script_argv, select_shots, split_names, summary_line)
 from ..engine import MANAGER
 from ..errors import PlanError
 from ..job_loop import run_blocking
@@ -31,13 +32,15 @@ from ..progress import STATUS, one_line
 from ..properties import CUSTOM_LONG_SIDE, MOTION_ITEMS, OUTPUT_ITEMS
 from ..reference import camera_kept
 from ..request_limits import options
-from ..services import get_prefs, user_dir
+from ..services import engine_config, get_prefs, user_dir
 from ..take_planning import check_writable, output_root
+from ..take_records import read_record, take_on_disk, write_record
 
 
 @dataclass
 class BatchReport:
     results: list[ShotResult] = field(default_factory=list)
+    takes: list = field(default_factory=list)  # the Take of each shot that worked (for --record)
     saved: str | None = None
     save_error: str = ""
 
@@ -50,7 +53,7 @@ class BatchReport:
         return [r for r in self.results if not r.ok]
 
 
-def _run_shot(context, scene, shot, options: BatchOptions) -> ShotResult:
+def _run_shot(context, scene, shot, options: BatchOptions, made: list) -> ShotResult:
     camera = scene.objects.get(shot.camera)
     if camera is None or camera.type != 'CAMERA':  # select_shots saw it: only a script could remove it
         return ShotResult(shot, False, reason=f"camera '{shot.camera}' is gone")
@@ -60,13 +63,13 @@ def _run_shot(context, scene, shot, options: BatchOptions) -> ShotResult:
     try:
         if context.scene != scene:
             with context.temp_override(scene=scene):
-                return _animate_shot(bpy.context, shot, options)
-        return _animate_shot(context, shot, options)
+                return _animate_shot(bpy.context, shot, options, made)
+        return _animate_shot(context, shot, options, made)
     except PlanError as err:  # refused before the job: nothing was made
         return ShotResult(shot, False, reason=str(err))
 
 
-def _animate_shot(context, shot, options: BatchOptions) -> ShotResult:
+def _animate_shot(context, shot, options: BatchOptions, made: list) -> ShotResult:
     """One take, blocking: what ``flash.animate_action`` does, without the operator."""
     start = start_take(context, dict(options.overrides), options.output_root or None, mp4=options.mp4)
     job = start.job
@@ -76,6 +79,7 @@ def _animate_shot(context, shot, options: BatchOptions) -> ShotResult:
     if not end.ok:
         return ShotResult(shot, False, reason=end.message)
     take, result = job.meta, job.result or {}
+    made.append(take)
     return ShotResult(shot, True, take=take.name, folder=stored_folder(take, result),
                       frames=len(result.get("frames") or []), mp4=result.get("mp4"),
                       base_model_only=take.base_model_only)
@@ -85,6 +89,8 @@ def _check_output(options: BatchOptions, target: Path | None) -> None:
     """The take folder and the copy's folder can be written: checked before any shot starts
     the engine (BatchError with the fix)."""
     root = output_root(bpy.data.filepath, options.output_root or get_prefs().output_root, user_dir())
+    if options.out_must_exist:
+        check_out_exists(root.folder)
     try:
         check_writable(root.folder, OUTPUT_FIX)
         if target is not None:
@@ -93,9 +99,16 @@ def _check_output(options: BatchOptions, target: Path | None) -> None:
         raise BatchError(err.message, err.hint) from None
 
 
-def run_batch(context, options: BatchOptions, report=print) -> BatchReport:
-    """Every shot, one summary line each; the saved copy at the end. Raises BatchError
-    (before any shot runs) when the batch cannot start."""
+def _check_engine() -> None:
+    """The engine can be started (set up, its model found): checked once, before any shot,
+    so a worker without it fails in one line instead of once per shot."""
+    try:
+        engine_config(get_prefs())
+    except PlanError as err:
+        raise BatchError(err.message, err.hint) from None
+
+
+def _scene_and_target(context, options: BatchOptions):
     if STATUS.engine_busy:
         raise BatchError("a FLASH job is running", "wait for it or cancel it")
     scene = bpy.data.scenes.get(options.scene) if options.scene else context.scene
@@ -103,13 +116,25 @@ def run_batch(context, options: BatchOptions, report=print) -> BatchReport:
         raise BatchError(f"no scene named '{options.scene}'",
                          f"the file's scenes: {', '.join(s.name for s in bpy.data.scenes)}")
     target = save_target(bpy.data.filepath, options.save_path, options.save_over_input,
-                         options.overwrite) if options.save else None
+                         options.overwrite, options.save_numbered) if options.save else None
+    return scene, target
+
+
+def run_batch(context, options: BatchOptions, report=print) -> BatchReport:
+    """Every shot, one summary line each; the saved copy at the end. Raises BatchError
+    (before any shot runs) when the batch cannot start. With ``import_records`` it animates
+    nothing: :func:`run_import`."""
+    if options.import_records:
+        return run_import(context, options, report)
+    scene, target = _scene_and_target(context, options)
     _check_output(options, target)
+    _check_engine()
     cameras = [o.name for o in scene.objects if o.type == 'CAMERA']
     others = [o.name for o in scene.objects if o.type != 'CAMERA']
     markers = [(m.frame, m.name, m.camera.name if m.camera else None) for m in scene.timeline_markers]
     shots = select_shots(options.mode, scene.name, active=scene.camera.name if scene.camera else None,
-                         cameras=cameras, others=others, markers=markers, names=options.cameras)
+                         cameras=cameras, others=others, markers=markers, names=options.cameras,
+                         marker_names=options.markers)
     where = Path(bpy.data.filepath).name if bpy.data.filepath else "an unsaved file"
     report(f"FLASH batch: {len(shots)} shot{'s' if len(shots) != 1 else ''} of {where}")
     batch = BatchReport()
@@ -120,7 +145,7 @@ def run_batch(context, options: BatchOptions, report=print) -> BatchReport:
                     result = ShotResult(shot, False, reason=shot.error)
                 else:
                     try:
-                        result = _run_shot(context, scene, shot, options)
+                        result = _run_shot(context, scene, shot, options, batch.takes)
                     except Exception as err:  # one broken shot must not take the others down
                         traceback.print_exc()
                         result = ShotResult(shot, False, reason=one_line(err))
@@ -130,16 +155,76 @@ def run_batch(context, options: BatchOptions, report=print) -> BatchReport:
         target = None  # an interrupted batch saves no copy that looks like a finished one
         raise
     finally:
-        if target is not None:
+        _save_copy(batch, target, options)
+    if options.record and batch.results and not batch.failed:  # a record names a finished task's takes only
+        try:
+            report(f"FLASH batch: recorded {write_record(options.record, batch.takes)}")
+        except OSError as err:
+            batch.save_error = f"the take record {options.record}: {one_line(err)}"
+    for line in final_lines(batch.results, batch.saved, batch.save_error):
+        report(line)
+    return batch
+
+
+def _save_copy(batch: BatchReport, target: Path | None, options: BatchOptions) -> None:
+    if target is None:
+        return
+    try:
+        over_input = bpy.data.filepath and Path(bpy.data.filepath).resolve() == target
+        if target.exists() and not (over_input or options.overwrite):  # appeared while the shots ran
+            target = save_target(bpy.data.filepath, options.save_path, False, numbered=options.save_numbered)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        bpy.ops.wm.save_as_mainfile(filepath=str(target), copy=not over_input, check_existing=False)
+        batch.saved = str(target)
+    except Exception as err:
+        batch.save_error = f"{target}: {one_line(err)}"
+
+
+def _import_one(context, take) -> ShotResult:
+    shot = Shot(take.scene, take.camera, frame=take.frame_start)
+    try:
+        result = take_on_disk(take)
+        importers.import_take(context, take, result)
+    except PlanError as err:
+        return ShotResult(shot, False, reason=str(err))
+    return ShotResult(shot, True, take=take.name, folder=importers.stored_path(result.folder, take.in_project),
+                      frames=len(result.frames), mp4=result.mp4, base_model_only=take.base_model_only)
+
+
+def run_import(context, options: BatchOptions, report=print) -> BatchReport:
+    """``--import-takes``: the finished takes the records name, imported from their folders
+    (nothing is animated, no engine starts), one summary line each; the saved copy at the
+    end. A missing record or take fails its line (exit 1); the others are still imported."""
+    scene, target = _scene_and_target(context, options)
+    if target is not None:
+        try:
+            check_writable(target.parent, "pass --save PATH in a writable folder")
+        except PlanError as err:
+            raise BatchError(err.message, err.hint) from None
+    report(f"FLASH batch: importing the takes of {len(options.import_records)} record"
+           f"{'s' if len(options.import_records) != 1 else ''}")
+    batch = BatchReport()
+    try:
+        for path in options.import_records:
             try:
-                over_input = bpy.data.filepath and Path(bpy.data.filepath).resolve() == target
-                if target.exists() and not (over_input or options.overwrite):  # appeared while the shots ran
-                    target = save_target(bpy.data.filepath, options.save_path, False)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                bpy.ops.wm.save_as_mainfile(filepath=str(target), copy=not over_input, check_existing=False)
-                batch.saved = str(target)
-            except Exception as err:
-                batch.save_error = f"{target}: {one_line(err)}"
+                takes = read_record(path)
+            except PlanError as err:
+                takes, failed = [], ShotResult(Shot(scene.name, None), False, reason=str(err))
+                batch.results.append(failed)
+                report(summary_line(failed))
+            for take in takes:
+                try:
+                    result = _import_one(context, take)
+                except Exception as err:  # one broken take must not take the others down
+                    traceback.print_exc()
+                    result = ShotResult(Shot(take.scene, take.camera), False, reason=one_line(err))
+                batch.results.append(result)
+                report(summary_line(result))
+    except KeyboardInterrupt:
+        target = None
+        raise
+    finally:
+        _save_copy(batch, target, options)
     for line in final_lines(batch.results, batch.saved, batch.save_error):
         report(line)
     return batch

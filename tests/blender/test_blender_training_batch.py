@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import runpy
 import subprocess
 import sys
 import traceback
@@ -33,7 +32,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
 from tests.support.blender_harness import (  # noqa: E402
-    MODULE, Drawer, Layout, build_extension_zip, isolated_env, layout_problems,
+    MODULE, Drawer, Layout, build_extension_zip, emulate_blender, isolated_env, layout_problems,
 )
 
 SMALL = {"frames": 3, "steps": 1, "long_side": 64}
@@ -213,47 +212,6 @@ def test_a_batch_with_a_bad_shot_reports_it_exits_1_and_keeps_the_good_one(world
 
 # ---------------------------------------------------------------------------------------
 # Blender side
-
-
-def emulate_blender(argv: list[str]) -> None:  # pragma: no cover - runs in Blender
-    """``blender -b FILE [--python-exit-code N] [--python-expr EXPR | -P SCRIPT]... [-- ARGS]`` with the
-    bpy module: load the user's preferences (Blender does at startup; the module does not),
-    open the file, run the expressions and scripts in order with ``sys.argv`` as Blender
-    sets it, and exit like Blender (SystemExit's code; N after another exception)."""
-    import bpy
-
-    bpy.ops.wm.read_userpref()
-    on_error, index = 0, 0
-    sys.argv = ["blender", *argv]
-    while index < len(argv):
-        arg = argv[index]
-        if arg == "--":
-            break
-        if arg == "-b":
-            if index + 1 < len(argv) and argv[index + 1].endswith(".blend"):
-                bpy.ops.wm.open_mainfile(filepath=argv[index + 1])
-                index += 1
-        elif arg == "--python-exit-code":
-            on_error = int(argv[index + 1])
-            index += 1
-        elif arg in ("--python-expr", "-P", "--python"):
-            try:
-                if arg == "--python-expr":
-                    exec(compile(argv[index + 1], "<string>", "exec"), {"__name__": "__main__"})
-                else:
-                    runpy.run_path(argv[index + 1], run_name="__main__")
-            except SystemExit as stop:
-                sys.stdout.flush()
-                os._exit(stop.code if isinstance(stop.code, int) else 1)
-            except Exception:
-                traceback.print_exc()
-                if on_error:
-                    sys.stdout.flush()
-                    os._exit(on_error)
-            index += 1
-        index += 1
-    sys.stdout.flush()
-    os._exit(0)
 
 
 def inspect(out: str, *blends: str) -> None:  # pragma: no cover - runs in Blender

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,6 +65,46 @@ def scenario_part(record: dict, name: str) -> dict:
     if name in record.get("errors", {}):
         pytest.fail(f"'{name}' failed in Blender:\n{record['errors'][name]}")
     return record[name]
+
+
+def emulate_blender(argv: list[str]) -> None:  # pragma: no cover - runs in Blender
+    """``blender [-b] [-y] [FILE.blend] [--python-exit-code N] [--python-expr EXPR | -P SCRIPT]... [-- ARGS]``
+    with the bpy module: load the user's preferences (Blender does at startup; the module
+    does not), open the file (after ``-b`` or on its own, as Flamenco's blender-render
+    passes it), run the expressions and scripts in order with ``sys.argv`` as Blender sets
+    it, and exit like Blender (SystemExit's code; N after another exception)."""
+    import bpy
+
+    bpy.ops.wm.read_userpref()
+    on_error, index = 0, 0
+    sys.argv = ["blender", *argv]
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            break
+        if arg.endswith(".blend"):
+            bpy.ops.wm.open_mainfile(filepath=arg)
+        elif arg == "--python-exit-code":
+            on_error = int(argv[index + 1])
+            index += 1
+        elif arg in ("--python-expr", "-P", "--python"):
+            try:
+                if arg == "--python-expr":
+                    exec(compile(argv[index + 1], "<string>", "exec"), {"__name__": "__main__"})
+                else:
+                    runpy.run_path(argv[index + 1], run_name="__main__")
+            except SystemExit as stop:
+                sys.stdout.flush()
+                os._exit(stop.code if isinstance(stop.code, int) else 1)
+            except Exception:
+                traceback.print_exc()
+                if on_error:
+                    sys.stdout.flush()
+                    os._exit(on_error)
+            index += 1
+        index += 1  # -b, -y and the rest: nothing to emulate
+    sys.stdout.flush()
+    os._exit(0)
 
 
 class Layout:
