@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from flash_engine.errors import FlashError
+from flash_engine.tensorfiles import safetensors_problem
 
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 MOTION_ADAPTER_REPO = "guoyww/animatediff-motion-adapter-v1-5-2"
@@ -289,11 +290,28 @@ def fetch(dest: Path | None = None, packs=BASE_WEIGHTS, progress=None, problems=
         raise os_error(err, dest) from err
 
 
+def controlnet_problems(folder: Path) -> list[str]:
+    """What keeps ``folder`` from loading as a ControlNet, as short phrases (empty when none)."""
+    if not folder.is_dir():
+        return ["not a folder"]
+    problems = []
+    if not (folder / "config.json").is_file():
+        problems.append("no config.json")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        pickled = any(folder.glob(pattern) for pattern in ("*.bin", "*.ckpt", "*.pt", "*.pth"))
+        problems.append("only pickle weights (convert them to .safetensors)" if pickled else "no .safetensors weights")
+    for path in weights:
+        problem = safetensors_problem(path)
+        if problem:
+            problems.append(f"{path.name}: {problem}")
+    return problems
+
+
 def fetch_controlnets(weights_dir: Path | None = None, progress=None, controls=tuple(PUBLIC_CONTROLNETS)) -> list[Path]:
     """Download the public SD 1.5 ControlNets (``PUBLIC_CONTROLNETS``, safetensors only) into
     WEIGHTS/controlnets/<name>/, each its own resumable download; ``progress(done, total, path)``
     per download, ``path`` relative to ``weights_dir``."""
-    from flash_engine.models.controlnet import controlnet_problems
 
     weights_dir = (weights_dir or default_weights_dir()).expanduser()
     folders = []

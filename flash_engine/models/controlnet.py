@@ -21,7 +21,7 @@ from pathlib import Path
 
 from flash_engine.errors import FlashError
 from flash_engine.models.base import vae_size_multiple
-from flash_engine.tensorfiles import safetensors_problem
+from flash_engine.weights import controlnet_problems
 
 CONFIG = "config.json"
 OWN_FOLDERS = {"pose": "controlnet_pose", "depth": "controlnet_depth"}  # inside a model folder
@@ -89,24 +89,6 @@ def weights_variant(folder: Path) -> str | None:
         return None
     variants = sorted(name.split(".")[1] for name in names if name.count(".") == 2)
     return variants[0] if variants else None
-
-
-def controlnet_problems(folder: Path) -> list[str]:
-    """What keeps ``folder`` from loading as a ControlNet, as short phrases (empty when none)."""
-    if not folder.is_dir():
-        return ["not a folder"]
-    problems = []
-    if not (folder / CONFIG).is_file():
-        problems.append(f"no {CONFIG}")
-    weights = sorted(folder.glob("*.safetensors"))
-    if not weights:
-        pickled = any(folder.glob(pattern) for pattern in ("*.bin", "*.ckpt", "*.pt", "*.pth"))
-        problems.append("only pickle weights (convert them to .safetensors)" if pickled else "no .safetensors weights")
-    for path in weights:
-        problem = safetensors_problem(path)
-        if problem:
-            problems.append(f"{path.name}: {problem}")
-    return problems
 
 
 def check_controlnet_folder(folder: Path, control: str) -> dict:
