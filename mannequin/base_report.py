@@ -148,16 +148,17 @@ def table(results: list[dict]) -> str:
     ]
     lines = ["| figure | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
     lines += [f"| {label} | " + " | ".join(cell(r) for r in results) + " |" for label, cell in rows]
-    if len(results) == 2:
-        ratio = results[0]["seconds_per_clip"] / results[1]["seconds_per_clip"]
-        lines.append(f"\nSeconds per clip, first ÷ second model (same run): {ratio:.2f}.")
+    for other, name in zip(results[1:], names[1:]):
+        ratio = results[0]["seconds_per_clip"] / other["seconds_per_clip"]
+        lines.append(f"\nSeconds per clip, `{names[0]}` ÷ `{name}` (same run): {ratio:.2f}.")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mannequin.base_report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mannequin", help="the model to measure (default: the built-in)")
-    parser.add_argument("--compare", help="a second model folder measured in the same run (e.g. the old base)")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
+                        help="more models measured in the same run (e.g. the previous base)")
     parser.add_argument("--cache", type=Path, help="mannequin clip cache (default: the training run's)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with judge:
-        results = [measure(m, cache, judge, train_actions) for m in [args.model] + ([args.compare] if args.compare else [])]
+        results = [measure(m, cache, judge, train_actions) for m in [args.model, *args.compare]]
     print(table(results))
     if args.figure:
         print(f"wrote {demo_figure(args.model, cache, args.figure)}")
