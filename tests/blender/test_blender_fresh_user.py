@@ -125,8 +125,8 @@ def test_save_never_replaces_an_existing_copy(record):
     assert saving["numbered"].endswith("shot_flash_2.blend") and saving["numbered_is_blend"]
     named = saving["named"]
     assert named["code"] == 2 and named["lines"] == [
-        f"FLASH batch: error: --save {saving['existing']} exists (pass --overwrite to replace it, or save "
-        "elsewhere)"], named
+        f"FLASH batch: error: --save {saving['existing']} exists (pass --overwrite to replace it, "
+        "--save-numbered to number the name, or save elsewhere)"], named
     assert saving["overwrite"]["code"] == 1 and saving["overwritten_is_blend"]
 
 

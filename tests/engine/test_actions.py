@@ -99,7 +99,8 @@ def test_cli_uses_action_weights_and_says_so(tiny_pipeline, tmp_path, reference_
     assert main(["animate", "--image", str(reference_png), "--weights", str(folder), "--model", "tiny",
                  "--frames", "3", "--steps", "2", "--long-side", "64", "--out", str(out)]) == 0
     meta = json.loads((out / "flash.json").read_text())
-    assert meta["action"] == {"name": "wave", "weights": str(folder.resolve()), "base_model_only": False}
+    assert meta["action"] == {"name": "wave", "weights": str(folder.resolve()), "base_model_only": False,
+                              "model_action": None}
     assert meta["settings"]["prompt"] == "a person is waving both arms."
 
 
