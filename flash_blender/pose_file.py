@@ -60,10 +60,12 @@ def write_pose(path: Path, text: str) -> Path:
             os.link(staging, path)  # never replaces a file that appeared meanwhile
         except FileExistsError:
             raise PlanError(f"{path.name} already exists", "run again: the take gets the next number") from None
-        except OSError:  # no hard links on this file system
-            if path.exists():
+        except OSError:  # no hard links on this file system: create it exclusively instead
+            try:
+                with path.open("x", encoding="utf-8") as handle:
+                    handle.write(text)
+            except FileExistsError:
                 raise PlanError(f"{path.name} already exists", "run again: the take gets the next number") from None
-            os.replace(staging, path)
     except OSError as err:
         raise PlanError(f"cannot write the poses to {path}: {err.strerror or err}",
                         "check that the output folder is writable") from None

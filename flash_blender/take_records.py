@@ -47,6 +47,14 @@ def take_from_dict(data: dict) -> Take:
 def write_record(path: str | Path, takes: list[Take]) -> Path:
     """``path`` replaced whole by a record of ``takes`` (its folder created)."""
     path = Path(path)
+    if path.exists():  # replace only a record this add-on wrote (a re-queued shot's), never a user file
+        try:
+            ours = json.loads(path.read_text(encoding="utf-8")).get("version") == RECORD_VERSION
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise PlanError(f"--record {path} exists and is not a FLASH take record; it was left as it is",
+                            "pass a new --record path")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:

@@ -313,10 +313,12 @@ def write_pose_file(seq: PoseSequence, path: str | Path) -> Path:
             os.link(staging, path)  # fails if the name was taken meanwhile: never replaces
         except FileExistsError:
             raise exists from None
-        except OSError:  # a file system without hard links
-            if path.exists():
+        except OSError:  # a file system without hard links: create it exclusively instead
+            try:
+                with path.open("x", encoding="utf-8") as handle:
+                    handle.write(text)
+            except FileExistsError:
                 raise exists from None
-            os.replace(staging, path)
     except OSError as err:
         raise FlashError(f"cannot write {path}: {err.strerror or err}", "choose a folder you can write to",
                          code="output_error") from None

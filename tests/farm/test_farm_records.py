@@ -28,6 +28,13 @@ def test_a_record_gives_back_the_same_takes(tmp_path):
     path = take_records.write_record(tmp_path / "job" / "shot-01.json", takes)
     assert take_records.read_record(path) == takes
     assert [p.name for p in path.parent.iterdir()] == ["shot-01.json"]  # no staging file left
+    take_records.write_record(path, takes[:1])  # a re-queued shot replaces its own record
+    assert take_records.read_record(path) == takes[:1]
+    user_file = tmp_path / "notes.json"
+    user_file.write_text('{"mine": true}')
+    with pytest.raises(PlanError, match="is not a FLASH take record; it was left as it is"):
+        take_records.write_record(user_file, takes)
+    assert user_file.read_text() == '{"mine": true}'
 
 
 @pytest.mark.parametrize("content, error", [
