@@ -31,7 +31,8 @@ interruption (kill -9 included) the same command with ``--resume`` continues fro
 one and computes exactly what an uninterrupted run computes. ``--minutes-budget`` caps the
 wall time (summed over sessions): the VAE stage stops at ``vae_budget_share`` of it and the
 UNet stage leaves room for the evaluation and export; a stage stopped that way is recorded
-as such. See ``docs/mannequin-base.md``.
+as such, and ``--resume`` with a larger budget continues it (the VAE only while the UNet has
+not started: its latents would change) and exports again. See ``docs/mannequin-base.md``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,15 @@ LATENTS_FILE = "latents.safetensors"
 EXPORT_RESERVE_S = 120.0  # wall time the UNet stage leaves for evaluation + export
 EVAL_TIMESTEPS = (50, 250, 500, 750, 950)
 NOT_FINISHED = ("pending", "running")
+
+
+def continues(record: dict, later: dict | None = None) -> bool:
+    """Whether a stage still trains in this session: it never finished, or it stopped at the time
+    budget short of its steps (a later session may raise the budget) and no later stage has used it."""
+    if record["status"] in NOT_FINISHED:
+        return True
+    stopped_short = record["status"] == "budget" and record.get("steps_done", 0) < record.get("steps_planned", 0)
+    return stopped_short and (later is None or later["status"] == "pending")
 
 
 class RunError(Exception):
@@ -603,7 +613,8 @@ def train_stage(stage, folder: Path, config: BaseConfig, stop: StopRules, deadli
             break
         if stage.elapsed >= deadline_s():
             status = "budget"
-            log(f"[{stage.name}] time budget reached at step {stage.step} of {stage.total}: stopping the stage")
+            log(f"[{stage.name}] time budget reached at step {stage.step} of {stage.total}: stopping the stage "
+                "(a larger --minutes-budget with --resume continues it)")
             break
         loss = stage.train_step()
         stage.losses.append(loss)
@@ -825,7 +836,7 @@ def _run(config: BaseConfig, out: Path, *, work: Path | None = None, cache: Path
     # ---------------------------------------------------------------- stage 1
     vae_dir = work / "vae"
     vae_record = _stage_record(state, "vae")
-    if stage in ("vae", "all") and vae_record["status"] in NOT_FINISHED:
+    if stage in ("vae", "all") and continues(vae_record, later=_stage_record(state, "unet")):
         if train_set.frames is None:
             timed("data", lambda: load_frames(train_set, config.frames, log))
         vae_stage = VaeStage(config, parts["vae"], train_set.frames)
@@ -903,7 +914,7 @@ def _run(config: BaseConfig, out: Path, *, work: Path | None = None, cache: Path
     if saved:
         unet_stage.restore(*saved)
     del saved
-    if unet_record["status"] in NOT_FINISHED:
+    if continues(unet_record):
         unet_record["status"] = "running"
         others = total_elapsed() - unet_record["wall_s"]
         status = train_stage(unet_stage, unet_dir, config, stop,

@@ -225,6 +225,43 @@ def test_interrupted_and_resumed_runs_reach_the_same_weights_as_an_uninterrupted
     assert len(record["sessions"]) == 3 and record["stages"]["vae"]["steps_done"] == 6
 
 
+def test_a_stage_stopped_by_the_time_budget_continues_when_a_later_session_raises_it(cache, tmp_path):
+    config = smoke_config()
+    common = dict(cache=cache, threads=1, workers=1, log=QUIET)
+    straight = run(config, tmp_path / "a", work=tmp_path / "wa", **common)
+    no_time = 1e-6  # minutes: every stage is out of time after at most its first step
+
+    vae_only = run(config, tmp_path / "b", work=tmp_path / "wb", stage="vae", budget_minutes=no_time, **common)
+    assert vae_only.record["stages"]["vae"]["status"] == "budget"
+    assert vae_only.record["stages"]["vae"]["steps_done"] < config.vae_steps
+    run(config, tmp_path / "b", work=tmp_path / "wb", stage="vae", resume=True, **common)
+    vae = json.loads((tmp_path / "wb" / "run.json").read_text())["stages"]["vae"]
+    assert vae["status"] == "done" and vae["steps_done"] == vae["steps_planned"] == config.vae_steps
+
+    short = run(config, tmp_path / "b", work=tmp_path / "wb", resume=True, budget_minutes=no_time, **common)
+    assert short.status == "done" and short.record["stages"]["unet"]["status"] == "budget"
+    assert short.record["stages"]["unet"]["steps_done"] < config.unet_steps
+    untrained_unet = model_tensors(tmp_path / "b")
+    longer = run(config, tmp_path / "b", work=tmp_path / "wb", resume=True, **common)
+    assert longer.status == "done" and longer.record["stages"]["unet"]["status"] == "done"
+    assert longer.record["stages"]["unet"]["steps_done"] == config.unet_steps
+
+    a, b = model_tensors(straight.out), model_tensors(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    assert not all(torch.equal(untrained_unet[key], b[key]) for key in b if key.startswith("unet/"))
+
+
+def test_a_budget_stopped_vae_does_not_continue_once_the_unet_has_trained_on_its_latents(cache, tmp_path):
+    config = smoke_config()
+    common = dict(cache=cache, threads=1, workers=1, log=QUIET)
+    first = run(config, tmp_path / "b", work=tmp_path / "wb", budget_minutes=1e-6, **common)
+    assert first.record["stages"]["vae"]["status"] == "budget"
+    again = run(config, tmp_path / "b", work=tmp_path / "wb", resume=True, **common)
+    stages = again.record["stages"]
+    assert stages["vae"]["steps_done"] < config.vae_steps and stages["vae"]["status"] == "budget"
+    assert stages["unet"]["status"] == "done" and stages["unet"]["steps_done"] == config.unet_steps
+
+
 # ---------------------------------------------------------------- held-out actions
 
 def test_held_out_actions_never_appear_in_the_training_data(cache):
