@@ -346,14 +346,20 @@ def file_digest(path: Path) -> str:
 
 # ====================================================================== stage 1: VAE
 
-def vae_loss(vae, pixels, generator, config: BaseConfig) -> tuple["torch.Tensor", dict]:
+def vae_loss(vae, pixels, generator, config: BaseConfig,
+             extra_noise_std: "torch.Tensor | None" = None) -> tuple["torch.Tensor", dict]:
     """L1 + ``vae_l2_weight`` x L2 + ``vae_edge_weight`` x L1 of pixel differences (per-pixel means)
-    + ``vae_kl_weight`` x KL (mean per latent element), on a posterior sample."""
+    + ``vae_kl_weight`` x KL (mean per latent element), on a posterior sample; plus, when
+    ``extra_noise_std`` (one std per frame, latent units) is given, Gaussian noise on that sample."""
     import torch
 
     dist = vae.encode(pixels).latent_dist
     noise = torch.randn(dist.mean.shape, generator=generator, dtype=dist.mean.dtype)
-    decoded = vae.decode(dist.mean + dist.std * noise).sample
+    latents = dist.mean + dist.std * noise
+    if extra_noise_std is not None:
+        extra = torch.randn(dist.mean.shape, generator=generator, dtype=dist.mean.dtype)
+        latents = latents + extra_noise_std.view(-1, 1, 1, 1) * extra
+    decoded = vae.decode(latents).sample
     error = decoded - pixels
     l1, l2 = error.abs().mean(), error.pow(2).mean()
     edge = ((decoded.diff(dim=-1) - pixels.diff(dim=-1)).abs().mean()

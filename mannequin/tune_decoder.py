@@ -9,7 +9,11 @@ Stage 1 of ``mannequin.train_base`` stops at a share of its time budget while it
 falls; the decoder is what draws the limbs. This runs more steps of the same loss (L1 + 2·L2 +
 edges, whole 64×64 frames from the same training clips, mirrored half the time) on the decoder
 and ``post_quant_conv`` only, from the VAE stage's checkpoint, with the same resumable
-checkpoints (the same command continues after any stop). ``--apply`` replaces the decoder's
+checkpoints (the same command continues after any stop). ``--latent-noise S`` adds Gaussian
+noise of a random std in [0, S] latent stds to each frame's latents before decoding: the UNet's
+samples are never exactly on the encoder's latents, and a decoder trained on those alone
+turns the difference into speckle. ``--from-checkpoint`` may also name an earlier tune's
+``decoder/`` folder, to go on from it with other settings. ``--apply`` replaces the decoder's
 weights in an exported model's ``vae/`` after checking that its encoder is the one this tune
 started from, and records the tune in the model's ``training.json``.
 """
@@ -39,12 +43,17 @@ class TuneSettings:
     lr: float = 3e-4
     warmup: int = 50
     seed: int = 0
+    latent_noise: float = 0.0  # max std of the noise added to the latents, in latent stds
+
+    def saved_as(self) -> dict:
+        """The settings a checkpoint records (without defaults older tunes did not have)."""
+        return {k: v for k, v in self.__dict__.items() if k != "latent_noise" or v}
 
 
 class DecoderStage(tb.VaeStage):
     name = "decoder"
 
-    def __init__(self, config: BaseConfig, vae, frames, settings: TuneSettings):
+    def __init__(self, config: BaseConfig, vae, frames, settings: TuneSettings, latent_std: float = 1.0):
         import torch
 
         super().__init__(config.replace(vae_crop_fraction=0.0, vae_steps=settings.steps, vae_lr=settings.lr,
@@ -55,6 +64,25 @@ class DecoderStage(tb.VaeStage):
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=settings.lr, betas=(0.9, 0.99),
                                            weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(settings.seed * 1000 + 7)
+        self.latent_noise = settings.latent_noise
+        self.latent_std = latent_std
+
+    def train_step(self) -> float:
+        if not self.latent_noise:
+            return super().train_step()
+        import torch
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr()
+        pixels = self.batch()
+        std = torch.rand(len(pixels), generator=self.generator) * self.latent_noise * self.latent_std
+        loss, _ = tb.vae_loss(self.vae, pixels, self.generator, self.config, extra_noise_std=std)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return float(loss.detach())
 
 
 def encoder_state(vae) -> dict:
@@ -62,21 +90,33 @@ def encoder_state(vae) -> dict:
 
 
 def load_stage_vae(checkpoint_folder: Path):
-    """The VAE of a train_base run's stage-1 checkpoint, with the run's config."""
+    """The VAE of a train_base run's stage-1 checkpoint, with the run's config; or of a tune's
+    ``decoder/`` checkpoint (its decoder over the VAE that tune started from)."""
     found = tb.load_checkpoint(Path(checkpoint_folder))
     if found is None:
-        raise SystemExit(f"error: no VAE checkpoint in {checkpoint_folder} (the train_base run's vae/ folder)")
+        raise SystemExit(f"error: no VAE checkpoint in {checkpoint_folder} (the train_base run's vae/ folder "
+                         "or a tune's decoder/ folder)")
     meta, tensors = found
+    params = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
+    if all(k.startswith(TUNED_PREFIXES) for k in params):  # a tune holds the decoder only
+        record = tb._read_json(Path(checkpoint_folder).parent / RECORD)
+        if not record:
+            raise SystemExit(f"error: {checkpoint_folder} holds a decoder without its tune's {RECORD}")
+        vae, _, config = load_stage_vae(Path(record["from"]))
+        vae.load_state_dict({**vae.state_dict(), **params})
+        return vae, meta, config
     config = BaseConfig.from_dict(meta["config"])
     vae = tb.build_parts(config)["vae"]
-    vae.load_state_dict({k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")})
+    vae.load_state_dict(params)
     return vae, meta, config
 
 
 def tune(args) -> int:
     import torch
 
-    settings = TuneSettings(steps=args.steps)
+    if args.latent_noise < 0:
+        raise SystemExit(f"error: --latent-noise must be 0 or more (latent stds), not {args.latent_noise:g}")
+    settings = TuneSettings(steps=args.steps, latent_noise=args.latent_noise)
     work = Path(args.work).expanduser()
     work.mkdir(parents=True, exist_ok=True)
     log = tb.Log(work / "tune.log", args.quiet)
@@ -86,13 +126,16 @@ def tune(args) -> int:
 
     cache = Path(args.cache).expanduser() if args.cache else default_cache_dir()
     frames = tb.load_frames(tb.training_clips(config, cache), config.frames, log).frames
-    stage = DecoderStage(config, vae, frames, settings)
+    # the latents' std (1 / the scaling factor train_base measures), to give the noise in its units
+    latent_std = 1.0 / tb.latent_scale(vae, frames, config.scale_frames, config.seed * 1000 + 4) \
+        if settings.latent_noise else 1.0
+    stage = DecoderStage(config, vae, frames, settings, latent_std)
     folder = work / "decoder"
     resumed = tb.load_checkpoint(folder)
     if resumed is not None:
         if not args.resume:
             raise SystemExit(f"error: {folder} holds a tune at step {resumed[0]['step']}; pass --resume to continue")
-        if resumed[0].get("settings") != settings.__dict__:
+        if resumed[0].get("settings") != settings.saved_as():
             raise SystemExit("error: the tune in --work used other settings; use another --work")
         stage.restore(resumed[0], resumed[1])
     stopping = {"now": False}
@@ -103,13 +146,13 @@ def tune(args) -> int:
                             tb.StopRules(should_stop=lambda: stopping["now"]), lambda: budget_s, log)
     with folder.joinpath(tb.CHECKPOINT_JSON).open() as handle:  # the settings beside the checkpoint
         checkpoint_meta = json.load(handle)
-    checkpoint_meta["settings"] = settings.__dict__
+    checkpoint_meta["settings"] = settings.saved_as()
     tb._write_json(folder / tb.CHECKPOINT_JSON, checkpoint_meta)
     changed = [k for k, v in encoder_state(vae).items() if not torch.equal(v, start_encoder[k])]
     if changed:  # the point of the tune: the UNet's latents must not move
         raise SystemExit(f"error: the encoder changed during the tune ({changed[0]}, ...)")
     tb._write_json(work / RECORD, {"status": status, "step": stage.step, "steps": settings.steps,
-                                   "settings": settings.__dict__, "wall_s": round(stage.elapsed, 1),
+                                   "settings": settings.saved_as(), "wall_s": round(stage.elapsed, 1),
                                    "from": str(Path(args.from_checkpoint).resolve()),
                                    "from_step": meta["step"], "machine": tb.machine_info(),
                                    "loss_last_100": float(np.mean(stage.losses[-100:])) if stage.losses else None,
@@ -161,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="the tune's state (checkpoints, log)")
     parser.add_argument("--steps", type=int, default=TuneSettings.steps)
     parser.add_argument("--minutes-budget", type=float, default=None)
+    parser.add_argument("--latent-noise", type=float, default=TuneSettings.latent_noise,
+                        help="max std of noise added to the latents while tuning, in latent stds (e.g. 0.3)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1)

@@ -121,6 +121,22 @@ def test_smoke_cli_writes_a_model_that_load_base_loads_and_the_pipeline_animates
     refused = tune("--apply", str(other))
     assert refused.returncode != 0 and "was not exported from the VAE this tune started from" in refused.stderr
 
+    # A second tune goes on from the first one's checkpoint, with noise on the latents.
+    def tune2(*args):
+        return subprocess.run([sys.executable, "-m", "mannequin.tune_decoder", "--work", str(tmp_path / "tune2"),
+                               "--cache", str(cache), *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    bad = tune2("--from-checkpoint", str(tmp_path / "tune" / "decoder"), "--steps", "2", "--latent-noise", "-1")
+    assert bad.returncode != 0 and "--latent-noise must be 0 or more" in bad.stderr
+    done = tune2("--from-checkpoint", str(tmp_path / "tune" / "decoder"), "--steps", "2", "--latent-noise", "0.5")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "tune2" / "decoder_tune.json").read_text())["settings"]["latent_noise"] == 0.5
+    done = tune2("--apply", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    noisy = model_tensors(out)
+    assert any(not torch.equal(after[k], noisy[k]) for k in tuned)
+    assert all(torch.equal(after[k], noisy[k]) for k in after if k not in tuned)
+
 
 # ---------------------------------------------------------------- each stage learns
 
@@ -137,6 +153,21 @@ def test_vae_stage_lowers_its_reconstruction_loss_on_a_fixed_batch():
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_vae_loss_adds_the_latent_noise_it_is_given_and_none_at_zero():
+    config = smoke_config()
+    torch.manual_seed(0)
+    vae = build_parts(config)["vae"]
+    pixels = figure_frames(2)
+
+    def loss(std):
+        with torch.no_grad():
+            return float(vae_loss(vae, pixels, torch.Generator().manual_seed(3), config, extra_noise_std=std)[0])
+
+    plain = loss(None)
+    assert loss(torch.zeros(2)) == pytest.approx(plain, rel=1e-6)
+    assert abs(loss(torch.full((2,), 5.0)) - plain) > 1e-3  # an untrained decoder barely follows its input
 
 
 def test_unet_stage_lowers_its_loss_on_a_fixed_batch():
