@@ -66,7 +66,10 @@ class BenchmarkConfig:
 
     def key(self) -> str:
         """Fingerprint of what decides a run's numbers (not what only selects rows)."""
+        from mannequin.metrics import FLOW_METHOD
+
         decisive = {k: v for k, v in asdict(self).items() if k not in ("actions", "shots", "variants", "workers")}
+        decisive["flow"] = FLOW_METHOD
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
 
     def classifier(self) -> ClassifierConfig:

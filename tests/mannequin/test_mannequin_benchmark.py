@@ -20,15 +20,16 @@ def _texture(size=64, seed=0):
                          align_corners=False).clamp(0, 1)
 
 
-@pytest.mark.parametrize("dx, dy", [(1.5, -1.0), (3.0, 2.0), (-5.0, 1.0)])
-def test_dense_flow_recovers_a_known_shift_with_the_documented_sign(dx, dy):
+# (6, -4) px in one frame: the hand-written Lucas–Kanade this replaced was 5.8 px off there.
+@pytest.mark.parametrize("dx, dy, tolerance", [(1.5, -1.0, 0.1), (3.0, 2.0, 0.1), (-5.0, 1.0, 0.1), (6.0, -4.0, 0.3)])
+def test_dense_flow_recovers_a_known_shift_with_the_documented_sign(dx, dy, tolerance):
     texture = _texture()
     shift = torch.zeros(1, 2, 64, 64)
     shift[:, 0], shift[:, 1] = -dx, -dy
     moved = warp(texture, shift)  # content moved by (+dx, +dy)
     flow = dense_flow(texture, moved)[0, :, 12:-12, 12:-12]
-    assert flow[0].mean().item() == pytest.approx(dx, abs=0.1)
-    assert flow[1].mean().item() == pytest.approx(dy, abs=0.1)
+    assert flow[0].mean().item() == pytest.approx(dx, abs=tolerance)
+    assert flow[1].mean().item() == pytest.approx(dy, abs=tolerance)
     assert dense_flow(texture, texture).abs().max().item() < 1e-4
 
 
