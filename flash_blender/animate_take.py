@@ -117,29 +117,33 @@ def check_camera(scene):
     return camera
 
 
-def start_take(context, overrides: dict, output_folder: str | None = None, mp4: bool = False) -> TakeStart:
+def start_take(context, overrides: dict, output_folder: str | None = None, mp4: bool = False, manager=None,
+               config=None) -> TakeStart:
     """Checks, take folder, reference render; then the job (the engine starts while the
-    reference renders). ``output_folder`` replaces the preferences' Output Folder. Creates
-    nothing when a check fails."""
+    reference renders). ``output_folder`` replaces the preferences' Output Folder; a batch
+    with several engines passes the ``manager`` and ``config`` of the shot's (default: the
+    session's engine, as the preferences say). Creates nothing when a check fails."""
+    manager = MANAGER if manager is None else manager
     scene = context.scene
     camera = check_camera(scene)
     choice = take_choice(scene, overrides, mp4)
     prefs = get_prefs(context)
-    config = engine_config(prefs)  # before anything is written: an unset engine creates nothing
+    if config is None:
+        config = engine_config(prefs)  # before anything is written: an unset engine creates nothing
     root = output_root(bpy.data.filepath, prefs.output_root if output_folder is None else output_folder, user_dir())
     render = scene.render
     shot = Shot(scene=scene.name, camera=camera.name, frame=scene.frame_current, resolution_x=render.resolution_x,
                 resolution_y=render.resolution_y, pixel_aspect_x=render.pixel_aspect_x,
                 pixel_aspect_y=render.pixel_aspect_y)
     plan = plan_take(root.folder, scene.name, camera.name, choice.action.slug)
-    started = MANAGER.model_limits(config)  # a running engine's model: the reference at its size
+    started = manager.model_limits(config)  # a running engine's model: the reference at its size
     take, args = plan_animate(choice, shot, plan, root, started)
     timing = take_timing(scene, choice)
     prepared = prepare_motion(context, scene, camera, choice.motion, timing)  # the rig read and checked
     # After every check that writes nothing, before the engine starts: a read-only folder
     # costs no model load, and a refused take leaves no folder behind.
     check_writable(root.folder)
-    job = AnimateJob(MANAGER, config, args, take)  # starts the engine: torch imports while the reference renders
+    job = AnimateJob(manager, config, args, take)  # starts the engine: torch imports while the reference renders
     try:
         reserve_reference(plan)
         try:
@@ -209,9 +213,11 @@ def record_motion(take: Take, result) -> list[str]:
     return []
 
 
-def take_loop(job: AnimateJob, context=None, shown: Callable[[TakeEnd], None] | None = None) -> JobLoop:
+def take_loop(job: AnimateJob, context=None, shown: Callable[[TakeEnd], None] | None = None,
+              prefix: str = "FLASH: ") -> JobLoop:
     """The job loop (``job_loop.py``) of a started take: ``finish`` imports it (into
-    ``context``, else Blender's current one) and hands the end to ``shown``."""
+    ``context``, else Blender's current one) and hands the end to ``shown``; its progress
+    lines start with ``prefix``."""
 
     def finish() -> Outcome:
         end = finish_take(context or bpy.context, job)
@@ -219,7 +225,7 @@ def take_loop(job: AnimateJob, context=None, shown: Callable[[TakeEnd], None] | 
             shown(end)
         return Outcome(end.ok, end.message, end.level)
 
-    return JobLoop(advance=job.tick, finish=finish, lines=changed_lines(lambda: job.progress.text),
+    return JobLoop(advance=job.tick, finish=finish, lines=changed_lines(lambda: job.progress.text, prefix),
                    stop=lambda: abandon_take(job, "the job's operator ended"), interval=TICK_S)
 
 

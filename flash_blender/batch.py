@@ -8,8 +8,9 @@ summary lines and the exit code. ``operators/batch.py`` does the Blender side an
 
 A shot is a camera and a frame: the scene's active camera at the current frame (default),
 every camera of the scene, the cameras bound to timeline markers (each at its marker's
-frame), or cameras named with ``--camera``. Shots run one after another; one that fails is
-reported and the rest still run, and what the good ones made stays (frames on disk, plane
+frame), or cameras named with ``--camera``. Shots run one after another on one engine, or
+shared between one engine per device with ``--devices`` (``shot_queue.py``); one that fails
+is reported and the rest still run, and what the good ones made stays (frames on disk, plane
 and strip in the scene, the saved copy).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,14 @@ SAVE_SUFFIX = "_flash"
 OUTPUT_FIX = "pass --out DIR with a writable folder, or fix the Output Folder in Preferences > Add-ons > FLASH Previs"
 SUMMARY_PREFIX = "FLASH batch:"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# --devices: one engine per device. "auto" is every CUDA GPU the engine's torch sees; the
+# host may run several engines ("cpu,cpu"), a GPU holds one. Without --devices: one engine,
+# on the preferences' device (NO_DEVICES).
+AUTO_DEVICES = "auto"
+NO_DEVICES: tuple[str, ...] = ()
+SHARED_DEVICES = ("cpu",)
+DEVICE_NAME = re.compile(r"cpu|mps|cuda(?::\d+)?")
+DEVICES_FIX = "pass auto, or a comma-separated list of cpu, mps, cuda or cuda:N"
 
 
 class BatchError(PlanError):
@@ -52,6 +62,7 @@ class BatchOptions:
     out_must_exist: bool = False  # the output root is refused when missing, not created
     record: str = ""  # after every shot is done: a take record (take_records.py) written here
     import_records: list[str] = field(default_factory=list)  # import these records' takes, run nothing
+    devices: list[str] = field(default_factory=lambda: list(NO_DEVICES))  # --devices (parse_devices)
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,6 +125,11 @@ def parser() -> argparse.ArgumentParser:
                      help="when --save PATH exists, save PATH_2.blend (and so on) instead of refusing")
     out.add_argument("--save-over-input", action="store_true",
                      help="allow --save to write over the opened .blend itself")
+    engines = p.add_argument_group("engines")
+    engines.add_argument("--devices", metavar="LIST|auto",
+                         help="one engine per device, the shots shared between them: a comma-separated list such "
+                              "as cuda:0,cuda:1 (cpu may repeat), or auto for every CUDA GPU (none: one engine on "
+                              "the preferences' device, as without --devices)")
     farm = p.add_argument_group("farm (one shot per task; see docs/farm.md)")
     farm.add_argument("--out-must-exist", action="store_true",
                       help="refuse an --out folder that does not exist instead of creating it (a shared folder "
@@ -147,13 +163,86 @@ def parse_args(argv: list[str]) -> BatchOptions:
         overrides["depth"] = args.depth
     if args.out_must_exist and not args.out:
         parser().error("--out-must-exist needs --out DIR")
+    devices = list(NO_DEVICES)
+    if args.devices is not None:
+        if args.import_takes:
+            parser().error("--import-takes animates nothing: drop --devices")
+        try:
+            devices = parse_devices(args.devices)
+        except BatchError as err:
+            parser().error(str(err))
     mode = "named" if args.camera else "markers" if args.marker else (args.cameras or "active")
     return BatchOptions(scene=args.scene, mode=mode, cameras=list(args.camera), markers=list(args.marker),
                         overrides=overrides, output_root=args.out, mp4=args.mp4,
                         save=args.save is not None or args.save_over_input, save_path=args.save or "",
                         save_over_input=args.save_over_input, overwrite=args.overwrite,
                         save_numbered=args.save_numbered,
-                        out_must_exist=args.out_must_exist, record=args.record, import_records=list(args.import_takes))
+                        out_must_exist=args.out_must_exist, record=args.record, import_records=list(args.import_takes),
+                        devices=devices)
+
+
+def parse_devices(text: str) -> list[str]:
+    """``--devices``' list: device names (``cuda`` is ``cuda:0``), or ``["auto"]``. BatchError
+    for an unknown name, a GPU named twice, or auto beside other names."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if not names:
+        raise BatchError("--devices names no device", DEVICES_FIX)
+    if AUTO_DEVICES in names:
+        if len(names) > 1:
+            raise BatchError("--devices auto stands alone", "pass auto, or a list such as cuda:0,cuda:1")
+        return [AUTO_DEVICES]
+    devices = []
+    for name in names:
+        if not DEVICE_NAME.fullmatch(name):
+            raise BatchError(f"--devices: unknown device '{name}'", DEVICES_FIX)
+        device = "cuda:0" if name == "cuda" else name  # torch's "cuda" is its first GPU
+        if device in devices and device not in SHARED_DEVICES:
+            raise BatchError(f"--devices names {device} twice",
+                             f"one engine per GPU: drop the repeat; only {', '.join(SHARED_DEVICES)} may repeat")
+        devices.append(device)
+    return devices
+
+
+def needs_cuda_count(devices: list[str]) -> bool:
+    """Whether resolving ``devices`` needs to know how many CUDA GPUs the engine sees."""
+    return any(device == AUTO_DEVICES or device.startswith("cuda") for device in devices)
+
+
+@dataclass(frozen=True)
+class EngineDevices:
+    devices: list[str]  # one engine each, in this order
+    note: str = ""  # what the batch says about the choice (empty: nothing to say)
+
+
+def engine_devices(requested: list[str], shots: int, default: str, cuda_count: int | None = None) -> EngineDevices:
+    """The devices a batch of ``shots`` runnable shots starts engines on. ``requested``:
+    parse_devices' list (empty: one engine on ``default``, the preferences' device);
+    ``cuda_count``: the CUDA GPUs the engine sees (needed when needs_cuda_count). Never more
+    engines than shots. BatchError for a CUDA device the engine does not see."""
+    if not requested:
+        return EngineDevices([default])
+    note = ""
+    if requested == [AUTO_DEVICES]:
+        if not cuda_count:
+            return EngineDevices([default], f"--devices auto: no CUDA GPU here, so one engine on the preferences' "
+                                            f"device ({default})")
+        requested = [f"cuda:{index}" for index in range(cuda_count)]
+    for device in requested:
+        if device.startswith("cuda"):
+            index = int(device.partition(":")[2])
+            if not cuda_count:
+                raise BatchError(f"--devices names {device} but the engine sees no CUDA GPU",
+                                 "pass --devices cpu, or install the CUDA build of torch in the engine's environment")
+            if index >= cuda_count:
+                raise BatchError(f"--devices names {device} but the engine sees {cuda_count} CUDA GPU"
+                                 f"{'s' if cuda_count != 1 else ''}",
+                                 ("use cuda:0" if cuda_count == 1 else f"use cuda:0 to cuda:{cuda_count - 1}")
+                                 + ", or --devices auto")
+    engines = max(1, shots)
+    if len(requested) > engines:
+        note = f"{len(requested)} devices for {shots} shot{'s' if shots != 1 else ''}: " \
+               f"{engines} engine{'s' if engines != 1 else ''}"
+    return EngineDevices(requested[:engines], note if shots else "")
 
 
 def split_names(text: str) -> list[str]:

@@ -213,5 +213,6 @@ class EngineManager:
 MANAGER = EngineManager()
 
 
-def log_file(user_dir: Path) -> Path:
-    return Path(user_dir) / "engine.log"
+def log_file(user_dir: Path, number: int = 1) -> Path:
+    """The engine's log; a batch's further engines (``--devices``) each have their own."""
+    return Path(user_dir) / ("engine.log" if number == 1 else f"engine-{number}.log")

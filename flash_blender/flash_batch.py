@@ -2,7 +2,7 @@
 
     blender -b shot.blend --python-exit-code 1 -P flash_batch.py -- [--cameras all|markers | --camera NAME ...]
         [--action ID] [--prompt TEXT] [--seed N] [--frames N] [--steps N] [--out DIR] [--mp4] [--save [PATH]]
-        [--motion action|rig:ARMATURE|clip:VIDEO] [--depth]
+        [--motion action|rig:ARMATURE|clip:VIDEO] [--depth] [--devices cuda:0,cuda:1,...|auto]
 
 (``-- --help`` lists every option.) The script ships in the extension folder, e.g.
 ``~/.config/blender/5.0/extensions/user_default/flash_previs/flash_batch.py``; the add-on's

@@ -143,13 +143,14 @@ def model_argument(prefs) -> str:
     return "default"
 
 
-def engine_config(prefs) -> engine.EngineConfig:
-    """What the engine process is started with; PlanError when it cannot be."""
+def engine_config(prefs, device: str | None = None, number: int = 1) -> engine.EngineConfig:
+    """What the engine process is started with (on ``device``, else the preferences'; a
+    batch's engine ``number`` logs to its own file); PlanError when it cannot be."""
     root = bundled.engine_root()
     home = user_dir()
     return engine.EngineConfig(
         python=engine_python(prefs),
-        serve_args=engine.serve_args(model_argument(prefs), prefs.device, prefs.precision, prefs.offload),
-        engine_path=str(root), cwd=str(home), log_path=str(engine.log_file(home)),
+        serve_args=engine.serve_args(model_argument(prefs), device or prefs.device, prefs.precision, prefs.offload),
+        engine_path=str(root), cwd=str(home), log_path=str(engine.log_file(home, number)),
         client_name=f"flash_blender (Blender {bpy.app.version_string})",
     )

@@ -150,6 +150,26 @@ def engine_environment(engine_path: str | os.PathLike | None = None, extra: dict
     return env
 
 
+def cuda_device_count(python: str | os.PathLike = sys.executable, engine_path: str | os.PathLike | None = None,
+                      timeout: float = START_TIMEOUT_S) -> int:
+    """How many CUDA GPUs the engine's own torch sees (0: none, or a CPU build), asked of its
+    interpreter without starting an engine: the add-on never imports torch itself."""
+    code = "import torch; print(torch.cuda.device_count())"
+    fix = "check the engine's Python in the add-on's preferences, or set up the engine"
+    try:
+        proc = subprocess.run([str(python), "-c", code], env=engine_environment(engine_path), capture_output=True,
+                              text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise EngineError(f"cannot ask the engine how many CUDA GPUs it sees: {err}", fix,
+                          code="engine_unstartable") from err
+    words = proc.stdout.split()
+    if proc.returncode != 0 or not words or not words[-1].isdigit():
+        last = next((line.strip() for line in reversed(proc.stderr.splitlines()) if line.strip()),
+                    f"exit code {proc.returncode}")
+        raise EngineError(f"cannot ask the engine how many CUDA GPUs it sees: {last}", fix, code="engine_unstartable")
+    return int(words[-1])
+
+
 class EngineClient:
     """One engine process and the conversation with it. Thread-safe."""
 

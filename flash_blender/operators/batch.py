@@ -1,17 +1,21 @@
 """``flash.batch_animate`` and the batch script's entry: several shots in one run.
 
 Each shot runs the animate use case (``animate_take``, what ``flash.animate_action`` runs)
-blocking, as in background mode, with the shot's camera made active (and, for marker shots, the marker's frame current; the frame first, as a
-frame change lets markers switch the camera); the file's own frame and then its active camera
-are put back afterwards, before the copy is saved. A shot that fails is reported and the
-next one runs. With ``save`` the file, with the planes and strips of the shots that worked,
-is saved to a new .blend at the end — also when some shots failed.
+with the shot's camera made active (and, for marker shots, the marker's frame current; the
+frame first, as a frame change lets markers switch the camera); the file's own frame and then
+its active camera are put back afterwards, before the copy is saved. The shots go through
+``shot_queue.run_shots``: one after another on the session's engine, or with ``--devices``
+shared between one engine per device — engine work in parallel, Blender's (reference renders,
+imports) here on the main thread, the takes imported in shot order. A shot that fails is
+reported and the next one runs. With ``save`` the file, with the planes and strips of the
+shots that worked, is saved to a new .blend at the end — also when some shots failed.
 
-The pure parts (arguments, choosing shots, summary lines) are in ``flash_blender/batch.py``.
+The pure parts (arguments, choosing shots, devices, summary lines) are in ``flash_blender/batch.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -23,16 +27,18 @@ from bpy.types import Operator
 
 from .. import importers
 from ..animate_take import OVERRIDES, start_take, stored_folder, take_loop
-from ..batch import (EXIT_USAGE, OUTPUT_FIX, BatchError, BatchOptions, Shot, ShotResult, check_out_exists, exit_code,
-                     final_lines, parse_args, save_target, script_argv, select_shots, split_names, summary_line)
-from ..engine import MANAGER
+from ..batch import (EXIT_USAGE, OUTPUT_FIX, BatchError, BatchOptions, Shot, ShotResult, check_out_exists,
+                     engine_devices, exit_code, final_lines, needs_cuda_count, parse_args, save_target, script_argv,
+                     select_shots, split_names, summary_line)
+from ..bundled import engine_module
+from ..engine import MANAGER, EngineManager
 from ..errors import PlanError
-from ..job_loop import run_blocking
 from ..progress import STATUS, one_line
 from ..properties import CUSTOM_LONG_SIDE, MOTION_ITEMS, OUTPUT_ITEMS
 from ..reference import camera_kept
 from ..request_limits import options
 from ..services import engine_config, get_prefs, user_dir
+from ..shot_queue import Engine, ShotJob, run_shots
 from ..take_planning import check_writable, output_root
 from ..take_records import read_record, take_on_disk, write_record
 
@@ -53,36 +59,56 @@ class BatchReport:
         return [r for r in self.results if not r.ok]
 
 
-def _run_shot(context, scene, shot, options: BatchOptions, made: list) -> ShotResult:
+@contextlib.contextmanager
+def _in_scene(context, scene):
+    """Blender's context with ``scene`` as its scene (a batch may run another than the window's)."""
+    if context.scene != scene:
+        with context.temp_override(scene=scene):
+            yield bpy.context
+    else:
+        yield context
+
+
+def _show_shot(scene, shot: Shot):
+    """The shot's camera active, at its frame (the frame first: a frame change lets markers
+    switch the camera); the camera, or None when it is gone."""
     camera = scene.objects.get(shot.camera)
     if camera is None or camera.type != 'CAMERA':  # select_shots saw it: only a script could remove it
-        return ShotResult(shot, False, reason=f"camera '{shot.camera}' is gone")
-    if shot.frame is not None:
+        return None
+    if shot.frame is not None and scene.frame_current != shot.frame:
         scene.frame_set(shot.frame)
-    scene.camera = camera  # after the frame: a frame change lets markers switch the camera
-    try:
-        if context.scene != scene:
-            with context.temp_override(scene=scene):
-                return _animate_shot(bpy.context, shot, options, made)
-        return _animate_shot(context, shot, options, made)
-    except PlanError as err:  # refused before the job: nothing was made
-        return ShotResult(shot, False, reason=str(err))
+    if scene.camera != camera:
+        scene.camera = camera
+    return camera
 
 
-def _animate_shot(context, shot, options: BatchOptions, made: list) -> ShotResult:
-    """One take, blocking: what ``flash.animate_action`` does, without the operator."""
-    start = start_take(context, dict(options.overrides), options.output_root or None, mp4=options.mp4)
-    job = start.job
+def _start_shot(context, scene, shot: Shot, options: BatchOptions, engine: Engine, made: list):
+    """One take started on ``engine``: what ``flash.animate_action`` does, without the
+    operator (a ShotJob for the queue, or a ShotResult when the camera is gone)."""
+    if _show_shot(scene, shot) is None:
+        return ShotResult(shot, False, reason=f"camera '{shot.camera}' is gone")
+    with _in_scene(context, scene) as here:
+        start = start_take(here, dict(options.overrides), options.output_root or None, mp4=options.mp4,
+                           manager=engine.manager, config=engine.config)
     for warning in start.warnings:
         print(f"FLASH: {warning}")
-    end = run_blocking(take_loop(job, context))
-    if not end.ok:
-        return ShotResult(shot, False, reason=end.message)
-    take, result = job.meta, job.result or {}
-    made.append(take)
-    return ShotResult(shot, True, take=take.name, folder=stored_folder(take, result),
-                      frames=len(result.get("frames") or []), mp4=result.get("mp4"),
-                      base_model_only=take.base_model_only)
+    job = start.job
+    loop = take_loop(job, prefix=engine.line_prefix)  # finish imports into the context it runs in
+
+    def finish() -> ShotResult:
+        # As one engine leaves it when its take comes back: the plane reads the camera where the shot was.
+        _show_shot(scene, shot)
+        with _in_scene(context, scene):
+            end = loop.finish()
+        if not end.ok:
+            return ShotResult(shot, False, reason=end.message)
+        take, result = job.meta, job.result or {}
+        made.append(take)
+        return ShotResult(shot, True, take=take.name, folder=stored_folder(take, result),
+                          frames=len(result.get("frames") or []), mp4=result.get("mp4"),
+                          base_model_only=take.base_model_only)
+
+    return ShotJob(advance=loop.advance, finish=finish, lines=loop.lines, stop=loop.stop)
 
 
 def _check_output(options: BatchOptions, target: Path | None) -> None:
@@ -99,13 +125,33 @@ def _check_output(options: BatchOptions, target: Path | None) -> None:
         raise BatchError(err.message, err.hint) from None
 
 
-def _check_engine() -> None:
+def _check_engine():
     """The engine can be started (set up, its model found): checked once, before any shot,
-    so a worker without it fails in one line instead of once per shot."""
+    so a worker without it fails in one line instead of once per shot. Its config."""
     try:
-        engine_config(get_prefs())
+        return engine_config(get_prefs())
     except PlanError as err:
         raise BatchError(err.message, err.hint) from None
+
+
+def _engines(options: BatchOptions, config, shots: int) -> tuple[list[Engine], str]:
+    """The batch's engines (``--devices``: one per device, the first the session's own; none
+    named: the session's engine as the preferences say) and a note on the choice. BatchError
+    for devices the engine does not have, before any starts."""
+    prefs = get_prefs()
+    cuda_count = None
+    if needs_cuda_count(options.devices):
+        try:
+            cuda_count = engine_module("client").cuda_device_count(config.python, config.engine_path)
+        except Exception as err:  # EngineError: one line with the fix
+            raise BatchError(getattr(err, "message", one_line(err)), getattr(err, "hint", "")) from None
+    plan = engine_devices(options.devices, shots, prefs.device, cuda_count)
+    if not options.devices:
+        return [Engine(prefs.device, MANAGER, config)], plan.note
+    several = len(plan.devices) > 1
+    return [Engine(device, MANAGER if number == 1 else EngineManager(), engine_config(prefs, device, number),
+                   number=number, several=several)
+            for number, device in enumerate(plan.devices, start=1)], plan.note
 
 
 def _scene_and_target(context, options: BatchOptions):
@@ -127,34 +173,38 @@ def run_batch(context, options: BatchOptions, report=print) -> BatchReport:
     if options.import_records:
         return run_import(context, options, report)
     scene, target = _scene_and_target(context, options)
-    _check_output(options, target)
-    _check_engine()
+    config = _check_engine()
     cameras = [o.name for o in scene.objects if o.type == 'CAMERA']
     others = [o.name for o in scene.objects if o.type != 'CAMERA']
     markers = [(m.frame, m.name, m.camera.name if m.camera else None) for m in scene.timeline_markers]
     shots = select_shots(options.mode, scene.name, active=scene.camera.name if scene.camera else None,
                          cameras=cameras, others=others, markers=markers, names=options.cameras,
                          marker_names=options.markers)
+    engines, note = _engines(options, config, sum(not shot.error for shot in shots))
+    _check_output(options, target)  # after the devices' check: a batch refused makes no folder
     where = Path(bpy.data.filepath).name if bpy.data.filepath else "an unsaved file"
-    report(f"FLASH batch: {len(shots)} shot{'s' if len(shots) != 1 else ''} of {where}")
+    on = f" on {len(engines)} engines ({', '.join(e.device for e in engines)})" if len(engines) > 1 else ""
+    report(f"FLASH batch: {len(shots)} shot{'s' if len(shots) != 1 else ''} of {where}{on}")
+    if note:
+        report(f"FLASH batch: {note}")
     batch = BatchReport()
+
+    def take_result(result: ShotResult) -> None:
+        batch.results.append(result)
+        report(summary_line(result))
+
     try:
         with camera_kept(scene):  # the file's own frame, then its own camera, before saving
-            for shot in shots:
-                if shot.error:
-                    result = ShotResult(shot, False, reason=shot.error)
-                else:
-                    try:
-                        result = _run_shot(context, scene, shot, options, batch.takes)
-                    except Exception as err:  # one broken shot must not take the others down
-                        traceback.print_exc()
-                        result = ShotResult(shot, False, reason=one_line(err))
-                batch.results.append(result)
-                report(summary_line(result))
+            run_shots(shots, engines, lambda shot, engine: _start_shot(context, scene, shot, options, engine,
+                                                                       batch.takes),
+                      on_result=take_result, report=report)
     except KeyboardInterrupt:
         target = None  # an interrupted batch saves no copy that looks like a finished one
         raise
     finally:
+        for engine in engines:
+            if engine.manager is not MANAGER:  # the batch's own; the session's stays for the next job
+                engine.manager.shutdown()
         _save_copy(batch, target, options)
     if options.record and batch.results and not batch.failed:  # a record names a finished task's takes only
         try:

@@ -32,7 +32,7 @@ ADDON = REPO / "flash_blender"
 PURE = ("__init__", "batch", "bundled", "camera_frame", "catalog", "clipcheck", "display", "downloads", "engine",
         "installer", "take_planning", "errors", "progress", "timing", "training", "takes", "job_loop",
         "request_limits", "process_run", "rig_pose", "camera_project", "pose_file", "pose_maps", "png_files",
-        "motion")
+        "motion", "shot_queue")
 
 
 def approx_corners(got, want, tol=1e-9):
