@@ -298,7 +298,9 @@ def bench_training(args, rows, device):
 
 def bench_ddp(args, rows, device):
     """Step time of 1 rank vs N under torchrun (DDP), each rank a fresh process with batch 1:
-    N ranks train N clips per step, so clips/s scale by N × (1-rank step / N-rank step)."""
+    N ranks train N clips per step, so clips/s scale by N × (1-rank step / N-rank step). N plain
+    processes at once (no process group) share the machine the same way without syncing: the
+    N-rank step over theirs is the cost of DDP itself, apart from the cores' contention."""
     import json
     import os
     import subprocess
@@ -307,18 +309,31 @@ def bench_ddp(args, rows, device):
               str(args.train_frames), "--size", str(args.train_size), "--steps", str(args.train_steps),
               "--device", "cuda" if device.type == "cuda" else "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the CPU: one thread per rank, as torchrun sets for N > 1
-    seconds = {}
-    for ranks in (1, args.ddp_ranks):
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
-                               *worker], env=env, capture_output=True, text=True, check=False)
+
+    def timing(done) -> float:
         if done.returncode != 0:
-            raise SystemExit(f"bench_ddp.py with {ranks} rank(s) failed:\n{done.stderr[-2000:]}")
-        seconds[ranks] = json.loads(done.stdout.strip().splitlines()[-1])["s_per_step"]
+            raise SystemExit(f"bench_ddp.py failed:\n{done.stderr[-2000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])["s_per_step"]
+
     many = args.ddp_ranks
+    seconds = {ranks: timing(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                                             str(ranks), *worker], env=env, capture_output=True, text=True))
+               for ranks in (1, many)}
+    alone = []
+    for index in range(many):  # as the ranks would, each on its own GPU (CUDA) or sharing the cores (CPU)
+        worker_env = {**env, "CUDA_VISIBLE_DEVICES": str(index)} if device.type == "cuda" else env
+        alone.append(subprocess.Popen([sys.executable, *worker], env=worker_env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    independent = 0.0
+    for process in alone:
+        out, err = process.communicate()
+        independent += timing(subprocess.CompletedProcess(process.args, process.returncode, out, err)) / many
     rows.append(("ddp", "1 rank: s per UNet step (batch 1)", f"{seconds[1]:.3f}"))
     rows.append(("ddp", f"{many} ranks: s per UNet step (batch 1 each, effective {many})", f"{seconds[many]:.3f}"))
     rows.append(("ddp", f"{many}-rank / 1-rank step time", f"{seconds[many] / seconds[1]:.2f}"))
     rows.append(("ddp", f"clips per second, {many} ranks / 1 rank", f"{many * seconds[1] / seconds[many]:.2f}"))
+    rows.append(("ddp", f"{many} plain processes at once, no sync: s per step", f"{independent:.3f}"))
+    rows.append(("ddp", f"DDP's own cost: {many}-rank step / unsynced step", f"{seconds[many] / independent:.2f}"))
 
 
 def bench_memory(args, rows, dtype):

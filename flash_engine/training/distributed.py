@@ -186,9 +186,9 @@ class ProcessGroupTeam(Team):
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
-        # The buffers are constants (positional tables): no broadcast before every forward.
-        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                       forward_sync_buffers=False)
+        # device_ids None: DDP leaves the inputs where they are (the decoder's frame choice stays on
+        # the host); the buffers are constants (positional tables): no broadcast before each forward.
+        return DistributedDataParallel(module, device_ids=None, forward_sync_buffers=False)
 
     def accumulating(self, model: torch.nn.Module, last: bool):
         return contextlib.nullcontext() if last else model.no_sync()
