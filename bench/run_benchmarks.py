@@ -14,7 +14,8 @@ Detail Enhancement Decoder, per frame), options (channels_last and torch.compile
 against eager, compile cost apart), memory (bench/memory_estimate.py's tensor accounting
 for the same settings, beside the measured peak), precision (bf16/fp16 UNet output against fp32),
 training (a FLASH step vs a plain fine-tune step on the same data, and a decoder step),
-engine (the service's cold start to the first frame and a warm second job, via
+ddp (a UNet step on 1 rank vs --ddp-ranks ranks under torchrun, batch 1 on each, via
+bench/bench_ddp.py: one thread per rank on the CPU, one GPU per rank on CUDA), engine (the service's cold start to the first frame and a warm second job, via
 bench/bench_service.py). Ratios in one run hold on any machine; absolute figures
 belong to the machine printed in the header.
 """
@@ -295,6 +296,46 @@ def bench_training(args, rows, device):
         rows.append(("training", f"data for one FLASH step on {where.type} s", f"{seconds / 3:.3f}"))
 
 
+def bench_ddp(args, rows, device):
+    """Step time of 1 rank vs N under torchrun (DDP), each rank a fresh process with batch 1:
+    N ranks train N clips per step, so clips/s scale by N × (1-rank step / N-rank step). N plain
+    processes at once (no process group) share the machine the same way without syncing: the
+    N-rank step over theirs is the cost of DDP itself, apart from the cores' contention."""
+    import json
+    import os
+    import subprocess
+
+    worker = [str(Path(__file__).with_name("bench_ddp.py")), "--model", args.model, "--frames",
+              str(args.train_frames), "--size", str(args.train_size), "--steps", str(args.train_steps),
+              "--device", "cuda" if device.type == "cuda" else "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the CPU: one thread per rank, as torchrun sets for N > 1
+
+    def timing(done) -> float:
+        if done.returncode != 0:
+            raise SystemExit(f"bench_ddp.py failed:\n{done.stderr[-2000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])["s_per_step"]
+
+    many = args.ddp_ranks
+    seconds = {ranks: timing(subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                                             str(ranks), *worker], env=env, capture_output=True, text=True))
+               for ranks in (1, many)}
+    alone = []
+    for index in range(many):  # as the ranks would, each on its own GPU (CUDA) or sharing the cores (CPU)
+        worker_env = {**env, "CUDA_VISIBLE_DEVICES": str(index)} if device.type == "cuda" else env
+        alone.append(subprocess.Popen([sys.executable, *worker], env=worker_env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    independent = 0.0
+    for process in alone:
+        out, err = process.communicate()
+        independent += timing(subprocess.CompletedProcess(process.args, process.returncode, out, err)) / many
+    rows.append(("ddp", "1 rank: s per UNet step (batch 1)", f"{seconds[1]:.3f}"))
+    rows.append(("ddp", f"{many} ranks: s per UNet step (batch 1 each, effective {many})", f"{seconds[many]:.3f}"))
+    rows.append(("ddp", f"{many}-rank / 1-rank step time", f"{seconds[many] / seconds[1]:.2f}"))
+    rows.append(("ddp", f"clips per second, {many} ranks / 1 rank", f"{many * seconds[1] / seconds[many]:.2f}"))
+    rows.append(("ddp", f"{many} plain processes at once, no sync: s per step", f"{independent:.3f}"))
+    rows.append(("ddp", f"DDP's own cost: {many}-rank step / unsynced step", f"{seconds[many] / independent:.2f}"))
+
+
 def bench_memory(args, rows, dtype):
     """The meta-device estimate (bench/memory_estimate.py) for this run's settings, beside the
     measured inference peak: on a GPU the two should agree to within the allocator's slack."""
@@ -337,12 +378,13 @@ def main() -> None:
     parser.add_argument("--train-frames", type=int, default=8)
     parser.add_argument("--train-size", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps per variant")
+    parser.add_argument("--ddp-ranks", type=int, default=2, help="ranks of the ddp section (GPUs on CUDA)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--offload", action="store_true")
     parser.add_argument("--no-warmup", action="store_true", help="skip warm-up runs (slow CPU runs)")
     sections = ["inference", "animatediff", "control", "decode", "options", "memory", "precision", "training",
-                "engine"]
+                "ddp", "engine"]
     parser.add_argument("--only", nargs="+", choices=sections, default=sections)
     args = parser.parse_args()
     quiet_libraries()
@@ -372,10 +414,12 @@ def main() -> None:
         bench_memory(args, rows, dtype)
     if "precision" in args.only:
         bench_precision(args, rows, device)
+    del pipeline  # the training sections build their own models
+    reset_peak(device)
     if "training" in args.only:
-        del pipeline
-        reset_peak(device)
         bench_training(args, rows, device)
+    if "ddp" in args.only:
+        bench_ddp(args, rows, device)
     print("| section | measure | value |\n|---|---|---|")
     for section, measure, value in rows:
         print(f"| {section} | {measure} | {value} |")

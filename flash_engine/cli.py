@@ -143,18 +143,36 @@ def animate_command(args) -> int:
 
 
 def train_command(args) -> int:
+    """One process, or (under torchrun) one rank of several: rank 0 alone reports and writes."""
+    from flash_engine.training.distributed import RANK_LOST, ranks_from_environment
+
+    ranks = ranks_from_environment()  # a plain run: rank 0 of 1
+    try:
+        return _train(args, ranks)
+    except FlashError as err:
+        if ranks.rank == 0 or err.code == RANK_LOST:  # a rank-lost line names its rank already
+            raise
+        raise FlashError(f"{ranks.label()}: {err.message}", err.hint, code=err.code) from err
+
+
+def _train(args, ranks) -> int:
     import signal
     import time
 
     from flash_engine.errors import JobCancelled
+    from flash_engine.training.distributed import RANK_LOST, join
     from flash_engine.training.job import resolve_train, run_train
     from flash_engine.training.trainer import read_checkpoint_meta
+
+    main_rank = ranks.rank == 0
 
     def emit(event: dict) -> None:
         sys.stdout.write(P.encode(event).decode("ascii"))  # strict JSON, as the service writes
         sys.stdout.flush()
 
     def report(line: str) -> None:
+        if not main_rank:
+            return
         emit({"type": "log", "message": line}) if args.json else print(f"flash: {line}", file=sys.stderr)
 
     request = R.from_namespace("train", args)
@@ -167,6 +185,8 @@ def train_command(args) -> int:
         signal.signal(signum, lambda *_: interrupted.append(True))
 
     def progress(phase, step, total, loss=None, it_per_s=None, eta_s=None):
+        if not main_rank:
+            return
         if args.json:
             emit({"type": "progress", "phase": phase, "step": step, "total": total, "loss": loss,
                   "it_per_s": it_per_s, "eta_s": eta_s})
@@ -177,15 +197,30 @@ def train_command(args) -> int:
             eta = f" ETA {eta_s:.0f}s" if eta_s is not None else ""
             print(f"  {phase} {step}/{total} loss {loss:.4f} {it_per_s:.2f} it/s{eta}", file=sys.stderr, flush=True)
 
+    team = join(ranks, request.device)  # a single process: SOLO, nothing to join
     try:
-        result = run_train(job, progress=progress, should_cancel=lambda: bool(interrupted), log=report)
+        result = run_train(job, progress=progress, should_cancel=lambda: bool(interrupted), log=report, team=team)
     except JobCancelled:
-        if read_checkpoint_meta(job.work_dir) is None:  # stopped before the first checkpoint
+        if not main_rank:
+            pass
+        elif read_checkpoint_meta(job.work_dir) is None:  # stopped before the first checkpoint
             print("flash: stopped before any training step was saved: nothing to resume", file=sys.stderr)
         else:
             print("flash: stopped; the checkpoint is kept: run the same command with --resume to continue",
                   file=sys.stderr)
         return 130
+    except FlashError as err:
+        if err.code != RANK_LOST:
+            raise
+        kept = read_checkpoint_meta(job.work_dir)
+        hint = (f"the checkpoint at {kept['phase']} step {kept['step']} is kept: run the same command with "
+                "--resume to continue, on any number of ranks" if kept else
+                "no step was saved yet: run the command again")
+        raise FlashError(err.message, f"{err.hint}; {hint}", code=err.code) from err
+    finally:
+        team.close()
+    if not main_rank:
+        return 0
     if args.json:
         emit({"type": "result", **result})
     else:

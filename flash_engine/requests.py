@@ -38,6 +38,12 @@ DEFAULT_FPS = 8  # the speed of a clip when neither the request nor a trained ac
 DEFAULT_TRAIN_STEPS = 20_000
 DEFAULT_DECODER_STEPS = 10_000
 DEFAULT_STRIDE = 2
+DEFAULT_BATCH = 1  # clips per step on each process (the paper trains with batch 1)
+MAX_BATCH = 64
+# How the learning rates follow the effective batch (clips per step over every rank), from the
+# paper's rates at batch 1: sqrt (Adam's square-root rule), linear, or none (kept as they are).
+LR_SCALING = ("sqrt", "linear", "none")
+DEFAULT_LR_SCALING = "sqrt"
 # Motion control: how strongly, and over which part of the denoising schedule (a fraction of the
 # steps, diffusers' control_guidance_start/end), a pose or depth ControlNet steers.
 DEFAULT_CONTROL_STRENGTH = 1.0
@@ -247,6 +253,12 @@ class TrainRequest:
                                help="the paper's ablation variant #1-#6 (default: 6, the full model)")
     checkpoint_every: int | None = spec(int, None, minimum=1, maximum=10**7, help="default 500 steps")
     seed: int | None = spec(int, None, minimum=0, maximum=MAX_SEED, help="training seed (default 0)")
+    batch: int | None = spec(int, None, minimum=1, maximum=MAX_BATCH,
+                             help=f"clips per step on each process (default {DEFAULT_BATCH}); under torchrun the "
+                                  "effective batch is this times the number of ranks")
+    lr_scaling: str | None = spec(str, None, choices=LR_SCALING,
+                                  help=f"how the learning rates follow the effective batch (default "
+                                       f"{DEFAULT_LR_SCALING}: times its square root)")
     resume: bool = spec(bool, False, help="continue from the last checkpoint")
     force: bool = spec(bool, False, help="start over / replace an action folder the engine wrote")
     device: str = _model_fields()["device"]

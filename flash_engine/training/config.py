@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from flash_engine.errors import FlashError
-from flash_engine.requests import DEFAULT_DECODER_STEPS, DEFAULT_FRAMES, DEFAULT_STRIDE, DEFAULT_TRAIN_STEPS
+from flash_engine.requests import (DEFAULT_BATCH, DEFAULT_DECODER_STEPS, DEFAULT_FRAMES, DEFAULT_LR_SCALING,
+                                   DEFAULT_STRIDE, DEFAULT_TRAIN_STEPS, LR_SCALING)
 from flash_engine.training.augment import DistortConfig, StrongAugmentConfig
 
 # The paper's ablation variants (Table 2): which parts are on.
@@ -30,6 +32,11 @@ class TrainConfig:
     learning_rate: float = 5e-5
     decoder_learning_rate: float = 1e-4
     weight_decay: float = 1e-2
+    # Clips per step on each rank (run one after another, their gradients averaged): the
+    # effective batch is this times the ranks; the rates above are for batch 1 and follow it
+    # by ``lr_scaling`` (``scaled_rate``).
+    batch_size: int = DEFAULT_BATCH
+    lr_scaling: str = DEFAULT_LR_SCALING
     tau: int = 90
     correspondence_fraction: float = 0.5
     # Timesteps t = floor((1 - u**skew) · T), u ~ U(0, 1): skew 1 is uniform; 3 (default) puts
@@ -72,6 +79,9 @@ class TrainConfig:
             (self.decoder_frames >= 2, "decoder frames must be at least 2", "use --decoder-frames 4"),
             (0 <= self.correspondence_fraction <= 1, "correspondence fraction must be in [0, 1]", "use 0.5"),
             (self.timestep_skew > 0, "timestep skew must be positive", "use 3"),
+            (self.batch_size >= 1, "batch must be at least 1", "use --batch 1"),
+            (self.lr_scaling in LR_SCALING, f"unknown learning-rate scaling {self.lr_scaling!r}",
+             f"use one of {', '.join(LR_SCALING)}"),
         ]
         for ok, message, hint in checks:
             if not ok:
@@ -79,6 +89,11 @@ class TrainConfig:
         if (self.feature_alignment or self.correspondence_alignment) and not self.strong_augmentation:
             raise FlashError("the alignments need strong augmentation (they align the augmented video)",
                              "turn strong augmentation on or the alignments off", code="bad_argument")
+
+    def scaled_rate(self, rate: float, effective_batch: int) -> float:
+        """A learning rate set for batch 1, at ``effective_batch`` clips per step."""
+        factor = {"sqrt": math.sqrt(effective_batch), "linear": float(effective_batch), "none": 1.0}
+        return rate * factor[self.lr_scaling]
 
     def to_dict(self) -> dict:
         return asdict(self)

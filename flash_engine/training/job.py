@@ -22,6 +22,7 @@ from flash_engine.output import check_destination, staged_folder
 from flash_engine.requests import DEFAULT_FRAMES, TrainRequest
 from flash_engine.training.clips import BadClip, ClipScan, check_clip_folder, learned_fps, scan_clips
 from flash_engine.training.config import TrainConfig
+from flash_engine.training.distributed import SOLO, Team
 from flash_engine.training.trainer import read_checkpoint_meta
 
 
@@ -108,7 +109,8 @@ def build_config(request: TrainRequest, limits: dict) -> TrainConfig:
     for key, value in request.options.items():
         setattr(config, key, _option_value(key, value, getattr(config, key)))
     overrides = dict(steps=request.steps, decoder_steps=request.decoder_steps, num_frames=request.frames,
-                     stride=request.stride, checkpoint_every=request.checkpoint_every, seed=request.seed)
+                     stride=request.stride, checkpoint_every=request.checkpoint_every, seed=request.seed,
+                     batch_size=request.batch, lr_scaling=request.lr_scaling)
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
@@ -180,10 +182,22 @@ def scan_train_clips(job: ResolvedTrain, report: Callable[[str], None] = lambda 
     return scan
 
 
+def run_fingerprint(job: ResolvedTrain) -> str:
+    """What every rank of a run must agree on: clips, settings, base model, checkpoint."""
+    import json
+
+    resume = job.resume_from and (job.resume_from["phase"], job.resume_from["step"])
+    return json.dumps({"clips": [(str(c.path), c.prompt, list(c.frames.shape)) for c in job.scan.good],
+                       "config": job.config.to_dict(), "model": job.model, "out": str(job.out),
+                       "resume": resume, "start_over": job.start_over}, sort_keys=True, default=str)
+
+
 def run_train(job: ResolvedTrain, progress: Callable | None = None, should_cancel: Callable[[], bool] | None = None,
-              log: Callable[[str], None] = lambda line: None, base=None, device=None) -> dict:
+              log: Callable[[str], None] = lambda line: None, base=None, device=None, team: Team = SOLO) -> dict:
     """Train and write the artifact; returns a result dict (the artifact's manifest data).
-    Reads the clips first (reported through ``log``) unless ``scan_train_clips`` already did."""
+    Reads the clips first (reported through ``log``) unless ``scan_train_clips`` already did.
+    ``team``: the other ranks of a torchrun run (``distributed.join``); rank 0 alone writes,
+    the others return ``{"rank": N}`` once training is done."""
     import torch
 
     from flash_engine.models.loading import load_base
@@ -193,19 +207,26 @@ def run_train(job: ResolvedTrain, progress: Callable | None = None, should_cance
     request, config = job.request, job.config
     if job.scan is None:
         scan_train_clips(job, report=log, should_cancel=should_cancel)
-    device = device or pick_device(request.device)
-    if job.start_over and read_checkpoint_meta(job.work_dir) is not None:  # still the engine's checkpoint
+    with team.talking("the start (comparing the ranks' runs)"):
+        team.check_same(run_fingerprint(job))
+    device = device or team.device or pick_device(request.device)
+    if team.is_main and job.start_over and read_checkpoint_meta(job.work_dir) is not None:  # still the engine's
         shutil.rmtree(job.work_dir)
     base = base or load_base(job.model, request.motion_adapter)
     if job.resume_from is not None and job.resume_from["base_model"] != base.identity:
         raise FlashError(f"the checkpoint was made with base model {job.resume_from['base_model']}, "
                          f"not {base.identity}", "resume with the same --model, or --force to start over",
                          code="base_mismatch")
-    trainer = FlashTrainer(base, job.scan.good, config, job.work_dir, device=device)
+    trainer = FlashTrainer(base, job.scan.good, config, job.work_dir, device=device, team=team)
     if job.resume_from is not None:
         meta = trainer.load_checkpoint()
         log(f"resuming {job.out.name} at {meta['phase']} step {meta['step']}")
+    if trainer.effective_batch > 1:
+        log(f"{team.world_size} rank(s) x {config.batch_size} clip(s): effective batch {trainer.effective_batch}, "
+            f"learning rate {trainer.learning_rates['unet']:.3g} ({config.lr_scaling} rule)")
     trainer.run(progress=progress, should_cancel=should_cancel)
+    if not team.is_main:
+        return {"rank": team.rank}
     unet_first, unet_last = loss_trend(trainer.losses["unet"])
     prompts = sorted({clip.prompt for clip in job.scan.good})
     meta = {
@@ -218,6 +239,7 @@ def run_train(job: ResolvedTrain, progress: Callable | None = None, should_cance
         "torch": torch.__version__,
         "loss": {"unet_first": unet_first, "unet_last": unet_last},
         "config": {k: v for k, v in config.to_dict().items() if not isinstance(v, dict)},
+        "batch": trainer.batch_report(),
     }
     fps = learned_fps(job.scan.good, config.stride)
     if fps is not None:

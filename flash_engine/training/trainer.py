@@ -4,6 +4,14 @@
 All randomness (clip choice, frames, crops, augmentation, noise, timesteps, layer draws)
 comes from one CPU ``torch.Generator`` whose state is saved in every checkpoint.
 Checkpoints hold tensors in safetensors and the rest in JSON: nothing is pickled.
+
+A step's batch is ``batch_size`` clips on each of the team's ranks (``distributed.Team``; one
+process: ``SOLO``). Slot s of the effective batch (rank s // batch_size) draws everything from
+its own generator, seeded by the s-th of the seeds the step first draws from the run's stream,
+which every rank keeps in step: so rank r of a 2-rank run with batch 1 draws exactly what slot r
+of a 1-process run with batch 2 draws. A batch of one draws from the run's stream itself. Each
+rank runs its slots one after another (memory of one clip) and averages their gradients; DDP
+averages the ranks'. Rank 0 alone writes checkpoints.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from flash_engine.training.augment import distort, flip_and_crop, strong_augment
 from flash_engine.training.checkpoint import load_optimizer, optimizer_tensors
 from flash_engine.training.clips import Clip, sample_frames
 from flash_engine.training.config import TrainConfig
+from flash_engine.training.distributed import SOLO, Team
 from flash_engine.training.motion_alignment import install_motion_alignment
 
 CHECKPOINT_JSON = layout.CHECKPOINT_JSON
@@ -37,6 +46,7 @@ PHASES = ("unet", "decoder")
 # Reading a step's loss on the host waits for the GPU to finish that step and leaves its queue
 # empty, so the losses stay on the device and are read in one go this often (and at checkpoints).
 LOSS_READ_SECONDS = 1.0
+SLOT_SEED_HIGH = 2**63 - 1  # slot seeds are drawn in [0, this)
 
 
 def is_trainable_unet_parameter(name: str) -> bool:
@@ -53,10 +63,13 @@ def sample_timesteps(generator: torch.Generator, count: int, skew: float, train_
 
 class FlashTrainer:
     def __init__(self, base: BaseModel, clips: list[Clip], config: TrainConfig, work_dir: Path,
-                 device: torch.device = torch.device("cpu")):
+                 device: torch.device = torch.device("cpu"), team: Team = SOLO):
         config.validate(base.size_multiple)
         self.base, self.clips, self.config, self.work_dir = base, clips, config, Path(work_dir)
-        self.device = device
+        self.device, self.team = device, team
+        self.effective_batch = config.batch_size * team.world_size
+        # (phase, step, ranks, effective batch) where a run started or resumed with another batch
+        self.batches: list[dict] = []
         self.generator = torch.Generator("cpu").manual_seed(config.seed)
         self.phase, self.step = "unet", 0
         self.losses: dict[str, list[float]] = {"unet": [], "decoder": []}
@@ -74,7 +87,7 @@ class FlashTrainer:
             param.requires_grad_(name in self.unet_params)
         if config.gradient_checkpointing == "on" or (config.gradient_checkpointing == "auto" and cuda):
             unet.enable_gradient_checkpointing()
-        self.unet_optimizer = torch.optim.AdamW(list(self.unet_params.values()), lr=config.learning_rate,
+        self.unet_optimizer = torch.optim.AdamW(list(self.unet_params.values()), lr=self.learning_rates["unet"],
                                                 weight_decay=config.weight_decay, fused=cuda or None)
         with torch.random.fork_rng(devices=[]):  # the new layers' init is part of the run's seed
             torch.manual_seed(config.seed)
@@ -82,11 +95,20 @@ class FlashTrainer:
         self.decoder.freeze_stock_layers()
         self.decoder_params = dict(self.decoder.enhancers.named_parameters())
         self.decoder_optimizer = torch.optim.AdamW(list(self.decoder_params.values()),
-                                                   lr=config.decoder_learning_rate, weight_decay=config.weight_decay,
-                                                   fused=cuda or None)
+                                                   lr=self.learning_rates["decoder"],
+                                                   weight_decay=config.weight_decay, fused=cuda or None)
         self._text_cache: dict[str, torch.Tensor] = {}
+        with team.talking("the start (DDP's first sync)"):  # several ranks: DDP; one: the modules themselves
+            self.unet_model, self.decoder_model = team.wrap(unet), team.wrap(self.decoder)
 
     # ------------------------------------------------------------------ helpers
+
+    @property
+    def learning_rates(self) -> dict[str, float]:
+        """Each optimizer's rate at this run's effective batch (the config's are for batch 1)."""
+        config = self.config
+        return {"unet": config.scaled_rate(config.learning_rate, self.effective_batch),
+                "decoder": config.scaled_rate(config.decoder_learning_rate, self.effective_batch)}
 
     def total(self, phase: str) -> int:
         if phase == "decoder":
@@ -102,16 +124,36 @@ class FlashTrainer:
                 self._text_cache[prompt] = self.base.text_encoder(ids)[0]
         return self._text_cache[prompt]
 
-    def pick_clip(self) -> Clip:
-        return self.clips[int(torch.randint(len(self.clips), (), generator=self.generator))]
+    def pick_clip(self, generator: torch.Generator) -> Clip:
+        return self.clips[int(torch.randint(len(self.clips), (), generator=generator))]
 
-    def training_video(self, num_frames: int) -> tuple[Clip, torch.Tensor]:
-        clip = self.pick_clip()
-        video = sample_frames(clip, num_frames, self.config.stride, self.generator, self.device)
-        return clip, flip_and_crop(video, (self.config.width, self.config.height), self.generator)
+    def training_video(self, num_frames: int, generator: torch.Generator) -> tuple[Clip, torch.Tensor]:
+        clip = self.pick_clip(generator)
+        video = sample_frames(clip, num_frames, self.config.stride, generator, self.device)
+        return clip, flip_and_crop(video, (self.config.width, self.config.height), generator)
+
+    def slot_generators(self) -> list[torch.Generator]:
+        """This rank's slots of the step's batch, each with the generator it draws from."""
+        if self.effective_batch == 1:
+            return [self.generator]  # the run's own stream, as before there were batches
+        seeds = torch.randint(SLOT_SEED_HIGH, (self.effective_batch,), generator=self.generator).tolist()
+        first = self.team.rank * self.config.batch_size
+        return [torch.Generator("cpu").manual_seed(seed) for seed in seeds[first: first + self.config.batch_size]]
+
+    def _batch_step(self, model: torch.nn.Module, sample_loss: Callable) -> torch.Tensor:
+        """Backward through each of this rank's slots, the gradient the mean of theirs (DDP's
+        sync, on the last, averages over ranks); returns the step's mean loss over every rank."""
+        generators = self.slot_generators()
+        weight = 1.0 / len(generators)
+        total = None
+        for index, generator in enumerate(generators):
+            with self.team.accumulating(model, last=index == len(generators) - 1):
+                loss = sample_loss(generator, weight)
+            total = loss if total is None else total + loss
+        return self.team.average(total if len(generators) == 1 else total * weight)
 
     @torch.no_grad()
-    def encode(self, videos: torch.Tensor) -> torch.Tensor:
+    def encode(self, videos: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(V, F, 3, H, W) in [0, 1] → scaled latents (V, C, F, h, w)."""
         count, frames = videos.shape[:2]
         vae = self.base.vae
@@ -121,7 +163,7 @@ class FlashTrainer:
         with self._autocast() if self.autocast_dtype == torch.bfloat16 else contextlib.nullcontext():
             dist = vae.encode(pixels).latent_dist
         mean, std = dist.mean.float(), dist.std.float()
-        noise = to_device(torch.randn(mean.shape, generator=self.generator), self.device)
+        noise = to_device(torch.randn(mean.shape, generator=generator or self.generator), self.device)
         latents = (mean + std * noise) * vae.config.scaling_factor
         return latents.unflatten(0, (count, frames)).transpose(1, 2)
 
@@ -134,21 +176,28 @@ class FlashTrainer:
 
     def unet_step(self) -> torch.Tensor:
         """One FLASH step; returns the loss still on the device (reading it would sync)."""
+        loss = self._batch_step(self.unet_model, self.unet_sample_loss)
+        self.unet_optimizer.step()
+        self.unet_optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def unet_sample_loss(self, generator: torch.Generator, weight: float = 1.0) -> torch.Tensor:
+        """One clip's FLASH loss, its gradient (times ``weight``) accumulated."""
         config, context = self.config, self.base.attention
-        clip, video = self.training_video(config.num_frames)
+        clip, video = self.training_video(config.num_frames, generator)
         videos = [video]
         if config.strong_augmentation:
-            videos.append(strong_augment(video, config.strong, self.generator))
-        latents = self.encode(torch.stack(videos))
+            videos.append(strong_augment(video, config.strong, generator))
+        latents = self.encode(torch.stack(videos), generator)
         count = latents.shape[0]
-        noise = to_device(torch.randn(latents[:1].shape, generator=self.generator), self.device, latents.dtype)
+        noise = to_device(torch.randn(latents[:1].shape, generator=generator), self.device, latents.dtype)
         noise = noise.expand_as(latents)  # same noise and t for both videos of the pair
         train_steps = self.base.scheduler.config.num_train_timesteps
-        timestep = to_device(sample_timesteps(self.generator, 1, config.timestep_skew, train_steps), self.device)
+        timestep = to_device(sample_timesteps(generator, 1, config.timestep_skew, train_steps), self.device)
         noisy = self.base.scheduler.add_noise(latents, noise, timestep)
         noisy[:, :, 0] = latents[:, :, 0]  # noise-free first frame
         layers = context.cross_frame_layers
-        share = torch.randperm(len(layers), generator=self.generator)[: round(config.correspondence_fraction
+        share = torch.randperm(len(layers), generator=generator)[: round(config.correspondence_fraction
                                                                              * len(layers))]
         paired = config.strong_augmentation
         shared = frozenset(layers[i] for i in share.tolist()) if paired and config.correspondence_alignment \
@@ -157,30 +206,33 @@ class FlashTrainer:
         with context.training_switches(pairs=1, align_motion=paired and config.feature_alignment,
                                        share_qk_layers=shared):
             with self._autocast():
-                prediction = self.base.unet(noisy, timestep.expand(count), encoder_hidden_states=text).sample
+                prediction = self.unet_model(noisy, timestep.expand(count), encoder_hidden_states=text).sample
             # frame 0 is clean, so the loss covers frames 1..N-1 (as LAMP)
             loss = F.mse_loss(prediction[:, :, 1:].float(), noise[:, :, 1:].float())
-            loss.backward()  # recomputation under checkpointing still sees the switches above
-        self.unet_optimizer.step()
-        self.unet_optimizer.zero_grad(set_to_none=True)
+            # recomputation under checkpointing still sees the switches above
+            (loss if weight == 1.0 else loss * weight).backward()
         return loss.detach()
 
     def decoder_step(self) -> torch.Tensor:
+        loss = self._batch_step(self.decoder_model, self.decoder_sample_loss)
+        self.decoder_optimizer.step()
+        self.decoder_optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def decoder_sample_loss(self, generator: torch.Generator, weight: float = 1.0) -> torch.Tensor:
         config = self.config
-        _, video = self.training_video(config.decoder_frames)
-        distorted = distort(video, config.distort, self.generator)
+        _, video = self.training_video(config.decoder_frames, generator)
+        distorted = distort(video, config.distort, generator)
         vae = self.base.vae
         with torch.no_grad():
             _, features = encode_with_features(vae, (video[:1] * 2 - 1).to(self.device, vae.dtype),
                                                self.decoder.enhanced_levels)
-            latents = self.encode(distorted.unsqueeze(0))[0].transpose(0, 1) / vae.config.scaling_factor
+            latents = self.encode(distorted.unsqueeze(0), generator)[0].transpose(0, 1) / vae.config.scaling_factor
         enhance = torch.arange(latents.shape[0]) > 0
         with self._autocast():
-            decoded = self.decoder(latents, features, enhance)
+            decoded = self.decoder_model(latents, features, enhance)
         loss = F.mse_loss(decoded.float(), (video * 2 - 1).to(self.device))
-        loss.backward()
-        self.decoder_optimizer.step()
-        self.decoder_optimizer.zero_grad(set_to_none=True)
+        (loss if weight == 1.0 else loss * weight).backward()
         return loss.detach()
 
     # ------------------------------------------------------------------ loop
@@ -190,6 +242,7 @@ class FlashTrainer:
         """Train to the end (or ``stop_after`` more steps); checkpoint every N steps and on cancel."""
         progress = progress or (lambda *args, **kwargs: None)
         self.decoder.train()
+        self._note_batch()
         done_now = 0
         for phase in PHASES[PHASES.index(self.phase):]:
             if phase != self.phase:
@@ -198,10 +251,14 @@ class FlashTrainer:
             step_fn = self.unet_step if phase == "unet" else self.decoder_step
             started, start_step = time.perf_counter(), self.step
             while self.step < total:
-                if should_cancel is not None and should_cancel():
+                where = f"{phase} step {self.step + 1}"
+                with self.team.talking(where):  # every rank stops at the same step
+                    stop = should_cancel is not None and self.team.any(should_cancel())
+                if stop:
                     self.save_checkpoint()
                     raise JobCancelled()
-                self._unread_losses.append(step_fn())
+                with self.team.talking(where):
+                    self._unread_losses.append(step_fn())
                 self.step += 1
                 done_now += 1
                 if (self.step == total or not self.losses[phase]
@@ -217,6 +274,25 @@ class FlashTrainer:
                     return
         self.phase, self.step = "done", 0
         self.decoder.eval()
+
+    def _note_batch(self) -> None:
+        entry = {"phase": self.phase, "step": self.step, "ranks": self.team.world_size,
+                 "effective_batch": self.effective_batch}
+        last = self.batches[-1] if self.batches else None
+        if last is None or (last["ranks"], last["effective_batch"]) != (entry["ranks"], entry["effective_batch"]):
+            self.batches.append(entry)
+
+    def batch_report(self) -> dict:
+        """For the artifact's manifest: the batch, the learning-rate rule and the rates it gave."""
+        config = self.config
+        report = {"ranks": self.team.world_size, "per_rank": config.batch_size,
+                  "effective": self.effective_batch, "lr_rule": config.lr_scaling,
+                  "learning_rate": self.learning_rates["unet"],
+                  "decoder_learning_rate": self.learning_rates["decoder"]}
+        if len(self.batches) > 1:  # resumed with another number of ranks
+            report["changes"] = [f"{entry['phase']} step {entry['step']}: {entry['ranks']} rank(s), effective "
+                                 f"batch {entry['effective_batch']}" for entry in self.batches]
+        return report
 
     def read_losses(self) -> None:
         """Bring the unread step losses to ``self.losses`` with one host-device sync."""
@@ -235,8 +311,11 @@ class FlashTrainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save_checkpoint(self) -> Path:
-        """``checkpoint-<phase>-<step>.safetensors`` + ``checkpoint.json`` (replaced atomically, last)."""
+    def save_checkpoint(self) -> Path | None:
+        """``checkpoint-<phase>-<step>.safetensors`` + ``checkpoint.json`` (replaced atomically, last);
+        on rank 0 only (every rank holds the same state)."""
+        if not self.team.is_main:
+            return None
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.read_losses()
         tensors = {f"unet.{k}": v for k, v in self.unet_state().items()}
@@ -247,7 +326,8 @@ class FlashTrainer:
         tensor_file = f"checkpoint-{self.phase}-{self.step}.safetensors"
         save_tensors(tensors, self.work_dir / tensor_file)
         meta = {"tensors": tensor_file, "phase": self.phase, "step": self.step, "losses": self.losses,
-                "optimizers": optimizers, "config": self.config.to_dict(), "base_model": self.base.identity}
+                "optimizers": optimizers, "config": self.config.to_dict(), "base_model": self.base.identity,
+                "batches": self.batches}
         temporary = self.work_dir / (CHECKPOINT_JSON + ".tmp")
         temporary.write_text(json.dumps(meta))
         os.replace(temporary, self.work_dir / CHECKPOINT_JSON)  # the checkpoint exists from here on
@@ -267,7 +347,10 @@ class FlashTrainer:
         self.generator.set_state(tensors["rng.generator"])
         for name, optimizer in (("unet", self.unet_optimizer), ("decoder", self.decoder_optimizer)):
             load_optimizer(optimizer, f"optim.{name}", tensors, meta["optimizers"][name])
+            for group in optimizer.param_groups:  # this run's rate: the checkpoint's may be another batch's
+                group["lr"] = self.learning_rates[name]
         self.phase, self.step, self.losses = meta["phase"], meta["step"], meta["losses"]
+        self.batches = meta.get("batches") or [{"phase": "unet", "step": 0, "ranks": 1, "effective_batch": 1}]
         return meta
 
 
