@@ -300,8 +300,8 @@ def test_model_limits_are_read_from_the_configs_without_loading(tmp_path, monkey
     monkeypatch.setattr(loading, "load_folder", lambda *a, **k: pytest.fail("weights were loaded"))
     assert loading.model_limits(str(folder)) == loading.model_limits("tiny") == {
         "width": 64, "height": 64, "size_multiple": 8, "max_frames": 32, "latent_channels": 4, "fps": 8}
-    assert loading.model_limits("mannequin") == {"width": 64, "height": 64, "size_multiple": 8, "max_frames": 32,
-                                                 "latent_channels": 8, "fps": 8}
+    assert loading.model_limits("mannequin") == {"width": 64, "height": 64, "size_multiple": 4, "max_frames": 32,
+                                                 "latent_channels": 4, "fps": 8}  # its 4x VAE
     (folder / "motion_adapter" / "config.json").write_text("{not json")
     with pytest.raises(FlashError, match="unreadable model config"):
         loading.model_limits(str(folder))
