@@ -275,7 +275,11 @@ def _hidden_sibling(dest: Path, mark: str) -> Path:
     room = NAME_MAX_BYTES - _STAGING_EXTRA_BYTES
     short = os.fsencode(dest.name)[:room].decode("utf-8", "ignore") if len(os.fsencode(dest.name)) > room else dest.name
     folder = Path(tempfile.mkdtemp(prefix=staging_prefix(short, mark), dir=dest.parent))
-    (folder / OWNER_FILE).write_text(json.dumps({**_owner_record(), "dest": dest.name}), encoding="utf-8")
+    try:
+        (folder / OWNER_FILE).write_text(json.dumps({**_owner_record(), "dest": dest.name}), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return folder
 
 
@@ -299,17 +303,22 @@ def staged_folder(dest: str | Path, overwrite: bool = False, written_files: Writ
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(dest.parent)
-        staging = _hidden_sibling(dest, PARTIAL_MARK)
-        _usual_permissions(staging)
     except OSError as err:
         raise os_error(err, dest, "create") from err
+    staging, created = None, False
     try:
+        # Ctrl-C / SIGTERM wait until the folder has a name here, so the handler below removes it
+        with _signals_held():
+            staging = _hidden_sibling(dest, PARTIAL_MARK)
+            _usual_permissions(staging)
+        created = True
         yield staging
         _put_in_place(staging, dest, overwrite, written_files)
     except BaseException as err:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         if isinstance(err, OSError):
-            raise os_error(err, dest) from err
+            raise os_error(err, dest, "write" if created else "create") from err
         raise
 
 

@@ -462,3 +462,18 @@ def test_a_take_moved_aside_by_a_job_killed_mid_swap_is_put_back_not_deleted(tmp
                                                 "dest": "take"}))
     assert remove_stale_partials(tmp_path) == []  # nothing removed:
     assert sorted(p.name for p in take.iterdir()) == frames and not trash.exists()  # the take is back
+
+
+def test_an_interruption_while_the_staging_folder_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """SIGTERM / Ctrl-C raise where they land; landing between mkdtemp and the job once left
+    the hidden folder behind (seen under load in test_sigterm_cleans_up_like_ctrl_c)."""
+    from flash_engine import output
+
+    def interrupted(folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(output, "_usual_permissions", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with output.staged_folder(tmp_path / "take"):
+            pytest.fail("the job must not start")
+    assert list(tmp_path.iterdir()) == []
