@@ -1,0 +1,63 @@
+"""What ``python -m mannequin.train_control`` trains: the pose ControlNet's settings.
+
+The data (clips, actions, size, frames, mirrors, prompt dropout) and the ControlNet's shape come
+from the base it is trained for (its ``training.json`` config and its UNet); what is here is the
+rest. ``ControlConfig()`` is the real run (step count planned in ``docs/mannequin-control.md``);
+``smoke_control_config()`` a few steps at the same settings (tests). Everything that decides the
+trained weights is in here or in the base, and is recorded in the run; budget and threads are not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    name: str = "mannequin-pose"
+    seed: int = 0
+    # The condition embedding's widths, one per stage: len - 1 stride-2 convolutions, so 3 for
+    # a 4x VAE (64x64 pose maps -> 16x16 latents). diffusers' SD default is (16, 32, 96, 256), 8x.
+    condition_channels: tuple[int, ...] = (16, 32, 64)
+    steps: int = 1500
+    batch: int = 4  # clips of the base's frame count, as the base's UNet stage
+    lr: float = 2e-4  # higher than SD ControlNets' 1e-5: a small net, from zero convolutions, in ~1.5k steps
+    warmup: int = 100
+    min_lr_fraction: float = 0.1  # cosine decay to this fraction of the peak
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # warmed up as the base's; the EMA weights ship
+    # ---- bookkeeping ----
+    eval_timesteps: tuple[int, ...] = (50, 250, 500, 750, 950)  # the test-split evaluation (train_base's)
+    checkpoint_every: int = 100
+    log_every: int = 25
+    weights_dtype: str = "float16"  # as the base ships
+
+    def validate(self, size_multiple: int) -> None:
+        """``size_multiple``: the base's VAE scale, which the condition embedding must match."""
+        if 2 ** (len(self.condition_channels) - 1) != size_multiple:
+            raise ValueError(f"condition_channels {self.condition_channels} scale the pose map down "
+                             f"{2 ** (len(self.condition_channels) - 1)}x; this base's latents are {size_multiple}x "
+                             "smaller than its frames")
+        if min(self.steps, self.batch, self.checkpoint_every, self.log_every, *self.condition_channels) < 1:
+            raise ValueError("steps, batch, intervals and widths must be positive")
+        if self.weights_dtype not in ("float16", "float32"):
+            raise ValueError("weights_dtype must be float16 or float32")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ControlConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+
+    def replace(self, **changes) -> "ControlConfig":
+        return replace(self, **changes)
+
+
+def smoke_control_config(**changes) -> ControlConfig:
+    """The chain in seconds, on the smoke base: toy condition widths, 6 steps of 2 clips."""
+    config = ControlConfig(name="mannequin-pose-smoke", condition_channels=(8, 8, 16), steps=6, batch=2, warmup=2,
+                           eval_timesteps=(500,), checkpoint_every=2, log_every=2)
+    return config.replace(**changes) if changes else config
