@@ -313,3 +313,34 @@ def _no_record(tmp):
     from flash_engine.models.tiny import tiny_parts
 
     return save_folder(tiny_parts(), tmp / "sd-like")
+
+
+def test_the_base_runs_latent_cache_is_reused_only_when_it_matches_the_shipped_vae(smoke, tmp_path):
+    from flash_engine.models.loading import load_base
+
+    info = tc.read_base(smoke[0])
+    base = load_base(smoke[0])
+    clips = tb.training_clips(info.config, smoke[1])
+    path = smoke[0].parent / "base-work" / tb.LATENTS_FILE  # what train_base encoded (fp32 VAE checkpoint)
+    mean, std = tc.reused_latents(path, base, clips, info.config, 2, QUIET)
+    again, _ = tb.encode_latents(base.vae, tb.load_frames(clips, info.config.frames).frames, 2)  # fp16-shipped VAE
+    assert mean.shape == again.shape and torch.allclose(mean, again, atol=0.05 * float(again.std()))
+    tensors = load_file(path)
+    save_file({"mean": tensors["mean"] * 1.5, "std": tensors["std"]}, tmp_path / "other.safetensors")
+    with pytest.raises(tb.RunError, match="does not match this base's VAE"):
+        tc.reused_latents(tmp_path / "other.safetensors", base, clips, info.config, 2, QUIET)
+    save_file({"mean": tensors["mean"][:1], "std": tensors["std"][:1]}, tmp_path / "short.safetensors")
+    with pytest.raises(tb.RunError, match="not the latent cache of these clips"):
+        tc.reused_latents(tmp_path / "short.safetensors", base, clips, info.config, 2, QUIET)
+
+
+def test_the_probe_times_steps_and_plans_the_steps_that_fit_the_budget(smoke, tmp_path):
+    report_file = tmp_path / "probe.json"
+    assert tc.main(["--probe", "--base", str(smoke[0]), "--smoke", "--probe-steps", "3", "--minutes-budget", "3",
+                    "--probe-json", str(report_file), "--quiet"]) == 0
+    report = json.loads(report_file.read_text())
+    assert report["step_s"] > 0 and report["threads"] == 1 and report["batch_clips"] == 2
+    fixed_s = 60 * sum(report["plan_minutes"][k] for k in ("keypoints", "latents", "eval_export"))
+    rounding_s = 3 * 0.05 * 60  # three figures rounded to 0.1 min
+    assert abs(report["steps_that_fit"] - (0.95 * 3 * 60 - fixed_s) / report["step_s"]) <= rounding_s / report["step_s"] + 1
+    assert report["latents_reused_steps_that_fit"] >= report["steps_that_fit"]
