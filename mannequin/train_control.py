@@ -122,8 +122,10 @@ def read_base(source: str | Path) -> BaseInfo:
                     size_multiple=vae_size_multiple(vae), unet_wall_s=float(wall) if wall else None)
 
 
-def new_controlnet(unet_folder: Path, control: ControlConfig):
-    """A ControlNet made from the base's 2D UNet (diffusers' ``from_unet``), its new layers seeded."""
+def new_controlnet(unet_folder: Path, control: ControlConfig, condition_sample: "torch.Tensor | None" = None):
+    """A ControlNet made from the base's 2D UNet (diffusers' ``from_unet``: the encoder copied,
+    zero convolutions out), its new layers seeded; with ``condition_init`` "unit-variance", its
+    condition embedding set up on ``condition_sample`` (pose maps, (N, 3, H, W))."""
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
@@ -132,7 +134,33 @@ def new_controlnet(unet_folder: Path, control: ControlConfig):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(control.seed)
         net = ControlNetModel.from_unet(unet2d, conditioning_embedding_out_channels=tuple(control.condition_channels))
+        if control.condition_init == "unit-variance":
+            if condition_sample is None:
+                raise ValueError("the unit-variance condition init needs sample pose maps")
+            unit_variance_init(net.controlnet_cond_embedding, condition_sample)
     return net
+
+
+def unit_variance_init(embedding, sample: "torch.Tensor") -> None:
+    """Each convolution of a ``ControlNetConditioningEmbedding`` but the zero output one: Gaussian
+    (He) weights, zero bias, then scaled so that its output has unit variance on ``sample`` (the
+    layer-sequential unit-variance init, LSUV). A pose map is mostly black: with PyTorch's default
+    init the layers' biases, not the map, set the features. Uses the caller's torch RNG."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        features = sample
+        for conv in (embedding.conv_in, *embedding.blocks):
+            torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            conv.bias.zero_()
+            conv.weight.div_(conv(features).std().clamp_min(1e-6))
+            features = F.silu(conv(features))
+
+
+def sample_condition(poses: np.ndarray, size: int, clips: int = 8) -> "torch.Tensor":
+    """The pose maps the condition embedding is set up on: the first ``clips`` clips' (unmirrored)."""
+    return pose_maps(poses[:clips, 0], size)
 
 
 # ====================================================================== poses
@@ -501,7 +529,7 @@ def _run(base_source: str | Path, out: Path, *, control: ControlConfig | None = 
     state["stages"]["latents"].update(status="done", source=str(latents_from) if latents_from else "encoded")
 
     # ---------------------------------------------------------------- the ControlNet
-    controlnet = new_controlnet(info.folder / "unet", control)
+    controlnet = new_controlnet(info.folder / "unet", control, sample_condition(poses, config.size))
     state["parameters"] = sum(p.numel() for p in controlnet.parameters())
     stage = ControlStage(control, config, base, controlnet, latent_mean, latent_std, poses,
                          train_set.action_ids(config.train_actions))
@@ -636,7 +664,8 @@ def probe(base_source: str | Path | None, control: ControlConfig, threads: int, 
             started = time.perf_counter()
             mean, std = tb.encode_latents(base.vae, clips.frames, flips)
             latents_s = (time.perf_counter() - started) / len(clips.paths)
-            stage = ControlStage(control, config, base, new_controlnet(unet_folder, control), mean, std, poses,
+            net = new_controlnet(unet_folder, control, sample_condition(poses, config.size))
+            stage = ControlStage(control, config, base, net, mean, std, poses,
                                  clips.action_ids(config.train_actions))
             walls, cpus = [], []
             for _ in range(steps):

@@ -160,7 +160,7 @@ def test_interrupted_and_resumed_runs_equal_an_uninterrupted_one_bit_for_bit(smo
     with pytest.raises(tb.RunError, match="--resume"):
         run(smoke, tmp_path / "b", tmp_path / "wb")
     with pytest.raises(tb.RunError, match="different configuration"):
-        run(smoke, tmp_path / "b", tmp_path / "wb", resume=True, control=smoke_control_config(lr=1e-3))
+        run(smoke, tmp_path / "b", tmp_path / "wb", resume=True, control=smoke_control_config(lr=5e-4))
     with pytest.raises(tb.RunError, match="another base"):
         tc.run(other_base, tmp_path / "b", control=smoke_control_config(), work=tmp_path / "wb", cache=smoke[1],
                resume=True, budget_minutes=10.0, log=QUIET)
@@ -209,8 +209,9 @@ def test_held_out_actions_never_reach_the_controlnet(smoke, tmp_path):
     base = load_base(smoke[0])
     latents = torch.zeros(len(clips.paths), 2, 16, 4, 16, 16)
     poses = tc.clip_poses(clips, info.config, 2)
-    stage = tc.ControlStage(smoke_control_config(), info.config, base, tc.new_controlnet(smoke[0] / "unet",
-                            smoke_control_config()), latents, latents, poses, clips.action_ids(info.config.train_actions))
+    net = tc.new_controlnet(smoke[0] / "unet", smoke_control_config(), tc.sample_condition(poses, 64))
+    stage = tc.ControlStage(smoke_control_config(), info.config, base, net, latents, latents, poses,
+                            clips.action_ids(info.config.train_actions))
     assert torch.equal(stage.token_ids, tb.tokenize(base.tokenizer, ["a person is waving an arm.",
                                                                      "a person is jumping.", ""]))
     # a base whose record trains a held-out action is refused
@@ -233,7 +234,7 @@ def test_the_stage_trains_only_the_controlnet_through_the_pipelines_residual_pat
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(len(clips.paths), 2, 16, 4, 16, 16, generator=g)
     control = smoke_control_config(lr=1e-2, warmup=1)  # steps large enough to see after 3 of them
-    net = tc.new_controlnet(smoke[0] / "unet", control)
+    net = tc.new_controlnet(smoke[0] / "unet", control, tc.sample_condition(poses, 64))
     stage = tc.ControlStage(control, info.config, base, net, latents, latents.abs() * 0.1, poses,
                             clips.action_ids(info.config.train_actions))
     batch = stage.batch()
@@ -344,3 +345,29 @@ def test_the_probe_times_steps_and_plans_the_steps_that_fit_the_budget(smoke, tm
     rounding_s = 3 * 0.05 * 60  # three figures rounded to 0.1 min
     assert abs(report["steps_that_fit"] - (0.95 * 3 * 60 - fixed_s) / report["step_s"]) <= rounding_s / report["step_s"] + 1
     assert report["latents_reused_steps_that_fit"] >= report["steps_that_fit"]
+
+
+def test_the_condition_embedding_starts_with_features_set_by_the_pose_not_its_biases(smoke):
+    import torch.nn.functional as F
+
+    info = tc.read_base(smoke[0])
+    poses = tc.clip_poses(tb.training_clips(info.config, smoke[1]), info.config, 1)
+    sample = tc.sample_condition(poses, 64)
+
+    def features(init, maps):
+        embedding = tc.new_controlnet(smoke[0] / "unet", smoke_control_config(condition_init=init),
+                                      sample).controlnet_cond_embedding
+        with torch.no_grad():
+            x = maps
+            for conv in (embedding.conv_in, *embedding.blocks):
+                last = conv(x)
+                x = F.silu(last)
+            assert not embedding.conv_out.weight.any()  # diffusers' zero output convolution either way
+        return last
+
+    own, other = tc.pose_maps(poses[0, 0], 64), tc.pose_maps(poses[2, 0], 64)  # arm_wave vs jump
+    unit = features("unit-variance", sample)
+    assert float(unit.std()) == pytest.approx(1.0, rel=1e-3)  # on the maps it was set up on
+    moved = float((features("unit-variance", own) - features("unit-variance", other)).std())
+    default_moved = float((features("diffusers", own) - features("diffusers", other)).std())
+    assert moved > 0.3 and moved > 20 * default_moved  # PyTorch's default barely sees a 1-px skeleton
