@@ -20,7 +20,8 @@ class ControlConfig:
     seed: int = 0
     # The condition embedding's widths, one per stage: len - 1 stride-2 convolutions, so 3 for
     # a 4x VAE (64x64 pose maps -> 16x16 latents). diffusers' SD default is (16, 32, 96, 256), 8x.
-    condition_channels: tuple[int, ...] = (16, 32, 64)
+    # None: 16, 32, 64, ... with as many stages as the base's VAE scale needs (4x: 16/32/64).
+    condition_channels: tuple[int, ...] | None = None
     # How the condition embedding's convolutions (all but its zero output one) start: "unit-variance"
     # (Gaussian, then scaled so their outputs have unit variance on the training pose maps, LSUV) or
     # "diffusers" (PyTorch's default). Measured: with the default, a pose map (1-px limbs on black)
@@ -41,13 +42,20 @@ class ControlConfig:
     log_every: int = 25
     weights_dtype: str = "float16"  # as the base ships
 
+    def embedding_channels(self, size_multiple: int) -> tuple[int, ...]:
+        """The condition embedding's widths for a base whose latents are ``size_multiple``x smaller."""
+        if self.condition_channels is not None:
+            return tuple(self.condition_channels)
+        stages = max(1, size_multiple.bit_length())  # 1 + log2 of a power of two
+        return tuple(16 * 2 ** i for i in range(stages))
+
     def validate(self, size_multiple: int) -> None:
         """``size_multiple``: the base's VAE scale, which the condition embedding must match."""
-        if 2 ** (len(self.condition_channels) - 1) != size_multiple:
-            raise ValueError(f"condition_channels {self.condition_channels} scale the pose map down "
-                             f"{2 ** (len(self.condition_channels) - 1)}x; this base's latents are {size_multiple}x "
-                             "smaller than its frames")
-        if min(self.steps, self.batch, self.checkpoint_every, self.log_every, *self.condition_channels) < 1:
+        channels = self.embedding_channels(size_multiple)
+        if 2 ** (len(channels) - 1) != size_multiple:
+            raise ValueError(f"condition_channels {channels} scale the pose map down {2 ** (len(channels) - 1)}x; "
+                             f"this base's latents are {size_multiple}x smaller than its frames")
+        if min(self.steps, self.batch, self.checkpoint_every, self.log_every, *channels) < 1:
             raise ValueError("steps, batch, intervals and widths must be positive")
         if self.condition_init not in CONDITION_INITS:
             raise ValueError(f"condition_init must be one of {', '.join(CONDITION_INITS)}")

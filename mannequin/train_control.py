@@ -122,10 +122,12 @@ def read_base(source: str | Path) -> BaseInfo:
                     size_multiple=vae_size_multiple(vae), unet_wall_s=float(wall) if wall else None)
 
 
-def new_controlnet(unet_folder: Path, control: ControlConfig, condition_sample: "torch.Tensor | None" = None):
+def new_controlnet(unet_folder: Path, control: ControlConfig, size_multiple: int,
+                   condition_sample: "torch.Tensor | None" = None):
     """A ControlNet made from the base's 2D UNet (diffusers' ``from_unet``: the encoder copied,
-    zero convolutions out), its new layers seeded; with ``condition_init`` "unit-variance", its
-    condition embedding set up on ``condition_sample`` (pose maps, (N, 3, H, W))."""
+    zero convolutions out), its condition embedding scaling maps down ``size_multiple``x (the
+    base's VAE scale), its new layers seeded; with ``condition_init`` "unit-variance", the
+    embedding set up on ``condition_sample`` (pose maps, (N, 3, H, W))."""
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
@@ -133,7 +135,8 @@ def new_controlnet(unet_folder: Path, control: ControlConfig, condition_sample: 
                                                   local_files_only=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(control.seed)
-        net = ControlNetModel.from_unet(unet2d, conditioning_embedding_out_channels=tuple(control.condition_channels))
+        net = ControlNetModel.from_unet(unet2d,
+                                        conditioning_embedding_out_channels=control.embedding_channels(size_multiple))
         if control.condition_init == "unit-variance":
             if condition_sample is None:
                 raise ValueError("the unit-variance condition init needs sample pose maps")
@@ -529,7 +532,7 @@ def _run(base_source: str | Path, out: Path, *, control: ControlConfig | None = 
     state["stages"]["latents"].update(status="done", source=str(latents_from) if latents_from else "encoded")
 
     # ---------------------------------------------------------------- the ControlNet
-    controlnet = new_controlnet(info.folder / "unet", control, sample_condition(poses, config.size))
+    controlnet = new_controlnet(info.folder / "unet", control, info.size_multiple, sample_condition(poses, config.size))
     state["parameters"] = sum(p.numel() for p in controlnet.parameters())
     stage = ControlStage(control, config, base, controlnet, latent_mean, latent_std, poses,
                          train_set.action_ids(config.train_actions))
@@ -664,7 +667,7 @@ def probe(base_source: str | Path | None, control: ControlConfig, threads: int, 
             started = time.perf_counter()
             mean, std = tb.encode_latents(base.vae, clips.frames, flips)
             latents_s = (time.perf_counter() - started) / len(clips.paths)
-            net = new_controlnet(unet_folder, control, sample_condition(poses, config.size))
+            net = new_controlnet(unet_folder, control, base.size_multiple, sample_condition(poses, config.size))
             stage = ControlStage(control, config, base, net, mean, std, poses,
                                  clips.action_ids(config.train_actions))
             walls, cpus = [], []

@@ -209,7 +209,7 @@ def test_held_out_actions_never_reach_the_controlnet(smoke, tmp_path):
     base = load_base(smoke[0])
     latents = torch.zeros(len(clips.paths), 2, 16, 4, 16, 16)
     poses = tc.clip_poses(clips, info.config, 2)
-    net = tc.new_controlnet(smoke[0] / "unet", smoke_control_config(), tc.sample_condition(poses, 64))
+    net = tc.new_controlnet(smoke[0] / "unet", smoke_control_config(), 4, tc.sample_condition(poses, 64))
     stage = tc.ControlStage(smoke_control_config(), info.config, base, net, latents, latents, poses,
                             clips.action_ids(info.config.train_actions))
     assert torch.equal(stage.token_ids, tb.tokenize(base.tokenizer, ["a person is waving an arm.",
@@ -234,7 +234,7 @@ def test_the_stage_trains_only_the_controlnet_through_the_pipelines_residual_pat
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(len(clips.paths), 2, 16, 4, 16, 16, generator=g)
     control = smoke_control_config(lr=1e-2, warmup=1)  # steps large enough to see after 3 of them
-    net = tc.new_controlnet(smoke[0] / "unet", control, tc.sample_condition(poses, 64))
+    net = tc.new_controlnet(smoke[0] / "unet", control, 4, tc.sample_condition(poses, 64))
     stage = tc.ControlStage(control, info.config, base, net, latents, latents.abs() * 0.1, poses,
                             clips.action_ids(info.config.train_actions))
     batch = stage.batch()
@@ -343,7 +343,8 @@ def test_the_probe_times_steps_and_plans_the_steps_that_fit_the_budget(smoke, tm
     assert report["step_s"] > 0 and report["threads"] == 1 and report["batch_clips"] == 2
     fixed_s = 60 * sum(report["plan_minutes"][k] for k in ("keypoints", "latents", "eval_export"))
     rounding_s = 3 * 0.05 * 60  # three figures rounded to 0.1 min
-    assert abs(report["steps_that_fit"] - (0.95 * 3 * 60 - fixed_s) / report["step_s"]) <= rounding_s / report["step_s"] + 1
+    planned = (0.95 * 3 * 60 - fixed_s) / report["step_s"]
+    assert abs(report["steps_that_fit"] - planned) <= rounding_s / report["step_s"] + 1
     assert report["latents_reused_steps_that_fit"] >= report["steps_that_fit"]
 
 
@@ -355,7 +356,7 @@ def test_the_condition_embedding_starts_with_features_set_by_the_pose_not_its_bi
     sample = tc.sample_condition(poses, 64)
 
     def features(init, maps):
-        embedding = tc.new_controlnet(smoke[0] / "unet", smoke_control_config(condition_init=init),
+        embedding = tc.new_controlnet(smoke[0] / "unet", smoke_control_config(condition_init=init), 4,
                                       sample).controlnet_cond_embedding
         with torch.no_grad():
             x = maps
