@@ -67,7 +67,7 @@ def _controlnet(request: AnimateRequest, kind: str, model: str, size_multiple: i
 
     folder = find_controlnet(kind, getattr(request, f"{kind}_controlnet"), model).resolve()
     config = check_controlnet_folder(folder, kind)
-    check_controlnet_fits(folder, config, model, size_multiple, kind)
+    check_controlnet_fits(folder, config, model, size_multiple, kind, request.motion_adapter)
     return folder, controlnet_identity(folder)
 
 

@@ -126,10 +126,11 @@ def machine_info() -> dict:
             "torch_threads": torch.get_num_threads(), "load_average": load}
 
 
-def default_work_dir(out: Path) -> Path:
+def default_work_dir(out: Path, kind: str = "mannequin-base") -> Path:
+    """``~/.cache/flash-previs/<kind>/<out name>-<hash of out>``: one run state per output."""
     out = Path(out).expanduser().resolve()
     tag = hashlib.sha256(str(out).encode()).hexdigest()[:8]
-    return Path.home() / ".cache" / "flash-previs" / "mannequin-base" / f"{out.name}-{tag}"
+    return Path.home() / ".cache" / "flash-previs" / kind / f"{out.name}-{tag}"
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, min_fraction: float) -> float:
@@ -241,15 +242,17 @@ class ClipSet:
         return hashlib.sha256("\n".join(str(p) for p in self.paths).encode()).hexdigest()[:16]
 
 
-def render_clips(config: BaseConfig, cache: Path, workers: int, log: Callable) -> dict:
-    """Make sure the train clips (training actions only) and the test clips exist in the cache."""
+def render_clips(config: BaseConfig, cache: Path, workers: int, log: Callable, keypoints: bool = False) -> dict:
+    """Make sure the train clips (training actions only) and the test clips exist in the cache
+    (with ``keypoints``: and their ground-truth ``.pose.json``, written from the specs without
+    rendering clips that are already there)."""
     from mannequin.generate import generate
 
     eval_actions = config.train_actions + tuple(config.held_out)
     train = generate(cache, config.train_actions, config.clips_per_action, "train", config.data_seed,
-                     config.size, config.frames, "png", workers, log)
+                     config.size, config.frames, "png", workers, log, keypoints=keypoints)
     test = generate(cache, eval_actions, config.eval_clips_per_action, "test", config.data_seed, config.size,
-                    config.frames, "png", workers, log)
+                    config.frames, "png", workers, log, keypoints=keypoints)
     return {"train": train, "test": test}
 
 
@@ -496,22 +499,48 @@ def tokenize(tokenizer, prompts: list[str]):
                      return_tensors="pt").input_ids
 
 
-def unet_loss(unet, text_encoder, scheduler, batch: dict) -> "torch.Tensor":
+def unet_loss(unet, text_encoder, scheduler, batch: dict, residuals: Callable | None = None) -> "torch.Tensor":
     """FLASH's training objective at base scale: clean frame 0, noise MSE on frames 1..N-1.
 
     ``batch``: ``latents`` (B, C, F, h, w) scaled, ``noise`` like it, ``timesteps`` (B,),
     ``token_ids`` (B, L). The UNet sees frame 0 noise-free, as the pipeline gives it at
     every sampling step, and its spatial self-attention is FLASH's cross-frame attention.
+    ``residuals(noisy, timesteps, text_per_frame)``, when given, returns extra UNet arguments
+    (a ControlNet's ``down_block_additional_residuals`` / ``mid_block_additional_residual``)
+    computed from the same UNet input.
     """
     import torch.nn.functional as F
 
     latents, noise = batch["latents"], batch["noise"]
     noisy = scheduler.add_noise(latents, noise, batch["timesteps"])
     noisy[:, :, 0] = latents[:, :, 0]
-    text = text_encoder(batch["token_ids"])[0]
-    prediction = unet(noisy, batch["timesteps"], encoder_hidden_states=text.repeat_interleave(latents.shape[2], 0)
-                      ).sample
+    text = text_encoder(batch["token_ids"])[0].repeat_interleave(latents.shape[2], 0)
+    extra = residuals(noisy, batch["timesteps"], text) if residuals is not None else {}
+    prediction = unet(noisy, batch["timesteps"], encoder_hidden_states=text, **extra).sample
     return F.mse_loss(prediction[:, :, 1:].float(), noise[:, :, 1:].float())
+
+
+def video_batch(g, latent_mean, latent_std, scale: float, num_timesteps: int, size: int, cfg_dropout: float,
+                action_ids, token_ids) -> dict:
+    """One step's clips as FLASH samples them, drawn from generator ``g``: random clips (and
+    mirror images) of the latent cache, a posterior sample per frame with frame 0 the posterior
+    mean, noise, uniform timesteps and prompts (the last row of ``token_ids``, "", for a share
+    ``cfg_dropout``). Also returns which clips (``clips``) and mirrors (``flips``) it drew."""
+    import torch
+
+    count, flips = latent_mean.shape[:2]
+    clip = torch.randint(count, (size,), generator=g)
+    flip = torch.randint(flips, (size,), generator=g)
+    mean, std = latent_mean[clip, flip], latent_std[clip, flip]  # (B, F, C, h, w)
+    sample = mean + std * torch.randn(mean.shape, generator=g)
+    sample[:, 0] = mean[:, 0]  # the pipeline encodes the reference frame with the posterior mean
+    latents = (sample * scale).transpose(1, 2).contiguous()  # (B, C, F, h, w)
+    noise = torch.randn(latents.shape, generator=g)
+    timesteps = torch.randint(num_timesteps, (size,), generator=g)
+    dropped = torch.rand(size, generator=g) < cfg_dropout
+    prompt = torch.where(dropped, torch.full_like(clip, len(token_ids) - 1), action_ids[clip])
+    return {"latents": latents, "noise": noise, "timesteps": timesteps, "token_ids": token_ids[prompt],
+            "clips": clip, "flips": flip}
 
 
 class UnetStage(CheckpointedStage):
@@ -543,21 +572,9 @@ class UnetStage(CheckpointedStage):
         return lr_at(self.step, self.total, c.unet_lr, c.unet_warmup, c.min_lr_fraction)
 
     def batch(self) -> dict:
-        import torch
-
-        c, g = self.config, self.generator
-        count, flips = self.latent_mean.shape[:2]
-        clip = torch.randint(count, (c.unet_batch,), generator=g)
-        flip = torch.randint(flips, (c.unet_batch,), generator=g)
-        mean, std = self.latent_mean[clip, flip], self.latent_std[clip, flip]  # (B, F, C, h, w)
-        sample = mean + std * torch.randn(mean.shape, generator=g)
-        sample[:, 0] = mean[:, 0]  # the pipeline encodes the reference frame with the posterior mean
-        latents = (sample * self.scale).transpose(1, 2).contiguous()  # (B, C, F, h, w)
-        noise = torch.randn(latents.shape, generator=g)
-        timesteps = torch.randint(self.scheduler.config.num_train_timesteps, (c.unet_batch,), generator=g)
-        dropped = torch.rand(c.unet_batch, generator=g) < c.cfg_dropout
-        prompt = torch.where(dropped, torch.full_like(clip, len(self.token_ids) - 1), self.action_ids[clip])
-        return {"latents": latents, "noise": noise, "timesteps": timesteps, "token_ids": self.token_ids[prompt]}
+        return video_batch(self.generator, self.latent_mean, self.latent_std, self.scale,
+                           self.scheduler.config.num_train_timesteps, self.config.unet_batch,
+                           self.config.cfg_dropout, self.action_ids, self.token_ids)
 
     def train_step(self) -> float:
         import torch
@@ -692,14 +709,32 @@ def curve(losses: list[float], every: int) -> dict:
             "mean_of_last_100": round(sum(tail) / len(tail), 6) if tail else None}
 
 
-def is_our_export(folder: Path) -> bool:
+def is_our_export(folder: Path, generator: str = GENERATOR) -> bool:
     record = _read_json(folder / "training.json")
-    return isinstance(record, dict) and record.get("generator") == GENERATOR
+    return isinstance(record, dict) and record.get("generator") == generator
 
 
-def check_destination(out: Path, force: bool) -> None:
-    if out.exists() and not force and not (out.is_dir() and (is_our_export(out) or not any(out.iterdir()))):
-        raise RunError(f"{out} exists and is not a model written by {GENERATOR}; pass --force to replace it")
+def check_destination(out: Path, force: bool, generator: str = GENERATOR) -> None:
+    if out.exists() and not force and not (out.is_dir() and (is_our_export(out, generator) or not any(out.iterdir()))):
+        raise RunError(f"{out} exists and is not a model written by {generator}; pass --force to replace it")
+
+
+def replace_folder(out: Path, fill: Callable[[Path], None]) -> Path:
+    """``fill(staging)`` writes a folder beside ``out`` (a hidden temporary name), which then
+    replaces ``out`` by renames: ``out`` is never half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by an export that died half-way
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    fill(staging)
+    for path in staging.rglob("*"):  # some writers create 0600 files; the shipped folder is for everyone
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
 
 
 def export(parts: dict, out: Path, config: BaseConfig, files: dict[str, object], demo_image: Path) -> Path:
@@ -714,22 +749,14 @@ def export(parts: dict, out: Path, config: BaseConfig, files: dict[str, object],
     shipped = dict(parts)
     for name in ("unet2d", "motion_adapter", "vae", "text_encoder"):
         shipped[name] = copy.deepcopy(parts[name]).to(dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in (*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")):
-        shutil.rmtree(stale, ignore_errors=True)  # left by an export that died half-way
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    save_folder(shipped, staging)
-    for name, data in files.items():
-        _write_json(staging / name, data)
-    shutil.copyfile(demo_image, staging / "demo_reference.png")
-    for path in staging.rglob("*"):  # some writers create 0600 files; the shipped folder is for everyone
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
+
+    def fill(staging: Path) -> None:
+        save_folder(shipped, staging)
+        for name, data in files.items():
+            _write_json(staging / name, data)
+        shutil.copyfile(demo_image, staging / "demo_reference.png")
+
+    return replace_folder(out, fill)
 
 
 def weight_files_size(folder: Path) -> int:

@@ -10,7 +10,9 @@ Which ControlNet a control uses: the one the request names (``--pose-controlnet 
 ``MODEL/controlnet_depth/``), else, for a Stable Diffusion 1.5 model, the public one
 ``weights fetch --control`` downloads. A ControlNet must fit the model it steers (the UNet's
 input channels, text width and encoder layout, and a condition embedding that lands on the
-model's latent size); that is told from the configs, before any weights load.
+model's latent size); that is told from the configs, before any weights load. A ControlNet
+trained for one base (``python -m mannequin.train_control``) also names that base's identity in
+``flash_controlnet.json``; another base, even of the same shape, is then refused.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ SD15_GEOMETRY = {"in_channels": 4, "cross_attention_dim": 768, "block_out_channe
 # diffusers' ControlNetModel defaults, for configs that leave them out
 DEFAULT_CONDITION_CHANNELS = (16, 32, 96, 256)
 CONDITION_IMAGE_CHANNELS = 3  # the engine's conditions are RGB images (pose maps, depth)
+# Beside a ControlNet's config.json: {"format", "version", "control", "base_identity", ...}, the
+# base it was trained with (public ControlNets have none: their shape is all that is checked).
+MADE_FOR = "flash_controlnet.json"
+MADE_FOR_FORMAT = "flash-controlnet"
 
 
 def flag(control: str) -> str:
@@ -109,7 +115,39 @@ def check_controlnet_folder(folder: Path, control: str) -> dict:
     return config
 
 
-def check_controlnet_fits(folder: Path, config: dict, model: str | Path, size_multiple: int, control: str) -> None:
+def made_for(folder: Path) -> dict | None:
+    """What ``folder``'s ``flash_controlnet.json`` says (None when it has none)."""
+    path = Path(folder) / MADE_FOR
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("format") != MADE_FOR_FORMAT:
+            raise ValueError(f"not a {MADE_FOR_FORMAT} record")
+        return record
+    except (OSError, ValueError) as err:
+        raise FlashError(f"unreadable {path}: {err}", "fix or replace the ControlNet folder",
+                         code="weights_incomplete") from err
+
+
+def check_controlnet_base(folder: Path, model: str | Path, control: str, adapter_dir: str | Path | None = None) -> None:
+    """A one-line FlashError when ``folder`` names the base it was trained with and ``model`` is
+    another (told by the weights' fingerprints, without loading)."""
+    from flash_engine.models.loading import base_identity
+
+    record = made_for(folder)
+    wanted = record.get("base_identity") if record else None
+    if not wanted:
+        return
+    identity = base_identity(model, adapter_dir)
+    if identity is not None and identity != wanted:
+        raise FlashError(f"the {control} ControlNet {folder} was trained with base model {wanted}, not {identity} "
+                         f"({model})", f"pass {flag(control)} a ControlNet trained for this model, or train one "
+                         "(python -m mannequin.train_control)", code="base_mismatch")
+
+
+def check_controlnet_fits(folder: Path, config: dict, model: str | Path, size_multiple: int, control: str,
+                          adapter_dir: str | Path | None = None) -> None:
     """A one-line FlashError when the ControlNet in ``folder`` was made for another base model."""
     theirs, ours = _geometry(config), _geometry(unet_config(model))
     different = [f"{name} {theirs[name]} vs {ours[name]}" for name in GEOMETRY if theirs[name] != ours[name]]
@@ -127,6 +165,7 @@ def check_controlnet_fits(folder: Path, config: dict, model: str | Path, size_mu
     if channels != CONDITION_IMAGE_CHANNELS:
         raise FlashError(f"the {control} ControlNet {folder} takes {channels}-channel conditions, not RGB images",
                          f"pass {flag(control)} a ControlNet whose condition is an image", code="base_mismatch")
+    check_controlnet_base(folder, model, control, adapter_dir)
 
 
 def find_controlnet(control: str, given: str | None, model: str | Path) -> Path:
