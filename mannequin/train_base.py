@@ -444,12 +444,17 @@ class VaeStage(CheckpointedStage):
         pixels = to_pixels(picked)
         return torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
 
+    def latent_noise_std(self, frames: int):
+        """Per-frame std of extra noise on the latents (None: none; the decoder tune adds some)."""
+        return None
+
     def train_step(self) -> float:
         import torch
 
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr()
-        loss, _ = vae_loss(self.vae, self.batch(), self.generator, self.config)
+        pixels = self.batch()
+        loss, _ = vae_loss(self.vae, pixels, self.generator, self.config, self.latent_noise_std(len(pixels)))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.config.grad_clip)
         self.optimizer.step()
@@ -773,6 +778,18 @@ class RunResult:
     record: dict = field(default_factory=dict)
 
 
+def discard_run(work: Path, state: dict, generator: str, stage_dirs: tuple[str, ...]) -> None:
+    """``--restart``: remove a run's state once its ``run.json`` shows ``generator`` wrote it,
+    and only the names a run writes (its stage folders, the latent cache, the record, the
+    log); anything else in ``work`` stays."""
+    if state.get("generator") != generator:
+        raise RunError(f"{work} holds a run of {state.get('generator')}, not {generator}; pick another --work")
+    for folder in stage_dirs:
+        shutil.rmtree(work / folder, ignore_errors=True)
+    for file in (LATENTS_FILE, "train.log", *(p.name for p in work.glob(f".{LATENTS_FILE}.tmp-*")), RUN_JSON):
+        (work / file).unlink(missing_ok=True)
+
+
 def _stage_record(state: dict, name: str) -> dict:
     return state["stages"].setdefault(name, {"status": "pending", "wall_s": 0.0})
 
@@ -809,7 +826,7 @@ def _run(config: BaseConfig, out: Path, *, work: Path | None = None, cache: Path
 
     state = _read_json(work / RUN_JSON)
     if state is not None and restart:
-        shutil.rmtree(work)
+        discard_run(work, state, GENERATOR, ("vae", "unet"))
         state = None
     if state is not None and not resume:
         raise RunError(f"a run already exists in {work}; pass --resume to continue it or --restart to discard it")

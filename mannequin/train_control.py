@@ -436,9 +436,7 @@ def _run(base_source: str | Path, out: Path, *, control: ControlConfig | None = 
 
     state = tb._read_json(work / tb.RUN_JSON)
     if state is not None and restart:
-        import shutil
-
-        shutil.rmtree(work)
+        tb.discard_run(work, state, GENERATOR, (STAGE_DIR,))
         state = None
     if state is not None and not resume:
         raise tb.RunError(f"a run already exists in {work}; pass --resume to continue it or --restart to discard it")

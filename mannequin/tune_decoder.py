@@ -67,22 +67,12 @@ class DecoderStage(tb.VaeStage):
         self.latent_noise = settings.latent_noise
         self.latent_std = latent_std
 
-    def train_step(self) -> float:
-        if not self.latent_noise:
-            return super().train_step()
+    def latent_noise_std(self, frames: int):
         import torch
 
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr()
-        pixels = self.batch()
-        std = torch.rand(len(pixels), generator=self.generator) * self.latent_noise * self.latent_std
-        loss, _ = tb.vae_loss(self.vae, pixels, self.generator, self.config, extra_noise_std=std)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.config.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return float(loss.detach())
+        if not self.latent_noise:
+            return None
+        return torch.rand(frames, generator=self.generator) * self.latent_noise * self.latent_std
 
 
 def encoder_state(vae) -> dict:

@@ -293,6 +293,22 @@ def test_a_budget_stopped_vae_does_not_continue_once_the_unet_has_trained_on_its
     assert stages["unet"]["status"] == "done" and stages["unet"]["steps_done"] == config.unet_steps
 
 
+def test_restart_removes_only_what_a_run_of_this_trainer_wrote(tmp_path):
+    from mannequin.train_base import GENERATOR, LATENTS_FILE, RUN_JSON, discard_run
+
+    work = tmp_path / "work"
+    (work / "vae").mkdir(parents=True)
+    (work / "vae" / "checkpoint.json").write_text("{}")
+    for name in (RUN_JSON, "train.log", LATENTS_FILE, f".{LATENTS_FILE}.tmp-12"):
+        (work / name).write_text("x")
+    (work / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match="holds a run of mannequin.train_control"):
+        discard_run(work, {"generator": "mannequin.train_control"}, GENERATOR, ("vae", "unet"))
+    assert (work / "vae" / "checkpoint.json").exists() and (work / RUN_JSON).exists()
+    discard_run(work, {"generator": GENERATOR}, GENERATOR, ("vae", "unet"))
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
+
+
 # ---------------------------------------------------------------- held-out actions
 
 def test_held_out_actions_never_appear_in_the_training_data(cache):
