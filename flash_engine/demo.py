@@ -3,7 +3,9 @@
 With the built-in ``mannequin`` model (the default when it ships), the demo animates the
 model card's reference (``demo_reference.png``) with the card's ``demo`` settings (prompt,
 size, frames, steps, guidance, seed) at the model's native 64×64, and adds an enlarged
-preview (``preview.mp4`` and ``strip.png``, nearest-neighbour ×4). Any other model animates
+preview (``preview.mp4`` and ``strip.png``, nearest-neighbour ×4). When the model ships its pose
+ControlNet, a second take beside it (``OUT-pose``) is steered by the card's demo poses (a
+held-out action done by the reference's own person: ``mannequin.demo_pose``). Any other model animates
 a reference frame drawn in code at 256 px long side.
 """
 
@@ -44,15 +46,20 @@ def draw_reference(width: int = 384, height: int = 256) -> Image.Image:
 PREVIEW_SCALE = 4  # mannequin frames are 64×64: too small to look at as they are
 
 
-def write_preview(out: Path, frames, scale: int = PREVIEW_SCALE, fps: int = 8) -> list[str]:
-    """``preview.mp4`` + ``strip.png`` (the frames side by side), enlarged ``scale``× without smoothing."""
+def write_preview(out: Path, frames, scale: int = PREVIEW_SCALE, fps: int = 8, maps=None) -> list[str]:
+    """``preview.mp4`` + ``strip.png`` (the frames side by side), enlarged ``scale``× without
+    smoothing; with ``maps`` (the take's pose maps, one per frame), the strip's first row is them."""
     import numpy as np
 
     from flash_engine.images import write_mp4
 
-    stack = np.stack([np.asarray(Image.fromarray(frame).resize((frame.shape[1] * scale, frame.shape[0] * scale),
-                                                                Image.NEAREST)) for frame in frames])
-    Image.fromarray(np.concatenate(list(stack), axis=1)).save(out / "strip.png")
+    def enlarged(images):
+        return np.stack([np.asarray(Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale),
+                                                                  Image.NEAREST)) for image in images])
+
+    stack = enlarged(frames)
+    rows = ([enlarged(maps)] if maps is not None else []) + [stack]
+    Image.fromarray(np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)).save(out / "strip.png")
     write_mp4(stack, out / "preview.mp4", fps=fps)
     return ["preview.mp4", "strip.png"]
 
@@ -104,3 +111,26 @@ def run_mannequin_demo(out: Path) -> None:
     done = _animate(request, lambda folder, frames: write_preview(folder, frames))
     print(f"demo: frames and flash.mp4 in {done}; enlarged ×{PREVIEW_SCALE}: preview.mp4 and strip.png",
           file=sys.stderr)
+    if "pose" in demo and (MANNEQUIN_DIR / "controlnet_pose").is_dir():
+        run_mannequin_pose_demo(out.with_name(out.name + "-pose"), demo, reference)
+
+
+def run_mannequin_pose_demo(out: Path, demo: dict, reference: Path) -> None:
+    """The same reference steered by the card's demo poses (a held-out action, through the
+    model's own pose ControlNet): ``animate --pose``, with the pose maps above the frames in
+    the strip."""
+    from flash_engine.animate import AnimateRequest
+    from flash_engine.models.loading import MANNEQUIN, MANNEQUIN_DIR
+    from flash_engine.pose.draw import draw_pose_maps
+    from flash_engine.pose.format import read_pose_file
+
+    pose = demo["pose"]
+    pose_file = MANNEQUIN_DIR / pose["file"]
+    request = AnimateRequest(image=str(reference), out=str(out), prompt=pose["prompt"], model=MANNEQUIN,
+                             width=demo["width"], height=demo["height"], frames=demo["frames"],
+                             steps=demo.get("steps"), guidance=demo.get("guidance"), seed=demo.get("seed", 7),
+                             pose=str(pose_file), overwrite=True, mp4=True)
+    maps = draw_pose_maps(read_pose_file(pose_file), demo["width"], demo["height"])
+    done = _animate(request, lambda folder, frames: write_preview(folder, frames, maps=maps))
+    print(f"demo: a take driven by the poses of {pose['action']} ({pose_file.name}) in {done}; "
+          "strip.png has the pose maps above the frames", file=sys.stderr)

@@ -451,12 +451,14 @@ def report_markdown(report: dict, config: BenchmarkConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(path: Path, block: str) -> None:
-    """Replace the generated block in ``path`` (or append it), keeping every other line as it was."""
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Mannequin few-shot benchmark\n\n"
-    if REPORT_START in text and REPORT_END in text:
-        head, rest = text.split(REPORT_START, 1)
-        text = head + block.rstrip("\n") + rest.split(REPORT_END, 1)[1]
+def write_report(path: Path, block: str, start: str = REPORT_START, end: str = REPORT_END,
+                 title: str = "# Mannequin few-shot benchmark\n\n") -> None:
+    """Replace the generated block (between ``start`` and ``end``) in ``path``, or append it
+    (to a new file that starts with ``title``), keeping every other line as it was."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else title
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block.rstrip("\n") + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block
     path.parent.mkdir(parents=True, exist_ok=True)

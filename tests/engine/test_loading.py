@@ -195,6 +195,52 @@ def test_demo_animates_the_model_card_reference_with_its_settings(mannequin_stan
     assert not (tmp_path / "out" / "demo_reference.png").exists()  # no drawn reference for mannequin
 
 
+def test_demo_adds_a_take_driven_by_the_cards_poses_when_the_model_has_a_pose_controlnet(
+        mannequin_stand_in, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from flash_engine.cli import main
+    from flash_engine.models import loading
+    from flash_engine.models.controlnet import controlnet_for
+    from flash_engine.pose.draw import draw_pose_maps
+    from flash_engine.pose.format import PoseSequence, write_pose_file
+
+    folder = tmp_path / "mannequin"
+    shutil.copytree(mannequin_stand_in, folder)
+    draw_scene(64, 64, seed=2).save(folder / "demo_reference.png")
+    controlnet_for(folder, seed=3).save_pretrained(folder / "controlnet_pose", safe_serialization=True)
+    rng = np.random.default_rng(4)
+    body = np.concatenate([rng.uniform(0.2, 0.8, (3, 18, 2)), np.ones((3, 18, 1))], axis=2)
+    write_pose_file(PoseSequence(body=body, width=64, height=64, fps=8.0), folder / "demo_pose.pose.json")
+    demo = {"image": "demo_reference.png", "action": "jump", "prompt": "a person is jumping.", "width": 64,
+            "height": 64, "frames": 3, "steps": 2, "guidance": 7.5, "seed": 7,
+            "pose": {"file": "demo_pose.pose.json", "action": "kick", "prompt": "a person is kicking."}}
+    (folder / "mannequin.json").write_text(json.dumps({"resolution": [64, 64], "frames": 16, "demo": demo}))
+    monkeypatch.setattr(loading, "MANNEQUIN_DIR", folder)
+    monkeypatch.delenv("FLASH_MODEL", raising=False)
+    monkeypatch.setenv("FLASH_WEIGHTS_DIR", str(tmp_path / "no-fetched-weights"))
+    out = tmp_path / "out" / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    posed = tmp_path / "out" / "demo-pose"
+    meta = json.loads((posed / "flash.json").read_text())
+    assert meta["settings"]["prompt"] == "a person is kicking."
+    assert [c["control"] for c in meta["control"]] == ["pose"]
+    assert meta["control"][0]["source"]["pose"] == str(folder / "demo_pose.pose.json")
+    plain = np.asarray(Image.open(out / "frame_0002.png").convert("RGB"))
+    steered = np.asarray(Image.open(posed / "frame_0002.png").convert("RGB"))
+    assert not np.array_equal(plain, steered)  # the poses steer it
+    with Image.open(posed / "strip.png") as strip:
+        assert strip.size == (3 * 256, 2 * 256)  # the pose maps above the frames, each ×4
+        pixels = np.asarray(strip.convert("RGB"))
+    maps = draw_pose_maps(PoseSequence(body=body, width=64, height=64), 64, 64)
+    assert np.array_equal(pixels[:256:4, 256:512:4], maps[1])
+    assert np.array_equal(pixels[256::4, 256:512:4], steered)
+    assert main(["demo", "--out", str(out)]) == 0  # both takes are the demo's own: replaced
+
+
 SHIPPED_MANNEQUIN = REPO / "flash_engine" / "models" / "mannequin"
 
 
