@@ -12,7 +12,8 @@ from their first frame with their own action's sentence, four ways:
 - ``mediapipe``: the driving-clip path (``animate --driving``) on the clip's own rendered
   frames: MediaPipe's poses, smoothed and retargeted to the person MediaPipe finds in frame 0;
 - ``other``: the driving-clip path on *another* test clip of the same action (another person and
-  camera drive this one, DirectAnimator's setting), retargeted the same way.
+  camera drive this one, DirectAnimator's setting; clips pair up 0↔1, 2↔3, …), retargeted the
+  same way.
 
 Two reference rows frame them: ``truth`` (the rendered clip itself: MediaPipe's own keypoint
 error on mannequin renders, which bounds every row's) and ``round_trip`` (the clip through the
@@ -163,6 +164,14 @@ def driving_poses(folder: Path, frames: int, reference: np.ndarray, reference_po
     return poses_from_driving(folder, frames, 0, None, reference_pose), "given"
 
 
+def driving_partner(index: int, references: int) -> int:
+    """The test clip that drives reference ``index`` in the ``other`` row: clips pair up (0↔1,
+    2↔3, …), so the pairing does not change with ``--references`` and scored rows stay valid;
+    with an odd count the last clip is driven by the one before it."""
+    partner = index ^ 1
+    return partner if partner < references else index - 1
+
+
 # ---------------------------------------------------------------------------- the run
 
 def run(config: ControlBenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None = None,
@@ -241,13 +250,17 @@ def run(config: ControlBenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path |
     with PoseJudge() as judge:
         for action in actions:
             for index in range(c.references):
+                other = driving_partner(index, c.references)
+                other_name = clip_path(cache / "test", action, other, "png").name
+                stale = done.get(("other", action, index))
+                if stale is not None and stale.get("driving") not in (None, other_name):
+                    del done[("other", action, index)]  # driven by another clip: scored again
                 todo = [r for r in ROWS if (r, action, index) not in done]
                 if not todo:
                     continue
                 truth_folder = clip_path(cache / "test", action, index, "png")
                 truth = world.clip("test", action, index)
                 truth_pose = read_pose_file(keypoints_path(truth_folder))
-                other = (index + 1) % c.references
                 for row_name in todo:
                     base_row = {"key": run_key, "row": row_name, "action": action, "index": index,
                                 "held_out": action in held_out}
@@ -279,7 +292,10 @@ def run(config: ControlBenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path |
                     log(f"{action} {index} {row_name}: flow {figures['flow_cos']:.3f} found {figures['found']:.2f} "
                         f"kp {figures['kp_truth'] if figures['kp_truth'] is None else round(figures['kp_truth'], 2)}"
                         + (f" ({seconds:.1f} s)" if seconds else ""))
-    rows = [done[k] for k in done if k[1] in actions and k[2] < c.references]
+    rows = [r for k, r in done.items() if k[1] in actions and k[2] < c.references
+            and (k[0] != "other" or r.get("driving") in (None, clip_path(cache / "test", k[1],
+                                                                           driving_partner(k[2], c.references),
+                                                                           "png").name))]
     return {"rows": rows, "table": summarise(rows), "paired": paired(rows), "classifier": classifier_meta,
             "held_out": list(held_out), "run_key": run_key, "base_identity": base.identity,
             "controlnet": str(folder), "controlnet_identity": controlnet_identity(folder),

@@ -113,3 +113,10 @@ def test_bad_options_are_refused_before_any_model_loads(tmp_path, capsys):
         cb.run(cb.smoke_config(references=1), tmp_path / "work", tmp_path / "cache")
     assert cb.main(["--smoke", "--controlnet", str(tmp_path / "missing"), "--work", str(tmp_path / "w")]) == 2
     assert "ControlNet" in capsys.readouterr().err
+
+
+def test_the_driving_partner_does_not_change_with_the_number_of_references():
+    assert [cb.driving_partner(i, 4) for i in range(4)] == [1, 0, 3, 2]
+    assert [cb.driving_partner(i, 8) for i in range(4)] == [1, 0, 3, 2]
+    assert [cb.driving_partner(i, 3) for i in range(3)] == [1, 0, 1]
+    assert all(cb.driving_partner(i, n) != i for n in (2, 3, 5, 8) for i in range(n))
