@@ -252,6 +252,25 @@ def vae_round_trip(base, clip: np.ndarray) -> np.ndarray:
         return to_uint8_frames(base.vae.decode(latents).sample)
 
 
+class ScoredRows:
+    """A benchmark's scored rows, one JSON line each in ``path`` (appended as they are scored):
+    ``rows`` holds those of ``run_key`` by ``key_of(row)``, so a restart skips them."""
+
+    def __init__(self, path: Path, run_key: str, key_of):
+        self.path, self.key_of = path, key_of
+        self.rows: dict = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                if row.get("key") == run_key:
+                    self.rows[key_of(row)] = row
+
+    def add(self, row: dict) -> None:
+        self.rows[self.key_of(row)] = row
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
 def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None = None, log=print,
         samples: Path | None = None) -> dict:
     """Run (or finish) the benchmark; returns {"rows": [...], "classifier": {...}, ...}."""
@@ -274,18 +293,8 @@ def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None =
     started = time.perf_counter()
     world = prepare_world(config, cache, held_out, log)
     classifier, classifier_meta = get_classifier(world, work, log)
-    results_path = work / "results.jsonl"
-    done = {}
-    if results_path.is_file():
-        for line in results_path.read_text().splitlines():
-            row = json.loads(line)
-            if row.get("key") == run_key:
-                done[(row["action"], row["shots"], row["variant"])] = row
-
-    def record(row: dict) -> None:
-        done[(row["action"], row["shots"], row["variant"])] = row
-        with results_path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+    results = ScoredRows(work / "results.jsonl", run_key, lambda row: (row["action"], row["shots"], row["variant"]))
+    done, record = results.rows, results.add
 
     pipeline = FlashPipeline(base)
     slot = ActionSlot(pipeline)

@@ -152,14 +152,15 @@ def score_clip(clip: np.ndarray, truth: np.ndarray, truth_body: np.ndarray, cont
 
 # ---------------------------------------------------------------------------- poses
 
-def driving_poses(folder: Path, frames: int, reference: np.ndarray, reference_pose) -> tuple[object, str]:
+def driving_poses(folder: Path, frames: int, reference: np.ndarray, reference_pose,
+                  person_in_reference: bool) -> tuple[object, str]:
     """The driving-clip path (``animate --driving``): MediaPipe's poses of the clip in
     ``folder``, retargeted to the person found in ``reference``; where MediaPipe finds none in
-    the reference, to its given pose instead (``--reference-pose``, the error's own fix).
-    Returns (PoseSequence, "detected" | "given")."""
-    from flash_engine.pose.driving import detect_person, poses_from_driving
+    the reference (``person_in_reference``), to its given pose instead (``--reference-pose``,
+    the error's own fix). Returns (PoseSequence, "detected" | "given")."""
+    from flash_engine.pose.driving import poses_from_driving
 
-    if detect_person(reference) is not None:
+    if person_in_reference:
         return poses_from_driving(folder, frames, 0, reference), "detected"
     return poses_from_driving(folder, frames, 0, None, reference_pose), "given"
 
@@ -186,6 +187,7 @@ def run(config: ControlBenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path |
     from flash_engine.models.loading import load_base, model_limits
     from flash_engine.pipeline import AnimationSettings, Control, FlashPipeline
     from flash_engine.pose.draw import draw_pose_maps
+    from flash_engine.pose.driving import detect_person
     from flash_engine.pose.format import read_pose_file
     from mannequin import benchmark
     from mannequin.generate import clip_path, default_cache_dir, generate, keypoints_path
@@ -220,18 +222,9 @@ def run(config: ControlBenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path |
     classifier, classifier_meta = benchmark.get_classifier(world, Path(bench_work or benchmark.DEFAULT_WORK)
                                                            .expanduser(), log)
 
-    results_path = work / "results.jsonl"
-    done: dict[tuple, dict] = {}
-    if results_path.is_file():
-        for line in results_path.read_text().splitlines():
-            row = json.loads(line)
-            if row.get("key") == run_key:
-                done[(row["row"], row["action"], row["index"])] = row
-
-    def record(row: dict) -> None:
-        done[(row["row"], row["action"], row["index"])] = row
-        with results_path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+    results = benchmark.ScoredRows(work / "results.jsonl", run_key,
+                                   lambda row: (row["row"], row["action"], row["index"]))
+    done, record = results.rows, results.add
 
     pipeline = FlashPipeline(base)
     net = pipeline.place(load_controlnet(folder))
@@ -261,6 +254,7 @@ def run(config: ControlBenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path |
                 truth_folder = clip_path(cache / "test", action, index, "png")
                 truth = world.clip("test", action, index)
                 truth_pose = read_pose_file(keypoints_path(truth_folder))
+                person_in_reference = None  # asked once per reference, when a driving row needs it
                 for row_name in todo:
                     base_row = {"key": run_key, "row": row_name, "action": action, "index": index,
                                 "held_out": action in held_out}
@@ -277,7 +271,10 @@ def run(config: ControlBenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path |
                                 source = truth_folder if row_name == "mediapipe" else \
                                     clip_path(cache / "test", action, other, "png")
                                 pose_started = time.perf_counter()
-                                pose, retarget = driving_poses(source, c.frames, truth[0], truth_pose)
+                                if person_in_reference is None:
+                                    person_in_reference = detect_person(truth[0]) is not None
+                                pose, retarget = driving_poses(source, c.frames, truth[0], truth_pose,
+                                                               person_in_reference)
                                 extra = {"driving": source.name, "retarget": retarget,
                                          "pose_s": round(time.perf_counter() - pose_started, 2)}
                             clip, seconds = animate(truth[0], action, index, pose)

@@ -50,9 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = demo_spec(card, args.action)
     path = args.model_dir / POSE_FILE
-    if path.exists():
-        path.unlink()  # ours: written by this command, named in the card
-    write_pose_file(pose_sequence(spec), path)
+    if path.exists() or path.is_symlink():
+        written = card["demo"].get("pose", {})
+        if written.get("file") != POSE_FILE or "mannequin.demo_pose" not in written.get("source", ""):
+            print(f"error: {path} is there but the card does not say this command wrote it; "
+                  "it was left as it is (move it away to rebuild the demo poses)", file=sys.stderr)
+            return 2
+        path.unlink()  # ours: the card's demo.pose names it as this command's output
+    write_pose_file(pose_sequence(spec), path)  # refuses to replace a file that appeared meanwhile
     card["demo"]["pose"] = {"file": POSE_FILE, "action": args.action, "prompt": PROMPTS[args.action],
                             "source": f"the demo reference's person and camera doing {args.action}: "
                                       "keypoints from the world's rig (python -m mannequin.demo_pose)"}

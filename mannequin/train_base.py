@@ -785,7 +785,10 @@ def discard_run(work: Path, state: dict, generator: str, stage_dirs: tuple[str, 
     if state.get("generator") != generator:
         raise RunError(f"{work} holds a run of {state.get('generator')}, not {generator}; pick another --work")
     for folder in stage_dirs:
-        shutil.rmtree(work / folder, ignore_errors=True)
+        if (work / folder).is_symlink():
+            (work / folder).unlink()  # the link only: what it points to is not the run's
+        elif (work / folder).is_dir():
+            shutil.rmtree(work / folder)  # a failure stops here: no half-removed run is resumed
     for file in (LATENTS_FILE, "train.log", *(p.name for p in work.glob(f".{LATENTS_FILE}.tmp-*")), RUN_JSON):
         (work / file).unlink(missing_ok=True)
 

@@ -157,6 +157,26 @@ def test_missing_mannequin_is_a_one_line_error_naming_the_fix(tmp_path, monkeypa
     assert not (tmp_path / "o").exists()
 
 
+def demo_model(stand_in, tmp_path, monkeypatch, **demo_changes):
+    """A copy of the mannequin stand-in as the built-in model, with a drawn demo reference and a
+    card whose demo takes 3 frames of 2 steps (plus ``demo_changes``); returns its folder."""
+    import json
+    import shutil
+
+    from flash_engine.models import loading
+
+    folder = tmp_path / "mannequin"
+    shutil.copytree(stand_in, folder)
+    draw_scene(64, 64, seed=2).save(folder / "demo_reference.png")
+    demo = {"image": "demo_reference.png", "action": "jump", "prompt": "a person is jumping.", "width": 64,
+            "height": 64, "frames": 3, "steps": 2, "guidance": 7.5, "seed": 7, **demo_changes}
+    (folder / "mannequin.json").write_text(json.dumps({"resolution": [64, 64], "frames": 16, "demo": demo}))
+    monkeypatch.setattr(loading, "MANNEQUIN_DIR", folder)
+    monkeypatch.delenv("FLASH_MODEL", raising=False)
+    monkeypatch.setenv("FLASH_WEIGHTS_DIR", str(tmp_path / "no-fetched-weights"))
+    return folder
+
+
 def test_demo_animates_the_model_card_reference_with_its_settings(mannequin_stand_in, tmp_path, monkeypatch):
     import json
     import shutil
@@ -164,15 +184,7 @@ def test_demo_animates_the_model_card_reference_with_its_settings(mannequin_stan
     from flash_engine.cli import main
     from flash_engine.models import loading
 
-    folder = tmp_path / "mannequin"
-    shutil.copytree(mannequin_stand_in, folder)
-    draw_scene(64, 64, seed=2).save(folder / "demo_reference.png")
-    demo = {"image": "demo_reference.png", "action": "jump", "prompt": "a person is jumping.", "width": 64,
-            "height": 64, "frames": 3, "steps": 2, "guidance": 7.5, "seed": 7}
-    (folder / "mannequin.json").write_text(json.dumps({"resolution": [64, 64], "frames": 16, "demo": demo}))
-    monkeypatch.setattr(loading, "MANNEQUIN_DIR", folder)
-    monkeypatch.delenv("FLASH_MODEL", raising=False)
-    monkeypatch.setenv("FLASH_WEIGHTS_DIR", str(tmp_path / "no-fetched-weights"))
+    folder = demo_model(mannequin_stand_in, tmp_path, monkeypatch)
     out = tmp_path / "out" / "demo"
     assert main(["demo", "--out", str(out)]) == 0
     assert main(["demo", "--out", str(out)]) == 0  # the demo's own take is replaced on the next run
@@ -208,20 +220,12 @@ def test_demo_adds_a_take_driven_by_the_cards_poses_when_the_model_has_a_pose_co
     from flash_engine.pose.draw import draw_pose_maps
     from flash_engine.pose.format import PoseSequence, write_pose_file
 
-    folder = tmp_path / "mannequin"
-    shutil.copytree(mannequin_stand_in, folder)
-    draw_scene(64, 64, seed=2).save(folder / "demo_reference.png")
-    controlnet_for(folder, seed=3).save_pretrained(folder / "controlnet_pose", safe_serialization=True)
     rng = np.random.default_rng(4)
     body = np.concatenate([rng.uniform(0.2, 0.8, (3, 18, 2)), np.ones((3, 18, 1))], axis=2)
+    folder = demo_model(mannequin_stand_in, tmp_path, monkeypatch, pose={
+        "file": "demo_pose.pose.json", "action": "kick", "prompt": "a person is kicking."})
+    controlnet_for(folder, seed=3).save_pretrained(folder / "controlnet_pose", safe_serialization=True)
     write_pose_file(PoseSequence(body=body, width=64, height=64, fps=8.0), folder / "demo_pose.pose.json")
-    demo = {"image": "demo_reference.png", "action": "jump", "prompt": "a person is jumping.", "width": 64,
-            "height": 64, "frames": 3, "steps": 2, "guidance": 7.5, "seed": 7,
-            "pose": {"file": "demo_pose.pose.json", "action": "kick", "prompt": "a person is kicking."}}
-    (folder / "mannequin.json").write_text(json.dumps({"resolution": [64, 64], "frames": 16, "demo": demo}))
-    monkeypatch.setattr(loading, "MANNEQUIN_DIR", folder)
-    monkeypatch.delenv("FLASH_MODEL", raising=False)
-    monkeypatch.setenv("FLASH_WEIGHTS_DIR", str(tmp_path / "no-fetched-weights"))
     out = tmp_path / "out" / "demo"
     assert main(["demo", "--out", str(out)]) == 0
     posed = tmp_path / "out" / "demo-pose"

@@ -108,11 +108,19 @@ def test_smoke_run_scores_every_row_drives_with_the_right_poses_and_resumes(tmp_
     assert report.read_text().count("control-benchmark:start") == 1
 
 
-def test_bad_options_are_refused_before_any_model_loads(tmp_path, capsys):
+def test_bad_options_are_refused_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    from flash_engine.models import loading
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(loading, "load_base", no_loading)
     with pytest.raises(SystemExit):
         cb.run(cb.smoke_config(references=1), tmp_path / "work", tmp_path / "cache")
     assert cb.main(["--smoke", "--controlnet", str(tmp_path / "missing"), "--work", str(tmp_path / "w")]) == 2
     assert "ControlNet" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown action"):
+        cb.run(cb.smoke_config(actions=("moonwalk",)), tmp_path / "work", tmp_path / "cache")
 
 
 def test_the_driving_partner_does_not_change_with_the_number_of_references():

@@ -305,8 +305,13 @@ def test_restart_removes_only_what_a_run_of_this_trainer_wrote(tmp_path):
     with pytest.raises(RunError, match="holds a run of mannequin.train_control"):
         discard_run(work, {"generator": "mannequin.train_control"}, GENERATOR, ("vae", "unet"))
     assert (work / "vae" / "checkpoint.json").exists() and (work / RUN_JSON).exists()
+    elsewhere = tmp_path / "elsewhere"  # a stage folder that is a link: the link goes, not its target
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    (work / "unet").symlink_to(elsewhere, target_is_directory=True)
     discard_run(work, {"generator": GENERATOR}, GENERATOR, ("vae", "unet"))
     assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
+    assert (elsewhere / "keep.txt").read_text() == "mine"
 
 
 # ---------------------------------------------------------------- held-out actions
