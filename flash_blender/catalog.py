@@ -89,10 +89,13 @@ class ActionInfo:
         return f"{mark}: the base model animates its sentence" if self.learned else mark
 
     def request_args(self) -> dict:
-        """What tells the engine which action to animate (the prompt is sent separately: for a
-        model's own action its sentence is all there is)."""
+        """What tells the engine which action to animate (the prompt is sent separately)."""
         if self.source == "preset":
             return {"action": self.path}  # the preset file itself: unambiguous, wherever it lives
+        if self.source == "model":
+            # by its card's id: the engine fills in the sentence when no prompt is known yet
+            # (a script's action="model:…" before any engine has reported its card)
+            return {"action": _slug(self.id)}
         return {"weights": self.weights} if self.weights else {}
 
 

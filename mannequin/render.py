@@ -414,6 +414,35 @@ def renderer() -> Renderer:
         return _RENDERER
 
 
+class StagedScene(NamedTuple):
+    """A renderer's scene handed over to a caller (:func:`hand_over_scene`)."""
+
+    scene: object
+    segments: dict   # segment name -> mesh object
+    floor: object
+    camera: object
+
+
+def hand_over_scene(spec: ClipSpec, name: str) -> StagedScene:
+    """The process's renderer's scene set up for ``spec`` (colours, light, camera, the figure
+    in the pose of its first frame), renamed ``name`` and given to the caller to build a shot
+    on (``mannequin.rig_scene``). The next render builds a new scene of its own, so renders
+    and the caller's changes never meet."""
+    global _RENDERER
+    staged = renderer()
+    with _RENDERER_LOCK, staged._lock:
+        from mathutils import Matrix
+
+        staged._output("colour")
+        staged._set_appearance(spec)
+        for segment, matrix in zip(A.SEGMENTS, figure_transforms(spec)[0]):
+            staged.objects[segment].matrix_world = Matrix(matrix.tolist())
+        staged.scene.name = name
+        if _RENDERER is staged:
+            _RENDERER = None
+    return StagedScene(staged.scene, dict(staged.objects), staged.floor, staged.camera)
+
+
 def render_clip(spec: ClipSpec) -> np.ndarray:
     """Render ``spec``: uint8 (num_frames, size, size, 3). The same spec gives the same pixels."""
     return renderer().render(spec)

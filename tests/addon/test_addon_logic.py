@@ -323,7 +323,7 @@ def test_with_a_model_card_the_list_offers_its_actions_with_their_sentences_firs
                                                  + ["trained:cartwheel", "trained:golf_swing"])
     wave = catalog.get("model:wave")
     assert wave.prompt == "a person waves." and wave.label == "Wave (learned by toy)" and wave.learned
-    assert wave.request_args() == {}  # the prompt (its sentence) is all the engine needs
+    assert wave.request_args() == {"action": "wave"}  # the engine's card knows it (and records it)
     assert wave.slug == "wave" and catalog.find("wave") is wave and catalog.find("Wave") is wave
     assert wave.note == "Learned by toy: the base model animates its sentence"
     kick = catalog.get("model:kick")
@@ -348,7 +348,9 @@ def test_with_a_model_card_the_list_offers_its_actions_with_their_sentences_firs
 def test_a_scenes_card_action_waits_for_the_engine_to_report_its_card(catalog):
     # a new session: no engine has run yet, the scene (saved earlier) asks for a card action
     waiting = catalog.find("model:wave")
-    assert waiting.id == "model:wave" and waiting.request_args() == {}  # the scene's prompt carries it
+    # the engine resolves it by its card: a script's animate_action(action="model:wave") has no
+    # scene prompt to carry the sentence (it used to reach the engine as "no action and no prompt")
+    assert waiting.id == "model:wave" and waiting.request_args() == {"action": "wave"}
     assert catalog.get("model:wave") == waiting
     item = catalog.enum_items("model:wave")[-1]
     assert item[0] == "model:wave" and "once the engine runs" in item[2]

@@ -166,7 +166,9 @@ def test_a_card_action_sends_the_sentence_the_model_was_trained_on(tmp_path):
                        "held_out": []})
     take, args = planned(tmp_path, action=catalog.get("model:arm_wave"))
     assert args["prompt"] == take.prompt == "a person is waving an arm."
-    assert not {"action", "weights"} & set(args)  # no preset file: its sentence is not the one learned
+    # the card's id, not a preset file (the preset's sentence is not the one learned); the engine's
+    # card wins over a preset of the same name
+    assert args["action"] == "arm_wave" and "weights" not in args
     assert requests.parse("animate", args).prompt == "a person is waving an arm."
     assert take.action == "model:arm_wave" and take.base_model_only
 
