@@ -200,8 +200,11 @@ def _weights_bytes(model: str) -> int:
         return 0
     from flash_engine.models.loading import MANNEQUIN_DIR
 
+    from flash_engine.models.controlnet import OWN_FOLDERS
+
     folder = MANNEQUIN_DIR if model == MANNEQUIN else Path(model).expanduser()
-    return sum(f.stat().st_size for f in folder.glob("*/*.safetensors"))
+    # the model's own ControlNets count only when a take uses them (controlnet_bytes)
+    return sum(f.stat().st_size for f in folder.glob("*/*.safetensors") if f.parent.name not in OWN_FOLDERS.values())
 
 
 def run_animate(job: ResolvedAnimate, pipeline, progress: Callable[[str, int, int], None] | None = None,

@@ -410,3 +410,15 @@ def test_a_controlnet_folder_with_only_the_fp16_variant_loads(tmp_path):
     loaded = load_controlnet(tmp_path / "net")
     assert loaded.dtype == torch.float32
     assert torch.equal(loaded.controlnet_mid_block.weight, net.controlnet_mid_block.weight.float())
+
+
+def test_the_memory_check_counts_a_model_folders_own_controlnets_only_when_a_take_uses_them(tmp_path):
+    # the base's weights are its components; its controlnet_pose/ is added by controlnet_bytes
+    # when a take steers with it (it used to be counted twice, and counted on takes without one)
+    from flash_engine.animate import _weights_bytes
+
+    model = tmp_path / "model"
+    for folder, size in (("unet", 1000), ("vae", 300), ("controlnet_pose", 500), ("controlnet_depth", 70)):
+        (model / folder).mkdir(parents=True)
+        (model / folder / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * size)
+    assert _weights_bytes(str(model)) == 1300
