@@ -216,15 +216,24 @@ def load_controlnet(folder: Path, dtype=None):
     return net.requires_grad_(False).eval()
 
 
-def new_controlnet(unet2d, seed: int | None = None, copy_weights: bool = True):
+def condition_channels(size_multiple: int) -> tuple[int, ...]:
+    """diffusers' condition embedding widths, one stage per halving: its default for an 8x VAE."""
+    stages = size_multiple.bit_length()  # 1 + log2 of a power of two
+    if stages > len(DEFAULT_CONDITION_CHANNELS):
+        raise ValueError(f"no condition embedding for a {size_multiple}x VAE")
+    return DEFAULT_CONDITION_CHANNELS[:stages]
+
+
+def new_controlnet(unet2d, seed: int | None = None, copy_weights: bool = True, size_multiple: int = 8):
     """A ControlNet for a 2D UNet, its encoder copied (diffusers' ``from_unet``; with
-    ``copy_weights=False`` only its shape). Its output convolutions start at zero, so it steers
-    nothing until trained; with ``seed`` they are random instead (tests and benchmarks of the
-    steering itself)."""
+    ``copy_weights=False`` only its shape), its condition scaled down ``size_multiple``x (the
+    base's VAE scale). Its output convolutions start at zero, so it steers nothing until
+    trained; with ``seed`` they are random instead (tests and benchmarks of the steering itself)."""
     import torch
     from diffusers import ControlNetModel
 
-    net = ControlNetModel.from_unet(unet2d, load_weights_from_unet=copy_weights)
+    net = ControlNetModel.from_unet(unet2d, conditioning_embedding_out_channels=condition_channels(size_multiple),
+                                    load_weights_from_unet=copy_weights)
     if seed is not None:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
@@ -241,6 +250,8 @@ def controlnet_for(model: str | Path, seed: int | None = None):
     import torch
     from diffusers import UNet2DConditionModel
 
+    from flash_engine.models.loading import model_limits
+
     with torch.device("meta"):
         unet2d = UNet2DConditionModel.from_config(unet_config(model))
-    return new_controlnet(unet2d, seed, copy_weights=False)
+    return new_controlnet(unet2d, seed, copy_weights=False, size_multiple=model_limits(model)["size_multiple"])

@@ -205,3 +205,17 @@ def test_a_controlled_denoising_never_waits_for_the_device(nets):
                                [Control(net, torch.rand(3, 3, SIZE, SIZE))])
     assert out.shape == latents.shape
     assert copies.blocking == []
+
+
+def test_a_new_controlnet_scales_its_condition_as_the_models_vae_does():
+    # diffusers' default condition embedding scales 8x (SD's VAE); the built-in model's VAE is 4x,
+    # and a ControlNet whose condition lands on another latent size is refused at load
+    from flash_engine.models.base import vae_size_multiple
+    from flash_engine.models.controlnet import controlnet_for
+    from flash_engine.models.loading import model_limits
+
+    for model in ("mannequin", "tiny"):
+        net = controlnet_for(model)
+        scale = vae_size_multiple({"block_out_channels": net.config.conditioning_embedding_out_channels})
+        assert scale == model_limits(model)["size_multiple"], model
+    assert model_limits("mannequin")["size_multiple"] == 4 and model_limits("tiny")["size_multiple"] == 8
