@@ -101,7 +101,7 @@ HEAD_ELLIPSOID_CENTRE = (HEAD_CENTRE[0], HEAD_CENTRE[1] - 0.01, HEAD_CENTRE[2]) 
 HEAD_ELLIPSOID_RADII = (0.105, 0.115, 0.125)
 
 
-def _face_points_local() -> tuple[np.ndarray, np.ndarray]:
+def face_points_local() -> tuple[np.ndarray, np.ndarray]:
     """The face points (5, 3) on the head ellipsoid in the head's frame, and their unit outward normals."""
     centre, radii = np.array(HEAD_ELLIPSOID_CENTRE), np.array(HEAD_ELLIPSOID_RADII)
     directions = np.array([direction for direction, _ in FACE_POINTS.values()])
@@ -129,7 +129,7 @@ def openpose_world(spec) -> tuple[np.ndarray, np.ndarray]:
     points[:, index["neck"]] = 0.5 * (points[:, index["r_shoulder"]] + points[:, index["l_shoulder"]])
 
     head = world[:, SEGMENT_INDEX["head"]]
-    local, normals = _face_points_local()
+    local, normals = face_points_local()
     face = [index[name] for name in FACE_POINTS]
     points[:, face] = np.einsum("fij,pj->fpi", head[:, :3, :3], local) + head[:, None, :3, 3]
     cam = camera_matrix(spec.camera_azimuth, spec.camera_elevation, spec.camera_distance)

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mannequin import actions as A
-from mannequin.camera import _face_points_local, figure_transforms
+from mannequin.camera import face_points_local, figure_transforms
 from mannequin.generate import FPS
 from mannequin.spec import ClipSpec
 
@@ -80,7 +80,7 @@ def bone_layout() -> dict:
     for side, suffix in (("l", "L"), ("r", "R")):  # the wrist: the forearm's far end
         layout[f"hand.{suffix}"] = (f"forearm.{suffix}", SMALL_BONE, f"{side}_forearm",
                                     _translation((0.0, 0.0, -A.FOREARM)) @ _axis_turn(-1))
-    face_points, _normals = _face_points_local()
+    face_points, _normals = face_points_local()
     for (point, bone), at in zip(_FACE_BONES.items(), face_points):  # the world's face points
         layout[bone] = ("spine.006", SMALL_BONE, "head", _translation(at) @ _axis_turn(+1))
     return layout
