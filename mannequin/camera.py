@@ -59,14 +59,19 @@ def project(points: np.ndarray, azimuth: float, elevation: float, distance: floa
     return project_with_depth(points, azimuth, elevation, distance, size)[0]
 
 
+def placement(spec) -> np.ndarray:
+    """The figure's placement in the world (4×4): the spec's scale and floor position."""
+    out = np.diag([spec.scale, spec.scale, spec.scale, 1.0])
+    out[:2, 3] = spec.position
+    return out
+
+
 def figure_transforms(spec) -> np.ndarray:
     """World transforms (F, segments, 4, 4) of the mannequin's segments for every frame of a spec."""
     from mannequin.actions import action_pose, clip_times, forward_kinematics
 
     pose = action_pose(spec.action, clip_times(spec.num_frames), spec.speed, spec.amplitude, spec.mirror)
-    placement = np.diag([spec.scale, spec.scale, spec.scale, 1.0])
-    placement[:2, 3] = spec.position
-    return placement @ forward_kinematics(pose)
+    return placement(spec) @ forward_kinematics(pose)
 
 
 def keypoints_2d(spec) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mannequin import actions as A
-from mannequin.camera import face_points_local, figure_transforms
+from mannequin.camera import face_points_local, figure_transforms, placement
 from mannequin.generate import FPS
 from mannequin.spec import ClipSpec
 
@@ -99,13 +99,6 @@ def armature_space_poses(spec: ClipSpec | None) -> dict:
             for bone, (_parent, _length, segment, in_segment) in bone_layout().items()}
 
 
-def placement(spec: ClipSpec) -> np.ndarray:
-    """The armature object's world matrix: the spec's scale and floor position."""
-    out = np.diag([spec.scale, spec.scale, spec.scale, 1.0])
-    out[:2, 3] = spec.position
-    return out
-
-
 def build_rigged_shot(spec: ClipSpec, scene_fps: int = 24, start: int = 1) -> RiggedShot:
     """Build the shot (a new scene, made the window's scene) for ``spec``; see the module doc."""
     import bpy
@@ -130,7 +123,7 @@ def build_rigged_shot(spec: ClipSpec, scene_fps: int = 24, start: int = 1) -> Ri
     data = bpy.data.armatures.new(ARMATURE_NAME)
     armature = bpy.data.objects.new(ARMATURE_NAME, data)
     scene.collection.objects.link(armature)
-    armature.matrix_world = Matrix(placement(spec).tolist())
+    armature.matrix_world = Matrix(placement(spec).tolist())  # the bones carry the rest
     view_layer = scene.view_layers[0]
     view_layer.objects.active = armature
     rest = armature_space_poses(None)
