@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench.memory_estimate import META, base_on_meta  # noqa: E402
 from flash_engine.library_logs import quiet_libraries  # noqa: E402
+from flash_engine.models.controlnet import controlnet_for  # noqa: E402
 from flash_engine.models.decoder import DetailEnhancementDecoder, encode_with_features  # noqa: E402
 from flash_engine.training.clips import Clip  # noqa: E402
 from flash_engine.training.config import TrainConfig  # noqa: E402
@@ -40,8 +41,9 @@ def counted(fn) -> float:
     return counter.get_total_flops() / TERA
 
 
-def clip_flops(model: str, frames: int, size: int, steps: int) -> dict[str, float]:
-    """One guided clip: the reference encode, ``steps`` CFG UNet calls, the enhanced decode."""
+def clip_flops(model: str, frames: int, size: int, steps: int, controlnets: int = 0) -> dict[str, float]:
+    """One guided clip: the reference encode, ``steps`` CFG UNet calls, the enhanced decode, and
+    with ``controlnets`` the ControlNets' calls (each frame's condition, at every step)."""
     base = base_on_meta(model)
     with torch.device(META):
         decoder = DetailEnhancementDecoder.from_vae(base.vae)
@@ -56,7 +58,18 @@ def clip_flops(model: str, frames: int, size: int, steps: int) -> dict[str, floa
             features=encode_with_features(base.vae, pixels, decoder.enhanced_levels)[1]))
         unet = counted(lambda: base.unet(latents, timestep, encoder_hidden_states=text))
         decode = counted(lambda: decoder(latents[0].transpose(0, 1), features["features"], torch.arange(frames) > 0))
-    return {"reference encode": encode, f"UNet, {steps} guided steps": unet * steps, "decode (enhanced)": decode}
+    result = {"reference encode": encode, f"UNet, {steps} guided steps": unet * steps, "decode (enhanced)": decode}
+    if controlnets:
+        with torch.device(META):  # frames folded into the batch, as the pipeline calls it
+            net = controlnet_for(model)
+            sample = torch.empty(2 * frames, base.unet.config.in_channels, latent, latent)
+            condition = torch.empty(2 * frames, 3, size, size)
+        with torch.no_grad():
+            one = counted(lambda: net(sample, timestep, encoder_hidden_states=text, controlnet_cond=condition,
+                                      return_dict=False))
+        for index in range(controlnets):
+            result[f"ControlNet {index + 1}, {steps} guided steps"] = one * steps
+    return result
 
 
 def training_flops(model: str, frames: int, size: int) -> dict[str, float]:
@@ -92,12 +105,14 @@ def main() -> None:
     parser.add_argument("--decoder-steps", type=int, default=10_000)
     parser.add_argument("--training-hours", type=float, default=2.0, help="the per-action target")
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="the GPU's dense bf16 peak (H100: ~790)")
+    parser.add_argument("--controlnets", type=int, default=0, help="count this many ControlNets in the clip "
+                        "(motion control: pose, pose + depth)")
     args = parser.parse_args()
     quiet_libraries()
 
     print(f"# {args.model}: {args.frames}×{args.size}², FLOPs counted on the meta device\n")
     print("| work | TFLOP |\n|---|---|")
-    clip = clip_flops(args.model, args.frames, args.size, args.steps)
+    clip = clip_flops(args.model, args.frames, args.size, args.steps, args.controlnets)
     for name, tflop in clip.items():
         print(f"| clip: {name} | {tflop:.1f} |")
     clip_total = sum(clip.values())

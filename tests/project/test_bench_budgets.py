@@ -73,6 +73,11 @@ def test_flop_budget_counts_the_trainers_real_work():
     five, ten = clip_flops("tiny", 4, 64, steps=5), clip_flops("tiny", 4, 64, steps=10)
     assert ten["UNet, 10 guided steps"] == pytest.approx(2 * five["UNet, 5 guided steps"])
     assert five["decode (enhanced)"] > 0 and five["reference encode"] > 0
+    steered, longer = clip_flops("tiny", 4, 64, steps=5, controlnets=2), clip_flops("tiny", 4, 64, 10, controlnets=1)
+    net = steered["ControlNet 1, 5 guided steps"]
+    assert net > 0 and steered["ControlNet 2, 5 guided steps"] == net and "ControlNet 1, 5 guided steps" not in five
+    assert longer["ControlNet 1, 10 guided steps"] == pytest.approx(2 * net)  # called at every step
+    assert {k: v for k, v in steered.items() if not k.startswith("ControlNet")} == five
 
 
 def test_a_controlnet_adds_its_weights_and_activations_to_the_denoising_phase():
