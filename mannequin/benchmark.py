@@ -15,6 +15,10 @@ Variant 5 is variant 6's UNet with the stock decoder: the two runs are identical
 decoder phase (same seed, same generator draws; ``tests/mannequin/test_mannequin_benchmark.py`` checks
 it), so one training serves both. Everything is resumable: each scored run is one line of
 ``WORK/results.jsonl``, trained actions stay in ``WORK/actions``, and a restart skips both.
+With ``--json FILE`` (docs/mannequin-benchmark.json, committed) every row also goes into FILE
+as soon as it is scored, and a restart skips the rows FILE holds for the same run key, so a
+run continues on another machine from the repository alone (an empty WORK trains only what
+is missing). Rows FILE holds for other run keys are kept, under ``earlier_runs``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ METRIC_HEADERS = {"flow_cos": "Flow cos ↑", "frame_cos": "Frame cos ↑", "act
                   "action_prob": "Action prob ↑", "psnr_first": "PSNR₀ (dB) ↑", "temporal": "Temporal cons."}
 
 
+# Fields added after runs were committed: at this value they leave the run key as it was,
+# so rows that do not depend on them (GT, base, #1, #2, #5) are still found.
+ADDED_LATER = {"decoder_jitter": False}
+
+
 @dataclass(frozen=True)
 class BenchmarkConfig:
     model: str = "mannequin"
@@ -63,14 +72,29 @@ class BenchmarkConfig:
     classifier_clips: int = 40  # train-split clips per action for the judge
     classifier_steps: int = 600
     workers: int = 2
+    # The decoder's region colour jitter (the spec's X_dis): off at 64², where the decoder can only
+    # undo it by pasting the reference in place, which moves limbs back to its pose
+    # (docs/mannequin-benchmark.md, "The Detail Enhancement Decoder"; mannequin.decoder_probe).
+    decoder_jitter: bool = False
 
     def key(self) -> str:
         """Fingerprint of what decides a run's numbers (not what only selects rows)."""
         from mannequin.metrics import FLOW_METHOD
 
-        decisive = {k: v for k, v in asdict(self).items() if k not in ("actions", "shots", "variants", "workers")}
+        decisive = {k: v for k, v in asdict(self).items() if k not in ("actions", "shots", "variants", "workers")
+                    and not (k in ADDED_LATER and v == ADDED_LATER[k])}
         decisive["flow"] = FLOW_METHOD
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
+
+    def training_options(self) -> dict:
+        """``TrainRequest.options`` of every run; the paper's pixel sizes are for 512² frames,
+        ours are 64² (8× smaller)."""
+        from flash_engine.training.augment import DistortConfig, StrongAugmentConfig
+
+        distort = DistortConfig(blur_kernel=(3, 5), elastic_strength=(0.5, 3.0), elastic_sigma=2.0,
+                                **({} if self.decoder_jitter else {"region_fraction": 0.0}))
+        return dict(tau=self.tau, learning_rate=self.learning_rate, decoder_learning_rate=self.decoder_learning_rate,
+                    decoder_frames=4, strong=StrongAugmentConfig(blur_kernel=(3, 5)), distort=distort)
 
     def classifier(self) -> ClassifierConfig:
         return ClassifierConfig(actions=ACTION_NAMES, steps=self.classifier_steps, seed=self.seed)
@@ -162,6 +186,15 @@ def get_classifier(world: World, work: Path, log):
     return model, meta
 
 
+def judge_fingerprint(classifier) -> str:
+    """The judge's weights, hashed: rows resumed on another machine say which judge scored them."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(classifier.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
 def score(classifier, action: str, generated: np.ndarray, truth: np.ndarray) -> dict:
     from mannequin.classifier import frame_embeddings, predict
     from mannequin.metrics import embedding_cosines, flow_cosine, psnr, temporal_consistency
@@ -195,22 +228,26 @@ class StockDecoderAction:
         return None
 
 
+def decoder_tag(config: BenchmarkConfig) -> str:
+    """How #6's decoder is trained (its distortions): the run key leaves the decoder's colour
+    jitter out when it is off (``ADDED_LATER``), so #6 rows and artifacts carry this instead,
+    and one made another way (before 2026-12-02: with the jitter) is made again."""
+    return hashlib.sha256(json.dumps(asdict(config.training_options()["distort"]), sort_keys=True)
+                          .encode()).hexdigest()[:8]
+
+
 def train_action(config: BenchmarkConfig, run_key: str, world: World, work: Path, action: str, shots: int,
                  variant: int, log) -> tuple[Path, float]:
     """Train (or find) the artifact of one run; returns its folder and training seconds."""
     from flash_engine.models.loading import load_base
-    from flash_engine.training.augment import DistortConfig, StrongAugmentConfig
     from flash_engine.training.job import TrainRequest, resolve_train, run_train, scan_train_clips
 
     out = work / "actions" / run_key / f"{action}-{shots}-v{variant}"
     record = out / "benchmark.json"
-    if record.is_file():
+    tag = decoder_tag(config) if variant == 6 else None
+    if record.is_file() and json.loads(record.read_text()).get("decoder") == tag:
         return out, json.loads(record.read_text())["train_s"]
-    # The paper's augmentation sizes are in pixels of 512² frames; these are 64² (8× smaller).
-    options = dict(tau=config.tau, learning_rate=config.learning_rate,
-                   decoder_learning_rate=config.decoder_learning_rate, decoder_frames=4,
-                   strong=StrongAugmentConfig(blur_kernel=(3, 5)),
-                   distort=DistortConfig(blur_kernel=(3, 5), elastic_strength=(0.5, 3.0), elastic_sigma=2.0))
+    options = config.training_options()
     request = TrainRequest(clips=[str(shot_folder(world, work, action, shots))], action=f"{action}-{shots}",
                            prompt=[PROMPTS[action]], out=str(out), model=config.model, steps=config.steps,
                            decoder_steps=config.decoder_steps, resolution=str(config.size), frames=config.frames,
@@ -221,7 +258,7 @@ def train_action(config: BenchmarkConfig, run_key: str, world: World, work: Path
     started = time.perf_counter()
     run_train(job, base=load_base(config.model))
     train_s = time.perf_counter() - started
-    (out / "benchmark.json").write_text(json.dumps({"train_s": round(train_s, 2)}) + "\n")
+    (out / "benchmark.json").write_text(json.dumps({"train_s": round(train_s, 2), "decoder": tag}) + "\n")
     log(f"trained {out.name}: {config.steps} UNet steps"
         f"{f' + {config.decoder_steps} decoder steps' if variant == 6 else ''} in {train_s:.0f} s")
     return out, train_s
@@ -271,9 +308,54 @@ class ScoredRows:
             handle.write(json.dumps(row) + "\n")
 
 
+def row_key(row: dict) -> tuple:
+    return row["action"], row["shots"], row["variant"]
+
+
+class CommittedRows:
+    """The ``--json`` report as the run's committed store: read at the start (its rows of this
+    run key count as done), rewritten whole after every scored row (atomically: a killed run
+    leaves the previous version), and every other run key's rows kept under ``earlier_runs``."""
+
+    def __init__(self, path: Path, run_key: str):
+        self.path, self.run_key = Path(path), run_key
+        self.earlier: dict = {}
+        self.rows: list[dict] = []
+        if not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = None
+        if not (isinstance(data, dict) and isinstance(data.get("rows", []), list)
+                and isinstance(data.get("earlier_runs", {}), dict)):
+            raise SystemExit(f"--json {self.path} is not a benchmark report this command wrote; "
+                             "pass another --json path (it is never overwritten when unreadable)")
+        earlier = data.get("earlier_runs", {})
+        self.earlier = dict(earlier)
+        own = self.earlier.pop(run_key, {}).get("rows", [])
+        if data.get("rows"):
+            if data.get("run_key") == run_key:
+                own = own + [r for r in data["rows"] if r.get("key") == run_key]
+            else:  # another run's report: keep it whole, beside this run's rows
+                self.earlier[data.get("run_key", "unknown")] = {k: v for k, v in data.items()
+                                                                if k != "earlier_runs"}
+        self.rows = [r for r in own if r.get("key") == run_key]
+
+    def write(self, report: dict) -> None:
+        data = {**report, "earlier_runs": self.earlier} if self.earlier else dict(report)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.replace(self.path)
+
+
 def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None = None, log=print,
-        samples: Path | None = None) -> dict:
-    """Run (or finish) the benchmark; returns {"rows": [...], "classifier": {...}, ...}."""
+        samples: Path | None = None, committed: Path | None = None, report_extra: dict | None = None) -> dict:
+    """Run (or finish) the benchmark; returns {"rows": [...], "classifier": {...}, ...}.
+
+    ``committed``: the ``--json`` file (see :class:`CommittedRows`); ``report_extra``: the
+    fields main adds to it (command, machine)."""
     import torch
 
     from flash_engine.actions import ActionSlot, read_action
@@ -291,10 +373,42 @@ def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None =
     # Results belong to these settings on these exact base weights (a retrained base starts afresh).
     run_key = f"{config.key()}-{base.identity[:8]}"
     started = time.perf_counter()
+    store = CommittedRows(committed, run_key) if committed is not None else None  # a bad file: before any work
     world = prepare_world(config, cache, held_out, log)
     classifier, classifier_meta = get_classifier(world, work, log)
-    results = ScoredRows(work / "results.jsonl", run_key, lambda row: (row["action"], row["shots"], row["variant"]))
-    done, record = results.rows, results.add
+    judge = judge_fingerprint(classifier)
+    classifier_meta = {**classifier_meta, "fingerprint": judge}
+    results = ScoredRows(work / "results.jsonl", run_key, row_key)
+    if store is not None:
+        for row in store.rows:  # scored elsewhere (another machine, another WORK): not again
+            if row_key(row) not in results.rows:
+                results.add(row)
+        others = sorted({r.get("judge") for r in store.rows} - {judge, None})
+        if others:
+            log(f"note: rows in {committed} were scored by another judge ({', '.join(others)}; this one {judge}): "
+                "its training differs on this machine, so their action and embedding columns are not exactly comparable")
+    done = results.rows
+
+    def selected() -> list[dict]:
+        return [done[k] for k in done if k[0] in held_out and (k[1] in config.shots or k[1] == 0)
+                and (k[2] in config.variants or k[2] in ("truth", "base"))]
+
+    def partial_report(complete: bool) -> dict:
+        return {"config": asdict(config), "run_key": run_key, "base_identity": base.identity,
+                "complete": complete, "table": summarise(selected(), config),
+                # every row of this run key, also those outside this selection: the file is their store
+                "rows": list(done.values()), "classifier": classifier_meta, "held_out": list(held_out),
+                "wall_s": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads(),
+                **(report_extra or {})}
+
+    def record(row: dict) -> None:
+        row["judge"] = judge
+        results.add(row)
+        if store is not None:
+            store.write(partial_report(complete=False))
+
+    if store is not None and len(done) > len(store.rows):  # rows only WORK had: commit them now
+        store.write(partial_report(complete=False))
 
     pipeline = FlashPipeline(base)
     slot = ActionSlot(pipeline)
@@ -307,6 +421,11 @@ def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None =
             save_sample(samples, action, shots, variant, clips[0], world.truth[action][0])
         return row
 
+    tag = decoder_tag(config)
+
+    def is_done(key: tuple) -> bool:
+        return key in done and (key[2] != 6 or done[key].get("decoder") == tag)
+
     for action in held_out:
         if (action, 0, "truth") not in done:
             record(evaluate(action, 0, "truth", [vae_round_trip(base, t) for t in world.truth[action]], None))
@@ -315,7 +434,7 @@ def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None =
             record(evaluate(action, 0, "base", animate_references(pipeline, config, world, action), None))
         for shots in config.shots:
             for variant in config.variants:
-                if (action, shots, variant) in done:
+                if is_done((action, shots, variant)):
                     continue
                 trained = 6 if variant == 5 else variant  # variant 5 = variant 6's UNet, stock decoder
                 folder, train_s = train_action(config, run_key, world, work, action, shots, trained, log)
@@ -326,14 +445,17 @@ def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None =
                 clips = animate_references(pipeline, config, world, action)
                 row = evaluate(action, shots, variant, clips, train_s)
                 row["eval_s"] = round(time.perf_counter() - eval_started, 2)
+                if variant == 6:
+                    row["decoder"] = tag
                 record(row)
                 log(f"{action} {shots} shots #{variant}: " + "  ".join(f"{m} {row[m]:.3f}" for m in METRICS))
     slot.apply(None)
-    rows = [done[k] for k in done if k[0] in held_out and (k[1] in config.shots or k[1] == 0)
-            and (k[2] in config.variants or k[2] in ("truth", "base"))]
-    return {"rows": rows, "classifier": classifier_meta, "held_out": list(held_out), "run_key": run_key,
-            "base_identity": base.identity,
-            "wall_s": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads()}
+    if store is not None:
+        store.write(partial_report(complete=True))
+    return {"rows": selected(), "all_rows": list(done.values()), "classifier": classifier_meta,
+            "held_out": list(held_out), "run_key": run_key, "base_identity": base.identity,
+            "wall_s": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads(),
+            "earlier_runs": store.earlier if store is not None else {}}
 
 
 def model_card(model: str) -> dict:
@@ -417,6 +539,55 @@ def per_action_markdown(rows: list[dict], config: BenchmarkConfig, metric: str =
     return "\n".join(lines)
 
 
+PAIRS = ((1, 2), (2, 5), (5, 6), (1, 6))  # each part's step in the paper's table, and all of them
+SPREAD_METRICS = ("flow_cos", "frame_cos", "action_prob", "temporal")
+
+
+def _per_reference(rows: list[dict], shots: int, variant, metric: str) -> dict:
+    """{(action, reference index): value} of one (shots, variant) over every held-out action."""
+    return {(r["action"], i): c[metric] for r in rows if r["shots"] == shots and r["variant"] == variant
+            for i, c in enumerate(r.get("per_clip", []))}
+
+
+def spread_markdown(rows: list[dict], config: BenchmarkConfig, metrics=SPREAD_METRICS) -> str:
+    """Mean ± standard error over every reference of a row (all held-out actions pooled)."""
+    head = "| # | shots | references | " + " | ".join(METRIC_HEADERS[m] for m in metrics) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for shots, variant in [(0, "truth"), (0, "base")] + [(s, v) for s in config.shots for v in config.variants]:
+        values = {m: np.array(list(_per_reference(rows, shots, variant, m).values())) for m in metrics}
+        count = len(values[metrics[0]])
+        if count == 0:
+            continue
+        label = {"truth": "GT", "base": "base"}.get(variant, f"#{variant}")
+        cells = [f"{v.mean():.3f} ± {v.std(ddof=1) / np.sqrt(count):.3f}" if count > 1 else f"{v.mean():.3f}"
+                 for v in values.values()]
+        lines.append(f"| {label} | {shots or '–'} | {count} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_markdown(rows: list[dict], config: BenchmarkConfig, metric: str = "action_prob") -> str:
+    """Variant against variant on the same references: the mean difference, its standard error
+    and their ratio (|t| ≥ 2: unlikely to be noise), per shot count."""
+    head = f"| {METRIC_HEADERS[metric]}: pair | " + " | ".join(f"{s} shots" for s in config.shots) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for a, b in PAIRS:
+        if a not in config.variants or b not in config.variants:
+            continue
+        cells = []
+        for shots in config.shots:
+            first, second = (_per_reference(rows, shots, v, metric) for v in (a, b))
+            common = sorted(set(first) & set(second))
+            if len(common) < 2:
+                cells.append("")
+                continue
+            diff = np.array([second[k] - first[k] for k in common])
+            error = diff.std(ddof=1) / np.sqrt(len(diff))
+            t = diff.mean() / error if error > 0 else float("inf") * np.sign(diff.mean())
+            cells.append(f"{diff.mean():+.3f} ± {error:.3f} (t {t:+.1f}, n {len(diff)})")
+        lines.append(f"| #{b} − #{a} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else "(no two variants of the paper's steps in this run)"
+
+
 REPORT_START, REPORT_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
 
@@ -448,6 +619,16 @@ def report_markdown(report: dict, config: BenchmarkConfig) -> str:
         "Action probability per action:",
         "",
         per_action_markdown(report["rows"], config, "action_prob"),
+        "",
+        "Mean ± standard error over the references (all held-out actions pooled):",
+        "",
+        spread_markdown(report["rows"], config),
+        "",
+        "Paired: the same references animated by two variants (mean difference ± its standard error):",
+        "",
+        paired_markdown(report["rows"], config, "action_prob"),
+        "",
+        paired_markdown(report["rows"], config, "flow_cos"),
         "",
         "<details><summary>Settings (BenchmarkConfig)</summary>",
         "",
@@ -483,7 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--report", type=Path, default=None,
                         help="write the tables and settings into this markdown file (between markers)")
-    parser.add_argument("--json", type=Path, default=None, help="write every row and the settings as JSON")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="write every row and the settings as JSON, after each scored row; a restart "
+                             "(on any machine) skips the rows it holds for the same settings and base")
     parser.add_argument("--samples", type=Path, default=None, help="write one generated/truth strip per run here")
     parser.add_argument("--actions", nargs="+", default=None)
     parser.add_argument("--shots", nargs="+", type=int, default=None)
@@ -494,12 +677,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--reference-rows", action="store_true",
                         help="only the GT and base rows (no few-shot training): a new base's starting point")
+    parser.add_argument("--decoder-jitter", action="store_true",
+                        help="train #6's decoder with the spec's region colour jitter too (off by default at 64²)")
     parser.add_argument("--smoke", action="store_true", help="the whole chain in about a minute")
     args = parser.parse_args(argv)
     config = smoke_config() if args.smoke else BenchmarkConfig()
     changes = {"model": args.model, "actions": tuple(args.actions or ()), "shots": args.shots,
                "variants": args.variants, "steps": args.steps, "decoder_steps": args.decoder_steps,
-               "references": args.references}
+               "references": args.references, "decoder_jitter": args.decoder_jitter or None}
     config = replace(config, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in changes.items()
                                 if v is not None})
     if any(v not in VARIANT_NAMES for v in config.variants):
@@ -518,7 +703,10 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     log = lambda line: print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)  # noqa: E731
-    result = run(config, args.work, args.cache, log, samples=args.samples)
+    extra = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
+             "command": ["python", "-m", "mannequin.benchmark", *(argv if argv is not None else sys.argv[1:])]}
+    # --json is written by run() itself, after every scored row and at the end
+    result = run(config, args.work, args.cache, log, samples=args.samples, committed=args.json, report_extra=extra)
     table = summarise(result["rows"], config)
     print(table_markdown(table))
     print()
@@ -526,12 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"config": asdict(config), "run_key": result["run_key"], "base_identity": result["base_identity"],
               "table": table, "rows": result["rows"],
               "classifier": result["classifier"], "held_out": result["held_out"], "wall_s": result["wall_s"],
-              "torch_threads": result["torch_threads"],
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
-              "command": ["python", "-m", "mannequin.benchmark", *(argv if argv is not None else sys.argv[1:])]}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+              "torch_threads": result["torch_threads"], **extra}
     if args.report:
         write_report(args.report, report_markdown(report, config))
     return 0

@@ -21,6 +21,9 @@ VARIANTS = {
 }
 
 
+DECODER_SAMPLING = ("consecutive", "spread")
+
+
 @dataclass
 class TrainConfig:
     num_frames: int = DEFAULT_FRAMES
@@ -47,6 +50,10 @@ class TrainConfig:
     correspondence_alignment: bool = True
     train_decoder: bool = True
     decoder_frames: int = 4  # frames decoded per decoder step (memory: the decoder runs at full size)
+    # Where those frames come from (FlashTrainer.decoder_video): "consecutive" frames, or "spread"
+    # over a UNet-length window, as far from their reference as generated frames are. Measured
+    # alike on the mannequin (docs/mannequin-benchmark.md), so the default stays as it was.
+    decoder_sampling: str = "consecutive"
     checkpoint_every: int = 500
     seed: int = 0
     mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
@@ -77,6 +84,8 @@ class TrainConfig:
              f"use --resolution {lower} or {higher}"),
             (self.checkpoint_every >= 1, "checkpoint interval must be at least 1", "use --checkpoint-every 500"),
             (self.decoder_frames >= 2, "decoder frames must be at least 2", "use --decoder-frames 4"),
+            (self.decoder_sampling in DECODER_SAMPLING, f"unknown decoder sampling {self.decoder_sampling!r}",
+             f"use one of {', '.join(DECODER_SAMPLING)}"),
             (0 <= self.correspondence_fraction <= 1, "correspondence fraction must be in [0, 1]", "use 0.5"),
             (self.timestep_skew > 0, "timestep skew must be positive", "use 3"),
             (self.batch_size >= 1, "batch must be at least 1", "use --batch 1"),

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -36,7 +37,7 @@ from flash_engine.devices import to_device
 from flash_engine.tensorfiles import save_tensors
 from flash_engine.training.augment import distort, flip_and_crop, strong_augment
 from flash_engine.training.checkpoint import load_optimizer, optimizer_tensors
-from flash_engine.training.clips import Clip, sample_frames
+from flash_engine.training.clips import Clip, frames_needed, sample_frames
 from flash_engine.training.config import TrainConfig
 from flash_engine.training.distributed import SOLO, Team
 from flash_engine.training.motion_alignment import install_motion_alignment
@@ -132,6 +133,27 @@ class FlashTrainer:
         video = sample_frames(clip, num_frames, self.config.stride, generator, self.device)
         return clip, flip_and_crop(video, (self.config.width, self.config.height), generator)
 
+    def decoder_video(self, generator: torch.Generator) -> torch.Tensor:
+        """A decoder sample: frame 0 is its reference, the others its targets.
+
+        ``consecutive`` (default): ``decoder_frames`` frames in a row (at ``stride``), so the
+        targets are 1..decoder_frames-1 frames from their reference. ``spread``: the reference is the first frame of a
+        UNet-length window and the targets ``decoder_frames - 1`` distinct later frames of it,
+        1..num_frames-1 from it, as generated frames are at inference. The two were measured
+        to pull limbs alike (``python -m mannequin.decoder_probe``)."""
+        config = self.config
+        if config.decoder_sampling == "consecutive":
+            return self.training_video(config.decoder_frames, generator)[1]
+        clip = self.pick_clip(generator)
+        window = max(config.num_frames, config.decoder_frames)  # scan_clips made sure the clip has it
+        start = int(torch.randint(0, len(clip.frames) - frames_needed(window, config.stride) + 1, (1,),
+                                  generator=generator))
+        later = (torch.randperm(window - 1, generator=generator)[: config.decoder_frames - 1].sort().values + 1)
+        picked = [start + config.stride * i for i in (0, *later.tolist())]  # chosen on the host, sent once
+        frames = to_device(torch.from_numpy(np.ascontiguousarray(clip.frames[picked])), self.device)
+        video = frames.permute(0, 3, 1, 2).float() / 255.0
+        return flip_and_crop(video, (config.width, config.height), generator)
+
     def slot_generators(self) -> list[torch.Generator]:
         """This rank's slots of the step's batch, each with the generator it draws from."""
         if self.effective_batch == 1:
@@ -221,7 +243,7 @@ class FlashTrainer:
 
     def decoder_sample_loss(self, generator: torch.Generator, weight: float = 1.0) -> torch.Tensor:
         config = self.config
-        _, video = self.training_video(config.decoder_frames, generator)
+        video = self.decoder_video(generator)
         distorted = distort(video, config.distort, generator)
         vae = self.base.vae
         with torch.no_grad():

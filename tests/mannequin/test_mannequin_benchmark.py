@@ -98,24 +98,50 @@ def smoke_model():
     return "mannequin" if mannequin_available() else "tiny"
 
 
-def test_smoke_benchmark_generates_trains_animates_scores_and_resumes(tmp_path, smoke_model, capsys):
+def test_smoke_benchmark_generates_trains_animates_scores_and_resumes(tmp_path, smoke_model, capsys, monkeypatch):
+    """The chain end to end, stopped after its first trained row and continued on "another
+    machine": an empty WORK with only the committed --json, which must score just the rest."""
     from mannequin import benchmark
 
     report = tmp_path / "docs" / "bench.md"
     report.parent.mkdir()
     report.write_text("# Notes\n\nhand-written analysis that must survive\n")
-    args = ["--smoke", "--model", smoke_model, "--actions", "kick", "--work", str(tmp_path / "work"),
-            "--cache", str(tmp_path / "cache"), "--report", str(report), "--json", str(tmp_path / "r.json"),
-            "--samples", str(tmp_path / "samples")]
-    assert benchmark.main(args) == 0
+    committed = tmp_path / "docs" / "bench.json"
+    args = ["--smoke", "--model", smoke_model, "--actions", "kick", "--cache", str(tmp_path / "cache"),
+            "--report", str(report), "--json", str(committed), "--samples", str(tmp_path / "samples")]
+    first, second = ["--work", str(tmp_path / "work-a")], ["--work", str(tmp_path / "work-b")]
+
+    train_action = benchmark.train_action
+
+    def stop_at_variant_6(config, run_key, world, work, action, shots, variant, log):
+        if variant == 6:
+            raise KeyboardInterrupt  # the machine goes away after #1 was scored
+        return train_action(config, run_key, world, work, action, shots, variant, log)
+
+    monkeypatch.setattr(benchmark, "train_action", stop_at_variant_6)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.main(args + first)
+    monkeypatch.setattr(benchmark, "train_action", train_action)
+    stopped = json.loads(committed.read_text())
+    assert not stopped["complete"]
+    assert {(r["shots"], r["variant"]) for r in stopped["rows"]} == {(0, "truth"), (0, "base"), (2, 1)}
+    capsys.readouterr()
+
+    assert benchmark.main(args + second) == 0  # another WORK: nothing of run one but the --json
     printed = capsys.readouterr().out
-    data = json.loads((tmp_path / "r.json").read_text())
+    data = json.loads(committed.read_text())
+    assert data["complete"]
     kinds = {(row["shots"], row["variant"]) for row in data["rows"]}
     assert kinds == {(0, "truth"), (0, "base"), (2, 1), (2, 6)}
+    # the three rows of run one were skipped, not scored again; only #6 was trained, in WORK b
+    assert [r for r in data["rows"] if r["variant"] != 6] == stopped["rows"]
+    assert sorted(p.name for p in (tmp_path / "work-b" / "actions").glob("*/*")) == ["kick-2-v6"]
+    assert sorted(p.name for p in (tmp_path / "work-a" / "actions").glob("*/*")) == ["kick-2-v1"]
     for row in data["rows"]:
         assert -1 <= row["flow_cos"] <= 1 and -1 <= row["frame_cos"] <= 1 and -1 <= row["temporal"] <= 1
         assert row["action_acc"] in (0.0, 1.0) and 0 <= row["action_prob"] <= 1
         assert 0 < row["psnr_first"] <= 100
+        assert row["judge"] == data["classifier"]["fingerprint"]
     truth = next(r for r in data["rows"] if r["variant"] == "truth")
     base = next(r for r in data["rows"] if r["variant"] == "base")
     assert truth["flow_cos"] != base["flow_cos"]  # the rows are really scored, not copied
@@ -123,20 +149,37 @@ def test_smoke_benchmark_generates_trains_animates_scores_and_resumes(tmp_path, 
         assert label in printed
     text = report.read_text()
     assert "hand-written analysis that must survive" in text and "| #6 | 2 |" in text
-    trained = sorted(p.name for p in (tmp_path / "work" / "actions").glob("*/*"))
-    assert trained == ["kick-2-v1", "kick-2-v6"]
     assert len(list((tmp_path / "samples").glob("*.png"))) == 4
 
-    # A second run (here with variant 5 added) reuses every scored row and trained action:
+    # A third run (here with variant 5 added) reuses every scored row and trained action:
     # #5 comes from #6's artifact, so nothing is trained again.
-    lines = (tmp_path / "work" / "results.jsonl").read_text().splitlines()
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "actions").rglob("*.safetensors")}
-    assert benchmark.main(args + ["--variants", "1", "5", "6"]) == 0
-    after = (tmp_path / "work" / "results.jsonl").read_text().splitlines()
+    lines = (tmp_path / "work-b" / "results.jsonl").read_text().splitlines()
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "work-b" / "actions").rglob("*.safetensors")}
+    assert benchmark.main(args + second + ["--variants", "1", "5", "6"]) == 0
+    after = (tmp_path / "work-b" / "results.jsonl").read_text().splitlines()
     assert after[: len(lines)] == lines and len(after) == len(lines) + 1
     assert json.loads(after[-1])["variant"] == 5
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert text.count("benchmark:start") == 1 == report.read_text().count("benchmark:start")
+
+
+def test_committed_rows_keep_other_runs_and_refuse_a_foreign_file(tmp_path):
+    from mannequin.benchmark import CommittedRows
+
+    path = tmp_path / "bench.json"
+    old = {"run_key": "old", "config": {"steps": 200}, "rows": [{"key": "old", "action": "kick", "shots": 0,
+                                                                  "variant": "truth", "flow_cos": 0.5}]}
+    path.write_text(json.dumps(old))
+    store = CommittedRows(path, "new")
+    assert store.rows == [] and store.earlier["old"]["rows"] == old["rows"]
+    store.write({"run_key": "new", "rows": [{"key": "new", "action": "kick", "shots": 0, "variant": "base"}]})
+    again = CommittedRows(path, "new")  # the new run's rows are found, the old run's still kept
+    assert [r["variant"] for r in again.rows] == ["base"] and again.earlier["old"]["rows"] == old["rows"]
+    assert [r["variant"] for r in CommittedRows(path, "old").rows] == ["truth"]
+    path.write_text("a user's notes, not a report")
+    with pytest.raises(SystemExit, match="pass another --json path"):
+        CommittedRows(path, "new")
+    assert path.read_text() == "a user's notes, not a report"
 
 
 def test_reference_rows_only_reads_as_a_table_of_two_columns():
@@ -150,3 +193,25 @@ def test_reference_rows_only_reads_as_a_table_of_two_columns():
     assert table[2] == "| kick | 0.800 | 0.100 |"
     with pytest.raises(SystemExit):  # --shots with no rows to train is still refused
         main(["--shots", "0"])
+
+
+def test_paired_comparison_uses_the_same_references_and_their_spread():
+    from mannequin.benchmark import BenchmarkConfig, paired_markdown, spread_markdown
+
+    config = BenchmarkConfig(shots=(4,), variants=(1, 2))
+
+    def row(action, variant, values):
+        return {"action": action, "shots": 4, "variant": variant,
+                "per_clip": [{"action_prob": v, "flow_cos": 0.0, "frame_cos": 0.0, "temporal": 0.0} for v in values]}
+
+    # #2 beats #1 by 0.1 on every reference, though the references differ by far more than that
+    rows = [row("kick", 1, [0.1, 0.5, 0.9]), row("kick", 2, [0.2, 0.6, 1.0]),
+            row("bow", 1, [0.3]), row("bow", 2, [0.5])]
+    line = paired_markdown(rows, config).splitlines()[2]
+    diffs = np.array([0.1, 0.1, 0.1, 0.2])
+    error = diffs.std(ddof=1) / 2
+    assert line.startswith("| #2 − #1 | ") and f"+{diffs.mean():.3f} ± {error:.3f}" in line and "n 4" in line
+    spread = spread_markdown(rows, config, metrics=("action_prob",)).splitlines()
+    values = np.array([0.1, 0.5, 0.9, 0.3])
+    assert spread[2] == f"| #1 | 4 | 4 | {values.mean():.3f} ± {values.std(ddof=1) / 2:.3f} |"
+    assert "no two variants" in paired_markdown(rows, BenchmarkConfig(shots=(4,), variants=(1,)))
