@@ -41,9 +41,8 @@ DRIVING_SIZE = 256  # the reference clip as footage is shot: larger than the mod
 
 def _inside(zip_path: str, work: str, action: str, record_path: str) -> None:  # runs in Blender's process
     import bpy
-    import cv2
-    import numpy as np
 
+    from flash_engine.images import write_mp4
     from mannequin.generate import clip_spec
     from mannequin.render import render_clip
     from mannequin.rig_scene import NOSE_BONE, build_rigged_shot
@@ -56,11 +55,7 @@ def _inside(zip_path: str, work: str, action: str, record_path: str) -> None:  #
 
     # The reference clip: another person doing the action, filmed from elsewhere.
     driving = render_clip(clip_spec(action, 1, "test", 0, DRIVING_SIZE, FRAMES))
-    video = work_dir / f"{action}_reference.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 8.0, (DRIVING_SIZE, DRIVING_SIZE))
-    for frame in driving:
-        writer.write(np.ascontiguousarray(frame[..., ::-1]))
-    writer.release()
+    video = write_mp4(driving, work_dir / f"{action}_reference.mp4", fps=8)
     record["driving"] = str(video)
 
     shot = build_rigged_shot(clip_spec(action, 0, "test", 0, SIZE, FRAMES))
@@ -144,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         from PIL import Image
         import numpy as np
 
+        from flash_engine.training.clips import read_video
+
         driving = [np.asarray(Image.fromarray(f).resize((SIZE, SIZE), Image.Resampling.BOX))
-                   for f in _frames_from_video(Path(record["driving"]))]
+                   for f in read_video(Path(record["driving"]))]
+        if len(driving) != FRAMES:
+            raise SystemExit(f"error: {record['driving']} has {len(driving)} frames, not {FRAMES}")
         rows = [("Preview Motion\n(Rig + Depth from Scene,\nno model)", _frames(Path(record["preview"]))),
                 (f"Action only\n\"{prompt}\"", _frames(Path(record["action"]))),
                 ("Rig: the armature\nthrough the shot's camera", _frames(Path(record["rig"]))),
@@ -155,22 +154,6 @@ def main(argv: list[str] | None = None) -> int:
         compose(rows, args.out)
     print(f"wrote {args.out}")
     return 0
-
-
-def _frames_from_video(path: Path) -> list:
-    import cv2
-
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame[..., ::-1].copy())
-    capture.release()
-    if len(frames) != FRAMES:
-        raise SystemExit(f"error: {path} has {len(frames)} frames, not {FRAMES}")
-    return frames
 
 
 if __name__ == "__main__":
