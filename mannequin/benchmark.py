@@ -19,6 +19,12 @@ With ``--json FILE`` (docs/mannequin-benchmark.json, committed) every row also g
 as soon as it is scored, and a restart skips the rows FILE holds for the same run key, so a
 run continues on another machine from the repository alone (an empty WORK trains only what
 is missing). Rows FILE holds for other run keys are kept, under ``earlier_runs``.
+
+Several workers on one machine share a run when they are given the same WORK (and --json):
+the same command started twice uses both cores with one torch thread each. Each claims a
+unit (an action's GT and base rows, or one training and the rows it scores) before doing
+it (``mannequin.claims``), merges the rows the others wrote before writing its own, and the
+last to finish writes the report.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from mannequin.actions import ACTIONS, PROMPTS
+from mannequin.claims import Claims, locked
 from mannequin.classifier import ClassifierConfig
 
 DEFAULT_WORK = Path.home() / ".cache" / "flash-previs" / "mannequin-benchmark"
@@ -294,13 +301,17 @@ class ScoredRows:
     ``rows`` holds those of ``run_key`` by ``key_of(row)``, so a restart skips them."""
 
     def __init__(self, path: Path, run_key: str, key_of):
-        self.path, self.key_of = path, key_of
+        self.path, self.run_key, self.key_of = path, run_key, key_of
         self.rows: dict = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
+        self.reload()
+
+    def reload(self) -> None:
+        """Take in the rows other workers sharing this file have appended since."""
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
                 row = json.loads(line)
-                if row.get("key") == run_key:
-                    self.rows[key_of(row)] = row
+                if row.get("key") == self.run_key:
+                    self.rows.setdefault(self.key_of(row), row)
 
     def add(self, row: dict) -> None:
         self.rows[self.key_of(row)] = row
@@ -321,8 +332,13 @@ class CommittedRows:
         self.path, self.run_key = Path(path), run_key
         self.earlier: dict = {}
         self.rows: list[dict] = []
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the file again: another worker writing into it may have added rows."""
         if not self.path.exists():
             return
+        run_key = self.run_key
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -350,6 +366,30 @@ class CommittedRows:
         tmp.replace(self.path)
 
 
+def run_key_of(config: BenchmarkConfig, base) -> str:
+    """Results belong to these settings on these exact base weights (a retrained base starts afresh)."""
+    return f"{config.key()}-{base.identity[:8]}"
+
+
+def work_units(config: BenchmarkConfig, held_out: tuple[str, ...]) -> list[tuple[tuple, tuple]]:
+    """The run's units of work, each (unit, the row variants it scores), in the order they run:
+    per action its GT and base rows, then one training per shot count and trained variant
+    (variant 5 is scored from variant 6's training). Workers claim whole units."""
+    units = []
+    for action in held_out:
+        units.append(((action, 0, "reference"), ("truth", "base")))
+        for shots in config.shots:
+            for trained in (1, 2, 6):
+                scored = tuple(v for v in config.variants if (6 if v == 5 else v) == trained)
+                if scored:
+                    units.append(((action, shots, trained), scored))
+    return units
+
+
+def wanted_rows(config: BenchmarkConfig, held_out: tuple[str, ...]) -> list[tuple]:
+    return [(unit[0], unit[1], variant) for unit, variants in work_units(config, held_out) for variant in variants]
+
+
 def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None = None, log=print,
         samples: Path | None = None, committed: Path | None = None, report_extra: dict | None = None) -> dict:
     """Run (or finish) the benchmark; returns {"rows": [...], "classifier": {...}, ...}.
@@ -370,12 +410,12 @@ def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None =
     held_out = config.actions or tuple(model_card(config.model).get("held_out_actions", ()))
     if not held_out:
         raise SystemExit(f"model {config.model!r} names no held-out actions; pass --actions")
-    # Results belong to these settings on these exact base weights (a retrained base starts afresh).
-    run_key = f"{config.key()}-{base.identity[:8]}"
+    run_key = run_key_of(config, base)
     started = time.perf_counter()
     store = CommittedRows(committed, run_key) if committed is not None else None  # a bad file: before any work
-    world = prepare_world(config, cache, held_out, log)
-    classifier, classifier_meta = get_classifier(world, work, log)
+    with locked(work / "prepare.lock"):  # a second worker waits for the first's clips and judge
+        world = prepare_world(config, cache, held_out, log)
+        classifier, classifier_meta = get_classifier(world, work, log)
     judge = judge_fingerprint(classifier)
     classifier_meta = {**classifier_meta, "fingerprint": judge}
     results = ScoredRows(work / "results.jsonl", run_key, row_key)
@@ -388,6 +428,16 @@ def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None =
             log(f"note: rows in {committed} were scored by another judge ({', '.join(others)}; this one {judge}): "
                 "its training differs on this machine, so their action and embedding columns are not exactly comparable")
     done = results.rows
+    rows_lock = work / "rows.lock"  # workers sharing WORK (and its --json) append and write under it
+    claims = Claims(work / "claims" / run_key)
+
+    def sync() -> None:  # rows other workers scored meanwhile (caller holds rows_lock)
+        results.reload()
+        if store is not None:
+            store.reload()
+            for row in store.rows:
+                if row_key(row) not in done:
+                    results.add(row)
 
     def selected() -> list[dict]:
         return [done[k] for k in done if k[0] in held_out and (k[1] in config.shots or k[1] == 0)
@@ -403,12 +453,15 @@ def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None =
 
     def record(row: dict) -> None:
         row["judge"] = judge
-        results.add(row)
-        if store is not None:
-            store.write(partial_report(complete=False))
+        with locked(rows_lock):
+            sync()
+            results.add(row)
+            if store is not None:
+                store.write(partial_report(complete=False))
 
-    if store is not None and len(done) > len(store.rows):  # rows only WORK had: commit them now
-        store.write(partial_report(complete=False))
+    with locked(rows_lock):
+        if store is not None and len(done) > len(store.rows):  # rows only WORK had: commit them now
+            store.write(partial_report(complete=False))
 
     pipeline = FlashPipeline(base)
     slot = ActionSlot(pipeline)
@@ -426,18 +479,32 @@ def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None =
     def is_done(key: tuple) -> bool:
         return key in done and (key[2] != 6 or done[key].get("decoder") == tag)
 
-    for action in held_out:
-        if (action, 0, "truth") not in done:
-            record(evaluate(action, 0, "truth", [vae_round_trip(base, t) for t in world.truth[action]], None))
-        if (action, 0, "base") not in done:
-            slot.apply(None)
-            record(evaluate(action, 0, "base", animate_references(pipeline, config, world, action), None))
-        for shots in config.shots:
-            for variant in config.variants:
+    busy = []  # units another live worker holds
+    for unit, variants in work_units(config, held_out):
+        action, shots = unit[0], unit[1]
+        with locked(rows_lock):
+            sync()
+        if all(is_done((action, shots, v)) for v in variants):
+            continue
+        name = "-".join(map(str, unit))
+        if not claims.claim(name):
+            holder = claims.holder(name)
+            busy.append(f"{name} (pid {holder['pid']})" if holder else name)
+            continue
+        try:
+            with locked(rows_lock):
+                sync()  # it may have been finished between the check and the claim
+            for variant in variants:
                 if is_done((action, shots, variant)):
                     continue
-                trained = 6 if variant == 5 else variant  # variant 5 = variant 6's UNet, stock decoder
-                folder, train_s = train_action(config, run_key, world, work, action, shots, trained, log)
+                if variant == "truth":
+                    record(evaluate(action, 0, "truth", [vae_round_trip(base, t) for t in world.truth[action]], None))
+                    continue
+                if variant == "base":
+                    slot.apply(None)
+                    record(evaluate(action, 0, "base", animate_references(pipeline, config, world, action), None))
+                    continue
+                folder, train_s = train_action(config, run_key, world, work, action, shots, unit[2], log)
                 artifact = read_action(folder)
                 slot.apply(None)
                 slot.apply(StockDecoderAction(artifact) if variant == 5 else artifact)
@@ -449,10 +516,18 @@ def run(config: BenchmarkConfig, work: Path = DEFAULT_WORK, cache: Path | None =
                     row["decoder"] = tag
                 record(row)
                 log(f"{action} {shots} shots #{variant}: " + "  ".join(f"{m} {row[m]:.3f}" for m in METRICS))
+        finally:
+            claims.release(name)
     slot.apply(None)
-    if store is not None:
-        store.write(partial_report(complete=True))
-    return {"rows": selected(), "all_rows": list(done.values()), "classifier": classifier_meta,
+    with locked(rows_lock):
+        sync()
+        complete = all(is_done(k) for k in wanted_rows(config, held_out))
+        if store is not None:
+            store.write(partial_report(complete=complete))
+    if busy:
+        log(f"left to the workers running them: {', '.join(busy)}; "
+            + ("all rows are in now" if complete else "the last worker to finish writes the report"))
+    return {"rows": selected(), "all_rows": list(done.values()), "complete": complete, "classifier": classifier_meta,
             "held_out": list(held_out), "run_key": run_key, "base_identity": base.identity,
             "wall_s": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads(),
             "earlier_runs": store.earlier if store is not None else {}}
@@ -715,8 +790,10 @@ def main(argv: list[str] | None = None) -> int:
               "table": table, "rows": result["rows"],
               "classifier": result["classifier"], "held_out": result["held_out"], "wall_s": result["wall_s"],
               "torch_threads": result["torch_threads"], **extra}
-    if args.report:
+    if args.report and result["complete"]:
         write_report(args.report, report_markdown(report, config))
+    elif args.report:
+        log(f"{args.report} is left as it is until every row is in")
     return 0
 
 

@@ -215,3 +215,56 @@ def test_paired_comparison_uses_the_same_references_and_their_spread():
     values = np.array([0.1, 0.5, 0.9, 0.3])
     assert spread[2] == f"| #1 | 4 | 4 | {values.mean():.3f} ± {values.std(ddof=1) / 2:.3f} |"
     assert "no two variants" in paired_markdown(rows, BenchmarkConfig(shots=(4,), variants=(1,)))
+
+
+def test_workers_share_a_run_and_the_last_to_finish_writes_the_report(tmp_path, smoke_model, monkeypatch, capsys):
+    """Two workers on one WORK and --json: a unit another live worker holds is left to it, a row
+    it writes meanwhile is kept (not scored again), and the report waits for every row."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from flash_engine.models.loading import load_base
+    from mannequin import benchmark
+
+    work, committed, report = tmp_path / "work", tmp_path / "bench.json", tmp_path / "bench.md"
+    report.write_text("notes\n")
+    args = ["--smoke", "--model", smoke_model, "--actions", "kick", "--variants", "1", "2", "6", "--cache",
+            str(tmp_path / "cache"), "--work", str(work), "--json", str(committed), "--report", str(report)]
+    run_key = benchmark.run_key_of(benchmark.smoke_config(model=smoke_model), load_base(smoke_model))
+    script = ("import sys, time; from mannequin.claims import Claims; "
+              "assert Claims(sys.argv[1]).claim('kick-2-6'); print('held', flush=True); time.sleep(300)")
+    other = subprocess.Popen([sys.executable, "-c", script, str(work / "claims" / run_key)],
+                             cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "held"
+
+    train_action = benchmark.train_action
+
+    def other_worker_scores_variant_2(config, key, world, work_, action, shots, variant, log):
+        data = json.loads(committed.read_text())  # as the other worker writes: the whole file, its row added
+        truth = next(r for r in data["rows"] if r["variant"] == "truth")
+        data["rows"].append(dict(truth, shots=2, variant=2, train_s=1.0, judge="the other worker's"))
+        committed.write_text(json.dumps(data))
+        return train_action(config, key, world, work_, action, shots, variant, log)
+
+    try:
+        monkeypatch.setattr(benchmark, "train_action", other_worker_scores_variant_2)
+        assert benchmark.main(args) == 0
+        monkeypatch.setattr(benchmark, "train_action", train_action)
+        log = capsys.readouterr().err
+        data = json.loads(committed.read_text())
+        assert not data["complete"] and report.read_text() == "notes\n"
+        assert f"kick-2-6 (pid {other.pid})" in log
+        assert {(r["shots"], r["variant"]) for r in data["rows"]} == {(0, "truth"), (0, "base"), (2, 1), (2, 2)}
+        assert next(r for r in data["rows"] if r["variant"] == 2)["judge"] == "the other worker's"
+        assert sorted(p.name for p in (work / "actions").glob("*/*")) == ["kick-2-v1"]  # #2 not trained here
+    finally:
+        other.kill()
+        other.wait()
+    # the other worker is gone: its claim is stale, this run takes the unit over and completes
+    assert benchmark.main(args) == 0
+    data = json.loads(committed.read_text())
+    assert data["complete"] and "| #6 | 2 |" in report.read_text()
+    assert {(r["shots"], r["variant"]) for r in data["rows"]} == {(0, "truth"), (0, "base"), (2, 1), (2, 2), (2, 6)}
+    assert sorted(p.name for p in (work / "actions").glob("*/*")) == ["kick-2-v1", "kick-2-v6"]
+    assert not list((work / "claims").rglob("*.claim"))
