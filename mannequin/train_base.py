@@ -349,11 +349,12 @@ def file_digest(path: Path) -> str:
 
 # ====================================================================== stage 1: VAE
 
-def vae_loss(vae, pixels, generator, config: BaseConfig,
-             extra_noise_std: "torch.Tensor | None" = None) -> tuple["torch.Tensor", dict]:
+def vae_loss(vae, pixels, generator, config: BaseConfig, extra_noise_std: "torch.Tensor | None" = None,
+             keep_decoded: bool = False) -> tuple["torch.Tensor", dict]:
     """L1 + ``vae_l2_weight`` x L2 + ``vae_edge_weight`` x L1 of pixel differences (per-pixel means)
     + ``vae_kl_weight`` x KL (mean per latent element), on a posterior sample; plus, when
-    ``extra_noise_std`` (one std per frame, latent units) is given, Gaussian noise on that sample."""
+    ``extra_noise_std`` (one std per frame, latent units) is given, Gaussian noise on that sample.
+    ``keep_decoded``: the parts also hold the decoded pixels (for an adversarial term)."""
     import torch
 
     dist = vae.encode(pixels).latent_dist
@@ -369,8 +370,9 @@ def vae_loss(vae, pixels, generator, config: BaseConfig,
             + (decoded.diff(dim=-2) - pixels.diff(dim=-2)).abs().mean())
     kl = dist.kl().mean() / dist.mean[0].numel()
     loss = l1 + config.vae_l2_weight * l2 + config.vae_edge_weight * edge + config.vae_kl_weight * kl
-    return loss, {"l1": float(l1.detach()), "l2": float(l2.detach()), "edge": float(edge.detach()),
-                  "kl": float(kl.detach())}
+    parts = {"l1": float(l1.detach()), "l2": float(l2.detach()), "edge": float(edge.detach()),
+             "kl": float(kl.detach())}
+    return loss, ({**parts, "decoded": decoded} if keep_decoded else parts)
 
 
 class CheckpointedStage:

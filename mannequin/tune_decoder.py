@@ -13,7 +13,11 @@ checkpoints (the same command continues after any stop). ``--latent-noise S`` ad
 noise of a random std in [0, S] latent stds to each frame's latents before decoding: the UNet's
 samples are never exactly on the encoder's latents, and a decoder trained on those alone
 turns the difference into speckle. ``--from-checkpoint`` may also name an earlier tune's
-``decoder/`` folder, to go on from it with other settings. ``--apply`` replaces the decoder's
+``decoder/`` folder, to go on from it with other settings, or an exported model's folder (the
+shipped decoder as it is). ``--adversarial W`` adds a patch discriminator's hinge loss
+(``mannequin.discriminator``, taming-transformers' adaptive balance times W): at 64² MediaPipe
+loses the person after a Gaussian blur of 0.5–0.75 px, so the decoder must be sharper than an
+L1/L2 loss makes it (docs/mannequin-base.md). ``--apply`` replaces the decoder's
 weights in an exported model's ``vae/`` after checking that its encoder is the one this tune
 started from, and records the tune in the model's ``training.json``.
 """
@@ -44,10 +48,16 @@ class TuneSettings:
     warmup: int = 50
     seed: int = 0
     latent_noise: float = 0.0  # max std of the noise added to the latents, in latent stds
+    # weight of a patch discriminator's hinge term (times taming-transformers' adaptive balance);
+    # 0: none. It enters after ``adversarial_after`` steps; the discriminator trains from step 0.
+    adversarial: float = 0.0
+    adversarial_after: int = 100
 
     def saved_as(self) -> dict:
         """The settings a checkpoint records (without defaults older tunes did not have)."""
-        return {k: v for k, v in self.__dict__.items() if k != "latent_noise" or v}
+        added_later = {"latent_noise": 0.0, "adversarial": 0.0}
+        return {k: v for k, v in self.__dict__.items()
+                if added_later.get(k, object()) != v and not (k == "adversarial_after" and not self.adversarial)}
 
 
 class DecoderStage(tb.VaeStage):
@@ -66,6 +76,72 @@ class DecoderStage(tb.VaeStage):
         self.generator = torch.Generator().manual_seed(settings.seed * 1000 + 7)
         self.latent_noise = settings.latent_noise
         self.latent_std = latent_std
+        self.settings = settings
+        self.discriminator, self.disc_losses = None, []
+        if settings.adversarial:
+            from mannequin.discriminator import PatchDiscriminator
+
+            with torch.random.fork_rng():  # its initial weights from the tune's seed, not the global state
+                torch.manual_seed(settings.seed * 1000 + 11)
+                self.discriminator = PatchDiscriminator()
+            self.disc_params = dict(self.discriminator.named_parameters())
+            self.disc_optimizer = torch.optim.AdamW(list(self.disc_params.values()), lr=settings.lr,
+                                                    betas=(0.5, 0.9), weight_decay=0.0)
+
+    def train_step(self) -> float:
+        if self.discriminator is None:
+            return super().train_step()
+        import torch
+
+        from mannequin.discriminator import adaptive_weight, generator_loss, hinge_discriminator_loss
+
+        for optimizer in (self.optimizer, self.disc_optimizer):
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr()
+        pixels = self.batch()
+        reconstruction, parts = tb.vae_loss(self.vae, pixels, self.generator, self.config,
+                                            self.latent_noise_std(len(pixels)), keep_decoded=True)
+        decoded, loss = parts["decoded"], reconstruction
+        if self.step >= self.settings.adversarial_after:
+            self.discriminator.requires_grad_(False)  # the decoder's step moves the decoder only
+            adversarial = generator_loss(self.discriminator(decoded))
+            balance = adaptive_weight(reconstruction, adversarial, self.vae.decoder.conv_out.weight)
+            loss = reconstruction + self.settings.adversarial * balance * adversarial
+            self.discriminator.requires_grad_(True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        disc_loss = hinge_discriminator_loss(self.discriminator(pixels), self.discriminator(decoded.detach()))
+        disc_loss.backward()
+        self.disc_optimizer.step()
+        self.disc_optimizer.zero_grad(set_to_none=True)
+        self.disc_losses.append(float(disc_loss.detach()))
+        self.step += 1
+        return float(reconstruction.detach())  # the loss curve stays the reconstruction's, as in other tunes
+
+    def checkpoint_tensors(self) -> tuple[dict, dict]:
+        from flash_engine.training.checkpoint import optimizer_tensors
+
+        tensors, meta = super().checkpoint_tensors()
+        if self.discriminator is not None:
+            tensors.update({f"disc.{k}": v for k, v in self.disc_params.items()})
+            meta["disc_optimizer"] = optimizer_tensors(self.disc_optimizer, "disc_optim", tensors)
+            meta["disc_losses"] = self.disc_losses
+        return tensors, meta
+
+    def restore(self, meta: dict, tensors: dict) -> None:
+        import torch
+
+        from flash_engine.training.checkpoint import load_optimizer
+
+        super().restore(meta, tensors)
+        if self.discriminator is not None:
+            with torch.no_grad():
+                for name, param in self.disc_params.items():
+                    param.copy_(tensors[f"disc.{name}"])
+            load_optimizer(self.disc_optimizer, "disc_optim", tensors, meta["disc_optimizer"])
+            self.disc_losses = list(meta["disc_losses"])
 
     def latent_noise_std(self, frames: int):
         import torch
@@ -81,7 +157,19 @@ def encoder_state(vae) -> dict:
 
 def load_stage_vae(checkpoint_folder: Path):
     """The VAE of a train_base run's stage-1 checkpoint, with the run's config; or of a tune's
-    ``decoder/`` checkpoint (its decoder over the VAE that tune started from)."""
+    ``decoder/`` checkpoint (its decoder over the VAE that tune started from); or of an exported
+    model's folder (its ``vae/`` as shipped, with its ``training.json``'s config)."""
+    exported = Path(checkpoint_folder)
+    if (exported / "vae" / "config.json").is_file():
+        import torch
+        from diffusers import AutoencoderKL
+
+        record = tb._read_json(exported / "training.json")
+        if not record or "config" not in record:
+            raise SystemExit(f"error: {exported} has no training.json of mannequin.train_base; "
+                             "tune a model this project trained")
+        vae = AutoencoderKL.from_pretrained(exported / "vae", torch_dtype=torch.float32)
+        return vae, {"step": "export"}, BaseConfig.from_dict(record["config"])
     found = tb.load_checkpoint(Path(checkpoint_folder))
     if found is None:
         raise SystemExit(f"error: no VAE checkpoint in {checkpoint_folder} (the train_base run's vae/ folder "
@@ -106,7 +194,10 @@ def tune(args) -> int:
 
     if args.latent_noise < 0:
         raise SystemExit(f"error: --latent-noise must be 0 or more (latent stds), not {args.latent_noise:g}")
-    settings = TuneSettings(steps=args.steps, latent_noise=args.latent_noise)
+    if args.adversarial < 0:
+        raise SystemExit(f"error: --adversarial must be 0 or more, not {args.adversarial:g}")
+    settings = TuneSettings(steps=args.steps, latent_noise=args.latent_noise, adversarial=args.adversarial,
+                            adversarial_after=args.adversarial_after)
     work = Path(args.work).expanduser()
     work.mkdir(parents=True, exist_ok=True)
     log = tb.Log(work / "tune.log", args.quiet)
@@ -115,6 +206,7 @@ def tune(args) -> int:
     from mannequin.generate import default_cache_dir
 
     cache = Path(args.cache).expanduser() if args.cache else default_cache_dir()
+    tb.render_clips(config, cache, 2, log)  # a new machine's cache is empty; clips already there are kept
     frames = tb.load_frames(tb.training_clips(config, cache), config.frames, log).frames
     # the latents' std (1 / the scaling factor train_base measures), to give the noise in its units
     latent_std = 1.0 / tb.latent_scale(vae, frames, config.scale_frames, config.seed * 1000 + 4) \
@@ -190,12 +282,17 @@ def apply(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mannequin.tune_decoder", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--from-checkpoint", type=Path, help="the train_base run's vae/ checkpoint folder")
+    parser.add_argument("--from-checkpoint", type=Path,
+                        help="the train_base run's vae/ checkpoint folder, a tune's decoder/, or an exported model")
     parser.add_argument("--work", type=Path, required=True, help="the tune's state (checkpoints, log)")
     parser.add_argument("--steps", type=int, default=TuneSettings.steps)
     parser.add_argument("--minutes-budget", type=float, default=None)
     parser.add_argument("--latent-noise", type=float, default=TuneSettings.latent_noise,
                         help="max std of noise added to the latents while tuning, in latent stds (e.g. 0.3)")
+    parser.add_argument("--adversarial", type=float, default=TuneSettings.adversarial,
+                        help="weight of a patch discriminator's term (e.g. 0.5, SD's VAE); 0: none")
+    parser.add_argument("--adversarial-after", type=int, default=TuneSettings.adversarial_after,
+                        help="steps before the adversarial term enters (the discriminator trains from the start)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1)

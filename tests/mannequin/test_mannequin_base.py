@@ -137,6 +137,74 @@ def test_smoke_cli_writes_a_model_that_load_base_loads_and_the_pipeline_animates
     assert any(not torch.equal(after[k], noisy[k]) for k in tuned)
     assert all(torch.equal(after[k], noisy[k]) for k in after if k not in tuned)
 
+    # A third goes on from the exported model itself (a new machine has no run state), adversarially.
+    done = subprocess.run([sys.executable, "-m", "mannequin.tune_decoder", "--work", str(tmp_path / "tune3"),
+                           "--cache", str(cache), "--from-checkpoint", str(out), "--steps", "2",
+                           "--adversarial", "0.5", "--adversarial-after", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "tune3" / "decoder_tune.json").read_text())
+    assert record["settings"]["adversarial"] == 0.5 and record["from_step"] == "export"
+    done = subprocess.run([sys.executable, "-m", "mannequin.tune_decoder", "--work", str(tmp_path / "tune3"),
+                           "--apply", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sharp = model_tensors(out)
+    assert any(not torch.equal(noisy[k], sharp[k]) for k in tuned)
+    assert all(torch.equal(noisy[k], sharp[k]) for k in noisy if k not in tuned)
+
+
+def test_the_adversarial_decoder_tune_resumes_bit_for_bit_and_keeps_the_encoder():
+    """4 steps straight == 2 steps, a checkpoint, a new stage restored from it, 2 more: the
+    decoder, the discriminator and its optimizer all travel (the adversarial term is on from step 1)."""
+    from mannequin.tune_decoder import DecoderStage, TuneSettings, encoder_state
+
+    config = smoke_config()
+    frames = ((figure_frames(8).permute(0, 2, 3, 1).numpy() + 1) * 127.5).astype(np.uint8).reshape(2, 4, 64, 64, 3)
+    settings = TuneSettings(steps=4, adversarial=0.5, adversarial_after=1)
+
+    def stage():
+        torch.manual_seed(0)
+        return DecoderStage(config, build_parts(config)["vae"], frames, settings)
+
+    straight = stage()
+    start_encoder = encoder_state(straight.vae)
+    for _ in range(4):
+        straight.train_step()
+    first = stage()
+    for _ in range(2):
+        first.train_step()
+    tensors, meta = first.checkpoint_tensors()
+    tensors = {k: v.clone() for k, v in tensors.items()}
+    resumed = stage()
+    resumed.restore({**meta, "step": first.step, "losses": first.losses, "elapsed_s": 0.0}, tensors)
+    for _ in range(2):
+        resumed.train_step()
+    for ours, theirs in ((resumed.params, straight.params), (resumed.disc_params, straight.disc_params)):
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert resumed.disc_losses == straight.disc_losses and len(straight.disc_losses) == 4
+    assert any(not torch.equal(straight.params[k], stage().params[k]) for k in straight.params)  # it trained
+    assert all(torch.equal(v, start_encoder[k]) for k, v in encoder_state(straight.vae).items())
+
+
+def test_the_adversarial_term_changes_the_decoders_step_only_after_its_start():
+    from mannequin.tune_decoder import DecoderStage, TuneSettings
+
+    config = smoke_config()
+    frames = ((figure_frames(8).permute(0, 2, 3, 1).numpy() + 1) * 127.5).astype(np.uint8).reshape(2, 4, 64, 64, 3)
+
+    def decoder_after(steps, **settings):
+        torch.manual_seed(0)
+        stage = DecoderStage(config, build_parts(config)["vae"], frames, TuneSettings(steps=4, **settings))
+        for _ in range(steps):
+            stage.train_step()
+        return stage.params
+
+    plain = decoder_after(2)
+    late = decoder_after(2, adversarial=0.5, adversarial_after=2)  # the term would enter at step 3
+    early = decoder_after(2, adversarial=0.5, adversarial_after=0)
+    assert all(torch.equal(plain[k], late[k]) for k in plain)
+    assert any(not torch.equal(plain[k], early[k]) for k in plain)
+
 
 # ---------------------------------------------------------------- each stage learns
 
