@@ -40,7 +40,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * math.log10(255 ** 2 / max(mse, 1e-12))
 
 
-def measure(model: str, cache: Path, judge, train_actions: tuple[str, ...], log=print) -> dict:
+def blurred(clip: np.ndarray, sigma: float) -> np.ndarray:
+    """Every frame through a Gaussian blur of std ``sigma`` px (Pillow's radius is the std)."""
+    from PIL import Image, ImageFilter
+
+    return np.stack([np.asarray(Image.fromarray(frame).filter(ImageFilter.GaussianBlur(sigma))) for frame in clip])
+
+
+def measure(model: str, cache: Path, judge, train_actions: tuple[str, ...], log=print,
+            blurs: tuple[float, ...] = ()) -> dict:
+    """``blurs``: also judge the originals after a Gaussian blur of each std (px): how sharp a
+    round trip must be for the judge (the answer does not depend on the model)."""
     from PIL import Image
 
     from flash_engine.models.loading import load_base
@@ -57,7 +67,7 @@ def measure(model: str, cache: Path, judge, train_actions: tuple[str, ...], log=
     def clip(action: str, index: int) -> np.ndarray:
         return read_clip(clip_path(cache / "test", action, index, "png"), 16)
 
-    found = {"original": [], "round_trip": []}
+    found = {"original": [], "round_trip": [], **{f"blur {sigma:g}": [] for sigma in blurs}}
     psnrs, errors = [], []
     for action in ROUND_TRIP_ACTIONS:
         for index in range(CLIPS_PER_ACTION):
@@ -68,6 +78,8 @@ def measure(model: str, cache: Path, judge, train_actions: tuple[str, ...], log=
             found["original"].append(judged.reference_found)
             found["round_trip"].append(judged.found)
             psnrs.append(psnr(rebuilt, truth))
+            for sigma in blurs:
+                found[f"blur {sigma:g}"].append(sum(p is not None for p in judge.clip(blurred(truth, sigma))))
             if judged.keypoint_error_px is not None:
                 errors.append((judged.keypoint_error_px, judged.both_found))
     generated_found, truth_found, seconds = [], [], []
@@ -91,6 +103,8 @@ def measure(model: str, cache: Path, judge, train_actions: tuple[str, ...], log=
         "round_trip_found": f"{sum(found['round_trip'])}/{16 * len(found['round_trip'])}",
         "round_trip_psnr": (float(np.mean(psnrs)), float(np.min(psnrs)), float(np.max(psnrs))),
         "keypoint_error_px": weighted,
+        "blurred_originals": {sigma: f"{sum(found[f'blur {sigma:g}'])}/{16 * len(found['original'])}"
+                              for sigma in blurs},
         "generated_clips": f"test split, clip 0 of each training action ({len(train_actions)}), own sentence",
         "generated": rate_with_error(generated_found, 16),
         "generated_found": f"{sum(generated_found)}/{16 * len(generated_found)}",
@@ -146,6 +160,9 @@ def table(results: list[dict]) -> str:
         ("generated ÷ ground truth's rate", lambda r: f"{r['generated'][0] / max(r['generated_truth'][0], 1e-9):.2f}"),
         ("seconds per clip (16 frames, 25 steps, CPU, median)", lambda r: f"{r['seconds_per_clip']:.2f}"),
     ]
+    for place, sigma in enumerate(results[0].get("blurred_originals", {}), start=2):  # beside the round trip
+        rows.insert(place, (f"original frames after a Gaussian blur of {sigma:g} px",
+                        lambda r, s=sigma: r.get("blurred_originals", {}).get(s, "–")))
     lines = ["| figure | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
     lines += [f"| {label} | " + " | ".join(cell(r) for r in results) + " |" for label, cell in rows]
     for other, name in zip(results[1:], names[1:]):
@@ -162,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, help="mannequin clip cache (default: the training run's)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--blur", nargs="+", type=float, default=[], metavar="SIGMA",
+                        help="also judge the original frames after a Gaussian blur of these stds (px)")
     parser.add_argument("--figure", type=Path, help="also draw the demo strip (generated / VAE round trip / "
                         "ground truth) of --model into this PNG")
     args = parser.parse_args(argv)
@@ -189,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with judge:
-        results = [measure(m, cache, judge, train_actions) for m in [args.model, *args.compare]]
+        results = [measure(m, cache, judge, train_actions, blurs=tuple(args.blur) if i == 0 else ())
+                   for i, m in enumerate([args.model, *args.compare])]
     print(table(results))
     if args.figure:
         print(f"wrote {demo_figure(args.model, cache, args.figure)}")

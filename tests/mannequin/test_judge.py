@@ -112,3 +112,18 @@ def test_the_report_reads_rates_with_a_standard_error_over_clips():
     assert math.isnan(base_report.rate_with_error([4], 16)[1])
     assert base_report.psnr(np.zeros((2, 2)), np.zeros((2, 2))) > 100
     assert Judgement(frames=4, found=1).rate == 0.25
+
+
+def test_the_blur_rows_blur_by_the_std_asked_and_read_in_the_table():
+    edge = np.zeros((1, 16, 16, 3), np.uint8)
+    edge[:, :, 8:] = 255
+    assert np.array_equal(base_report.blurred(edge, 0), edge)
+    soft, softer = base_report.blurred(edge, 0.5)[0, 8], base_report.blurred(edge, 1.5)[0, 8]
+    assert 0 < soft[8, 0] < 255 and softer[6, 0] > soft[6, 0] > 0 == edge[0, 8, 6, 0]  # wider with the std
+    result = {"model": "m", "identity": "abcdef12", "original_found": "8/16", "original": (0.5, 0.1),
+              "round_trip_found": "4/16", "round_trip": (0.25, 0.1), "round_trip_psnr": (30.0, 29.0, 31.0),
+              "keypoint_error_px": None, "generated_found": "1/16", "generated": (0.06, 0.0),
+              "generated_truth": (0.9, 0.0), "seconds_per_clip": 1.0, "blurred_originals": {0.5: "6/16"}}
+    lines = base_report.table([result]).splitlines()
+    assert "| original frames after a Gaussian blur of 0.5 px | 6/16 |" in lines
+    assert lines.index("| original frames after a Gaussian blur of 0.5 px | 6/16 |") == 4  # beside the round trip
