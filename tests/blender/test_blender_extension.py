@@ -10,6 +10,7 @@ under a minute on a small machine.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
 from tests.support.blender_harness import (  # noqa: E402
-    MODULE, Drawer, Layout, layout_problems, run_scenario, scenario_part,
+    MODULE, Drawer, Layout, ScenarioRecord, addon, call, install_extension, layout_problems, run_scenario,
+    scenario_part, use_local_engine,
 )
 
 SMALL = {"frames": 3, "steps": 2, "long_side": 64}  # 64x48 from the 4:3 shot: a second per job
@@ -248,26 +250,12 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
     import bpy
     import addon_utils  # importable once bpy is
 
-    record: dict = {}
     work_dir = Path(work)
     work_dir.mkdir(parents=True)
 
-    started = time.monotonic()
-
-    def save(step: str | None = None):
-        if step:  # seconds since the start, for finding what is slow
-            record.setdefault("timings", {})[step] = round(time.monotonic() - started, 1)
-        Path(out).write_text(json.dumps(record, indent=1, default=str))
-
-    def addon(name: str):
-        return sys.modules[f"{MODULE}.{name}"]
-
-    def call(**kwargs):
-        """Run the operator; returns (result, error line)."""
-        try:
-            return sorted(bpy.ops.flash.animate_action(**kwargs)), ""
-        except RuntimeError as err:
-            return ["CANCELLED"], str(err)
+    scenario_record = ScenarioRecord(out)  # its timings: seconds since here
+    record, save = scenario_record.record, scenario_record.save
+    animate = functools.partial(call, bpy.ops.flash.animate_action)
 
     def inventory(scene) -> dict:
         folder = work_dir / "flash"
@@ -338,12 +326,10 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
 
     try:
         # 1. install + enable from the built zip
-        result = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default",
-                                                          enable_on_install=True)
+        result = install_extension(zip_path)
         extension_dir = bpy.utils.user_resource("EXTENSIONS", path="user_default/flash_previs")
-        prefs = bpy.context.preferences.addons[MODULE].preferences
         bundled, engine_module = addon("bundled"), addon("engine")
-        record["install"] = {"result": sorted(result), "enabled": MODULE in bpy.context.preferences.addons,
+        record["install"] = {"result": result, "enabled": MODULE in bpy.context.preferences.addons,
                              "extension_dir": extension_dir}
         save("install")
 
@@ -362,20 +348,13 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
         ok = sorted(bpy.ops.flash.setup_engine())
         ok_lines = addon("progress").STATUS.setup.tail(2)
         installer.setup_command = fake(["[1/3] creating", "error: broken index", "  pass --index-url"], 1)
-        try:
-            bpy.ops.flash.setup_engine()
-            failed = ""
-        except RuntimeError as err:
-            failed = str(err)
+        _, failed = call(bpy.ops.flash.setup_engine)
         installer.setup_command = real_command
         record["setup"] = {"ok_result": ok, "ok_lines": ok_lines, "ok_command": commands[0], "failed_error": failed}
         save("setup")
 
         # 3. a 4:3 shot with lens shift, saved so takes go to //flash/
-        prefs.engine_source = 'CUSTOM'
-        prefs.python_path = sys.executable  # the engine runs in this test's own interpreter
-        prefs.model_source = 'TINY'
-        prefs.device = 'cpu'
+        prefs = use_local_engine('TINY')  # the engine runs in this test's own interpreter
         scene = bpy.context.scene
         scene.render.engine = 'CYCLES'
         scene.cycles.samples = 1
@@ -412,7 +391,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
 
         # an unsaved file: frames go to the user directory, with a warning; no Long Side set:
         # the model's native size (tiny: 64) at the camera's 4:3
-        result, error = call(action="backflip", output='PLANE', frames=3, steps=2)
+        result, error = animate(action="backflip", output='PLANE', frames=3, steps=2)
         plane = bpy.data.objects.get("Scene_Camera_backflip_001")
         texture = plane and next(n for n in plane.active_material.node_tree.nodes if n.type == 'TEX_IMAGE')
         takes_dir = bpy.utils.extension_path_user(MODULE, path="takes")
@@ -444,7 +423,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
             "render": staticmethod(failing_render)})}), "data": bpy.data})
         before_state, before_files = render_state(scene), inventory(scene)
         try:
-            _, error = call(action="soccer_shoot", **SMALL)
+            _, error = animate(action="soccer_shoot", **SMALL)
         finally:
             reference.bpy = real
         record["render_fails"] = {"error": error, "state_before": before_state, "state_after": render_state(scene),
@@ -452,7 +431,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
         save("render_fails")
 
         before = render_state(scene)
-        result, error = call(action="soccer_shoot", **SMALL)
+        result, error = animate(action="soccer_shoot", **SMALL)
         client = engine_module.MANAGER.client
         record["install"].update(engine_file=sys.modules["flash_engine"].__file__,
                                  engine_path=client.engine_path if client else None)
@@ -470,7 +449,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
         ortho.data.sensor_fit, ortho.data.shift_x, ortho.data.shift_y = 'VERTICAL', 0.2, 0.1
         scene.camera = ortho
         scene.flash.plane_distance = 4.0
-        result, error = call(action="Push-up", output='PLANE', **SMALL)
+        result, error = animate(action="Push-up", output='PLANE', **SMALL)
         pids.append(engine_module.MANAGER.pid)
         record["orthographic"] = {"result": result, "error": error,
                                   **describe_take(scene, ortho, "Scene_Ortho_push_up_001")}
@@ -478,7 +457,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
         save("orthographic")
 
         # 5. again with the first camera: take 002, take 001 untouched
-        result, error = call(action="soccer_shoot", **SMALL)
+        result, error = animate(action="soccer_shoot", **SMALL)
         strips = scene.sequence_editor.strips
         record["rerun"] = {
             "result": result, "error": error,
@@ -493,7 +472,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
         # 6. no active camera: a clear error, nothing created
         scene.camera = None
         before = inventory(scene)
-        _, error = call(action="soccer_shoot", **SMALL)
+        _, error = animate(action="soccer_shoot", **SMALL)
         record["no_camera"] = {"error": error, "before": before, "after": inventory(scene)}
         scene.camera = camera
         save("no_camera")
@@ -515,10 +494,10 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
         thread = threading.Thread(target=killer, daemon=True)
         before = inventory(scene)
         thread.start()
-        _, error = call(action="soccer_shoot", frames=3, steps=400, long_side=64)
+        _, error = animate(action="soccer_shoot", frames=3, steps=400, long_side=64)
         thread.join(5)
         after = inventory(scene)
-        next_result, next_error = call(action="soccer_shoot", **SMALL)
+        next_result, next_error = animate(action="soccer_shoot", **SMALL)
         record["killed"] = {"killed_pid": killed[0] if killed else None, "error": error, "before": before,
                             "after": after, "next_result": next_result, "next_error": next_error,
                             "next_pid": engine_module.MANAGER.pid}
@@ -537,7 +516,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
         problems = check_drawing(bpy, addon, prefs)
         panel_calls: list = []
         addon("panels").FLASH_PT_animate.draw(Drawer(Layout(panel_calls), None), bpy.context)
-        result, error = call(action="model:arm_wave", frames=2, steps=1)
+        result, error = animate(action="model:arm_wave", frames=2, steps=1)
         take_json = work_dir / "flash" / "Scene_Camera_arm_wave_001" / "flash.json"
         record["model_actions"] = {
             "tiny_items": tiny_items, "items": items, "chosen": chosen, "problems": problems,

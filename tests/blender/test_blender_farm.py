@@ -27,7 +27,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
-from tests.support.blender_harness import MODULE, build_extension_zip, emulate_blender, isolated_env  # noqa: E402
+from tests.support.blender_harness import (  # noqa: E402
+    MODULE, build_extension_zip, emulate_blender, install_extension, isolated_env, use_local_engine,
+)
 from tests.support.flamenco import NODE, compile_job, hidden_evals  # noqa: E402
 
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy 5.0.1 wheel"),
@@ -169,11 +171,9 @@ def setup(zip_path: str, work: str, out: str, evals: str) -> None:  # pragma: no
 
     record: dict = {}
     try:
-        bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
+        install_extension(zip_path)
         record["extension_dir"] = bpy.utils.user_resource("EXTENSIONS", path="user_default/flash_previs")
-        prefs = bpy.context.preferences.addons[MODULE].preferences
-        prefs.engine_source, prefs.python_path = 'CUSTOM', sys.executable
-        prefs.model_source, prefs.device = 'TINY', 'cpu'
+        use_local_engine('TINY')
         bpy.ops.wm.save_userpref()
         scene = bpy.context.scene
         scene.render.engine = 'CYCLES'

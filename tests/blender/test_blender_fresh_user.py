@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import json
 import os
 import re
 import sys
@@ -29,7 +28,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
 from tests.support.blender_harness import (  # noqa: E402
-    MODULE, Drawer, Layout, isolated_env, layout_problems, run_scenario, scenario_part,
+    MODULE, Drawer, Layout, ScenarioRecord, addon, call, install_extension, isolated_env, layout_problems,
+    run_scenario, scenario_part,
 )
 
 UNWRITABLE = "/sys/flash-takes"  # mkdir there fails with EPERM, even for root
@@ -176,22 +176,14 @@ def scenario(zip_path: str, work: str, out: str, no_torch: str, stall: str) -> N
 
     import bpy
 
-    record: dict = {}
+    scenario_record = ScenarioRecord(out)
+    record, save = scenario_record.record, scenario_record.save
     work_dir = Path(work)
     work_dir.mkdir(parents=True)
 
-    def save():
-        Path(out).write_text(json.dumps(record, indent=1, default=str))
-
-    def addon(name: str):
-        return sys.modules[f"{MODULE}.{name}"]
-
     def animate(**kwargs) -> str:
-        try:
-            bpy.ops.flash.animate_action(**kwargs)
-            return ""
-        except RuntimeError as err:
-            return str(err)
+        """The error Animate shows ("" when it runs)."""
+        return call(bpy.ops.flash.animate_action, **kwargs)[1]
 
     def draw(function, owner) -> tuple[list[str], list[tuple], list[str]]:
         """Labels, (operator, text) pairs and layout problems of one draw."""
@@ -216,7 +208,7 @@ def scenario(zip_path: str, work: str, out: str, no_torch: str, stall: str) -> N
         return head == b"BLENDER" or head[:4] == b"\x28\xb5\x2f\xfd"  # plain, or zstd-compressed
 
     try:
-        bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
+        install_extension(zip_path)
         prefs = bpy.context.preferences.addons[MODULE].preferences
         status, manager = addon("progress").STATUS, addon("engine").MANAGER
         panel = addon("panels").FLASH_PT_animate
@@ -225,11 +217,7 @@ def scenario(zip_path: str, work: str, out: str, no_torch: str, stall: str) -> N
         # 1. never set up: Animate says so, the preferences offer the button, nothing is made
         error = animate(frames=3, steps=1, long_side=64)
         labels, operators, problems = draw(type(prefs).draw, prefs)
-        try:
-            bpy.ops.flash.download_weights()
-            download_error = ""
-        except RuntimeError as err:
-            download_error = str(err)
+        _, download_error = call(bpy.ops.flash.download_weights)
         record["fresh"] = {"error": error, "env_exists": env_dir.exists(), "labels": labels,
                            "operators": operators, "starts": manager.starts, "problems": problems,
                            "download_error": download_error, "user_dir": bpy.utils.extension_path_user(MODULE)}

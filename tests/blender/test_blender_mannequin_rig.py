@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
-from tests.support.blender_harness import MODULE, run_scenario, scenario_part  # noqa: E402
+from tests.support.blender_harness import (  # noqa: E402
+    ScenarioRecord, addon, install_extension, run_scenario, scenario_part, use_local_engine,
+)
 
 ACTION, CLIP_INDEX = "march", 0  # test split: an appearance and camera no training saw
 # docs/mannequin-control-benchmark.md, all actions, "pose from the ground-truth rig": MediaPipe's
@@ -115,29 +116,14 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
     from mannequin.render import render_clip
     from mannequin.rig_scene import NOSE_BONE, build_rigged_shot, segment_errors
 
-    record: dict = {"errors": {}}
+    scenario_record = ScenarioRecord(out, errors={})
+    record, save, step = scenario_record.record, scenario_record.save, scenario_record.step
     work_dir = Path(work)
     work_dir.mkdir(parents=True)
 
-    def save():
-        Path(out).write_text(json.dumps(record, indent=1, default=str))
-
-    def addon(name: str):
-        return sys.modules[f"{MODULE}.{name}"]
-
-    def step(name):
-        def wrap(function):
-            try:
-                function()
-            except Exception:
-                record["errors"][name] = traceback.format_exc()
-            save()
-        return wrap
-
-    bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
-    prefs = bpy.context.preferences.addons[MODULE].preferences
+    install_extension(zip_path)
     # the built-in default model: mannequin (the isolated environment has no downloaded weights)
-    prefs.engine_source, prefs.python_path, prefs.model_source, prefs.device = 'CUSTOM', sys.executable, 'DEFAULT', 'cpu'
+    use_local_engine('DEFAULT')
 
     spec = clip_spec(ACTION, CLIP_INDEX, "test", 0, 64, 16)
     truth = render_clip(spec)  # the world's own frames, before its scene becomes the shot

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
-from tests.support.blender_harness import MODULE, run_scenario, scenario_part  # noqa: E402
+from tests.support.blender_harness import (  # noqa: E402
+    ScenarioRecord, addon, call, install_extension, run_scenario, scenario_part, use_local_engine,
+)
 
 SMALL = {"frames": 4, "steps": 1, "long_side": 64}
 CARDS = {"CamA": (0.8, 0.05, 0.05), "CamB": (0.05, 0.8, 0.05), "CamC": (0.05, 0.05, 0.8)}
@@ -182,21 +183,10 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
     import numpy as np
     from PIL import Image
 
-    record: dict = {"errors": {}}
+    scenario_record = ScenarioRecord(out, errors={})
+    record, step = scenario_record.record, scenario_record.step
     work_dir = Path(work)
     work_dir.mkdir(parents=True)
-
-    def save():
-        Path(out).write_text(json.dumps(record, indent=1, default=str))
-
-    def addon(name: str):
-        return sys.modules[f"{MODULE}.{name}"]
-
-    def call(operator, **kwargs):
-        try:
-            return sorted(operator(**kwargs)), ""
-        except RuntimeError as err:
-            return ["CANCELLED"], str(err)
 
     def pixels(path) -> np.ndarray:
         with Image.open(path) as image:
@@ -229,19 +219,9 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
                 "markers": sorted([m.name, m.frame, m.camera.name if m.camera else None]
                                   for m in scene.timeline_markers)}
 
-    def step(name):
-        def wrap(function):
-            try:
-                function()
-            except Exception:
-                record["errors"][name] = traceback.format_exc()
-            save()
-        return wrap
-
     # install + enable, the tiny engine in this interpreter
-    bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
-    prefs = bpy.context.preferences.addons[MODULE].preferences
-    prefs.engine_source, prefs.python_path, prefs.model_source, prefs.device = 'CUSTOM', sys.executable, 'TINY', 'cpu'
+    install_extension(zip_path)
+    use_local_engine('TINY')
 
     scene = bpy.context.scene
     for obj in list(bpy.data.objects):

@@ -15,7 +15,6 @@ import importlib.util
 import json
 import math
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
-from tests.support.blender_harness import MODULE, run_scenario, scenario_part  # noqa: E402
+from tests.support.blender_harness import (  # noqa: E402
+    ScenarioRecord, addon, call, install_extension, run_scenario, scenario_part, use_local_engine,
+)
 
 TOLERANCE = 1e-4
 TAKE = {"frames": 4, "steps": 1, "long_side": 64, "output": 'BOTH'}
@@ -213,28 +214,13 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
     import bpy
     from bpy_extras.object_utils import world_to_camera_view
 
-    record: dict = {"errors": {}}
+    scenario_record = ScenarioRecord(out, errors={})
+    record, save, step = scenario_record.record, scenario_record.save, scenario_record.step
     work_dir = Path(work)
     work_dir.mkdir(parents=True)
 
-    def save():
-        Path(out).write_text(json.dumps(record, indent=1, default=str))
-
-    def addon(name: str):
-        return sys.modules[f"{MODULE}.{name}"]
-
-    def step(name):
-        def wrap(function):
-            try:
-                function()
-            except Exception:
-                record["errors"][name] = traceback.format_exc()
-            save()
-        return wrap
-
-    bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
-    prefs = bpy.context.preferences.addons[MODULE].preferences
-    prefs.engine_source, prefs.python_path, prefs.model_source, prefs.device = 'CUSTOM', sys.executable, 'TINY', 'cpu'
+    install_extension(zip_path)
+    use_local_engine('TINY')
 
     # The stand-in engine: every animate job writes its frames and a flash.json, then is done.
     from tests.support.fake_client import FakeClient
@@ -549,11 +535,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
         flash.motion, flash.rig, flash.use_depth = 'RIG', rigify, True
         files = flash_files()
         WritingClient.fail_next = True
-        try:
-            bpy.ops.flash.animate_action(**TAKE)
-            error = ""
-        except RuntimeError as err:
-            error = str(err)
+        _, error = call(bpy.ops.flash.animate_action, **TAKE)
         args = submitted()[-1]
         record["failed"] = {"error": error, "new_files": sorted(flash_files() - files), "pose": args.get("pose"),
                             "depth": args.get("depth"), "left": [Path(args[k]).exists() for k in ("pose", "depth")]}
@@ -645,10 +627,8 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
         for name, (overrides, camera_name) in cases.items():
             scene.camera = cams[camera_name] if camera_name else cams["Take"]
             files, count = flash_files(), len(submitted())
-            try:
-                result, error = sorted(bpy.ops.flash.animate_action(**TAKE, **overrides)), ""
-            except RuntimeError as err:
-                result, error = ["CANCELLED"], str(err).strip()
+            result, error = call(bpy.ops.flash.animate_action, **TAKE, **overrides)
+            error = error.strip()
             line = error.removeprefix("Error: ").strip()
             record["bad"][name] = {"result": result, "error": error, "one_line": "\n" not in line and bool(line),
                                    "submitted": len(submitted()) - count,
@@ -676,11 +656,7 @@ def scenario(zip_path: str, work: str, out: str) -> None:  # pragma: no cover - 
         record["clip"] = {"read": read, "result": result, "args": args, "motion_source": manifest.get("motion_source"),
                           "clips_left": len(bpy.data.movieclips) - clips}
         flash.clip_start = 60
-        try:
-            bpy.ops.flash.animate_action(**TAKE)
-            record["clip"]["past_end"] = ""
-        except RuntimeError as err:
-            record["clip"]["past_end"] = str(err)
+        record["clip"]["past_end"] = call(bpy.ops.flash.animate_action, **TAKE)[1]
         flash.clip_start = 10
 
     @step("panels")

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process
 from tests.support.blender_harness import (  # noqa: E402
-    MODULE, Drawer, Layout, build_extension_zip, emulate_blender, isolated_env, layout_problems,
+    Drawer, Layout, ScenarioRecord, addon, build_extension_zip, call, emulate_blender, install_extension, isolated_env,
+    layout_problems, use_local_engine,
 )
 
 SMALL = {"frames": 3, "steps": 1, "long_side": 64}
@@ -237,36 +238,17 @@ def scenario(zip_path: str, work: str, out: str, clips: str) -> None:  # pragma:
 
     import bpy
 
-    record: dict = {}
     work_dir, clips_dir = Path(work), Path(clips)
     work_dir.mkdir(parents=True)
-    started = time.monotonic()
-
-    def save(step: str | None = None):
-        if step:
-            record.setdefault("timings", {})[step] = round(time.monotonic() - started, 1)
-        Path(out).write_text(json.dumps(record, indent=1, default=str))
-
-    def addon(name: str):
-        return sys.modules[f"{MODULE}.{name}"]
-
-    def call(operator, *args, **kwargs):
-        try:
-            return sorted(operator(*args, **kwargs)), ""
-        except RuntimeError as err:
-            return ["CANCELLED"], str(err)
+    scenario_record = ScenarioRecord(out)  # its timings: seconds since here
+    record, save = scenario_record.record, scenario_record.save
 
     try:
-        result = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default",
-                                                          enable_on_install=True)
+        result = install_extension(zip_path)
         extension_dir = bpy.utils.user_resource("EXTENSIONS", path="user_default/flash_previs")
-        record["install"] = {"result": sorted(result), "extension_dir": extension_dir,
+        record["install"] = {"result": result, "extension_dir": extension_dir,
                              "script": (Path(extension_dir) / "flash_batch.py").is_file()}
-        prefs = bpy.context.preferences.addons[MODULE].preferences
-        prefs.engine_source = 'CUSTOM'
-        prefs.python_path = sys.executable  # the engine runs in this test's own interpreter
-        prefs.model_source = 'TINY'
-        prefs.device = 'cpu'
+        prefs = use_local_engine('TINY')  # the engine runs in this test's own interpreter
         bpy.ops.wm.save_userpref()  # the batch runs below start from these preferences
         status, catalog = addon("progress").STATUS, addon("services").get_catalog()
         actions_dir = addon("services").actions_dir()

@@ -1,7 +1,8 @@
 """What the Blender tests share, on both of their sides: on the pytest side an isolated
 Blender user directory and the built extension zip; on the Blender side (the test files run
-as scripts in a bpy process) a stand-in UILayout whose recorded calls are checked against
-Blender's own RNA, since background mode draws nothing."""
+as scripts in a bpy process) the scenario's record, the install and the calls every scenario
+makes, and a stand-in UILayout whose recorded calls are checked against Blender's own RNA,
+since background mode draws nothing."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import runpy
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -65,6 +67,60 @@ def scenario_part(record: dict, name: str) -> dict:
     if name in record.get("errors", {}):
         pytest.fail(f"'{name}' failed in Blender:\n{record['errors'][name]}")
     return record[name]
+
+
+class ScenarioRecord:
+    """What a scenario saw (``record``, a dict), written as JSON to ``out`` as it goes."""
+
+    def __init__(self, out: str | Path, **start):
+        self.out, self.record, self.started = Path(out), dict(start), time.monotonic()
+
+    def save(self, timing: str | None = None) -> None:
+        """Write the record; with ``timing``, first note the seconds since the start under record["timings"]."""
+        if timing:  # for finding what is slow
+            self.record.setdefault("timings", {})[timing] = round(time.monotonic() - self.started, 1)
+        self.out.write_text(json.dumps(self.record, indent=1, default=str))
+
+    def step(self, name: str):
+        """Decorator: run the function now, its traceback (if any) under record["errors"][name], then save."""
+        def wrap(function):
+            try:
+                function()
+            except Exception:
+                self.record.setdefault("errors", {})[name] = traceback.format_exc()
+            self.save()
+        return wrap
+
+
+def addon(name: str):  # pragma: no cover - runs in Blender
+    """The installed extension's submodule ``name`` (``"engine"``, ``"operators.batch"``, ...)."""
+    return sys.modules[f"{MODULE}.{name}"]
+
+
+def call(operator, *args, **kwargs) -> tuple[list[str], str]:  # pragma: no cover - runs in Blender
+    """Run an operator: (its sorted result, "") or, when it raises, (["CANCELLED"], the error)."""
+    try:
+        return sorted(operator(*args, **kwargs)), ""
+    except RuntimeError as err:
+        return ["CANCELLED"], str(err)
+
+
+def install_extension(zip_path: str) -> list[str]:  # pragma: no cover - runs in Blender
+    """Install and enable the built zip as a user does; the operator's sorted result."""
+    import bpy
+
+    return sorted(bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default",
+                                                           enable_on_install=True))
+
+
+def use_local_engine(model_source: str):  # pragma: no cover - runs in Blender
+    """The add-on's preferences, set to run the engine in this interpreter on the CPU with ``model_source``."""
+    import bpy
+
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.engine_source, prefs.python_path = 'CUSTOM', sys.executable
+    prefs.model_source, prefs.device = model_source, 'cpu'
+    return prefs
 
 
 def emulate_blender(argv: list[str]) -> None:  # pragma: no cover - runs in Blender
