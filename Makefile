@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m flash_engine demo --out out/demo
 
+# One process per core (at most 4), a test file per process so module fixtures are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --numprocesses auto --maxprocesses 4 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) bench/run_benchmarks.py

@@ -43,3 +43,10 @@ def run_engine(*args, cwd=None, timeout=300):
     """Run ``python -m flash_engine ARGS`` as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "flash_engine", *map(str, args)], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with a slow test run first: `make test` has pytest-xdist hand out whole files in
+    collection order, so the long ones start at once instead of running alone at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: every other order is kept

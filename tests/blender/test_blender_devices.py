@@ -24,7 +24,8 @@ from tests.support.blender_harness import (  # noqa: E402
     build_extension_zip, emulate_blender, install_extension, isolated_env, use_local_engine,
 )
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy 5.0.1 wheel")
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy 5.0.1 wheel"),
+              pytest.mark.slow]
 
 CAMERAS = ("Cam A", "Cam B", "Cam C")
 RUNS = {"one": [], "two": ["--devices", "cpu,cpu"]}

@@ -33,7 +33,7 @@ from tests.support.blender_harness import (  # noqa: E402
 from tests.support.flamenco import NODE, compile_job, hidden_evals  # noqa: E402
 
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy 5.0.1 wheel"),
-              pytest.mark.skipif(NODE is None, reason="needs Node.js")]
+              pytest.mark.skipif(NODE is None, reason="needs Node.js"), pytest.mark.slow]
 
 CAMERAS = ("Cam A", "Kamera Ü")
 BLENDER_ARGS = ["-b", "-y"]  # Flamenco's default {blenderArgs}

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
-                                reason="needs the bpy 5.0.1 wheel (the test extra)")
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
+                                 reason="needs the bpy 5.0.1 wheel (the test extra)"),
+              pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # this file also runs as a script inside Blender's process

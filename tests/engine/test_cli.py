@@ -224,6 +224,7 @@ def test_info_reads_a_folders_own_model_card(tmp_path, capsys):
     assert "[learned by toy]" in presets["push_up"] and "[not learned by toy: train it first]" in presets["backflip"]
 
 
+@pytest.mark.slow
 def test_animate_action_on_mannequin_uses_the_sentence_it_learned_not_the_presets(tmp_path):
     from flash_engine.models.loading import MANNEQUIN_CARD, MANNEQUIN_DIR
     from flash_engine.presets import find_preset

@@ -102,6 +102,7 @@ def test_a_bad_input_fails_every_rank_before_they_meet_and_names_the_rank(tmp_pa
 
 # ---------------------------------------------------------------- torchrun, for real
 
+@pytest.mark.slow
 def test_two_ranks_of_batch_1_reach_the_weights_of_one_process_of_batch_2(clips_dir, tmp_path):
     from flash_engine.models.tiny import build_tiny
 

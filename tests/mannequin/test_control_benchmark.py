@@ -68,6 +68,7 @@ def test_summary_and_pairing_read_means_errors_and_refusals():
     assert "(1 refused)" in cb.table_markdown(cb.summarise(rows))
 
 
+@pytest.mark.slow
 def test_smoke_run_scores_every_row_drives_with_the_right_poses_and_resumes(tmp_path, capsys):
     pytest.importorskip("bpy")
     pytest.importorskip("mediapipe")

@@ -59,6 +59,7 @@ def model_tensors(folder):
 
 # ---------------------------------------------------------------- the chain, end to end
 
+@pytest.mark.slow
 def test_smoke_cli_writes_a_model_that_load_base_loads_and_the_pipeline_animates(cache, tmp_path):
     from PIL import Image
 
@@ -324,6 +325,7 @@ def test_interrupted_and_resumed_runs_reach_the_same_weights_as_an_uninterrupted
     assert len(record["sessions"]) == 3 and record["stages"]["vae"]["steps_done"] == 6
 
 
+@pytest.mark.slow
 def test_a_stage_stopped_by_the_time_budget_continues_when_a_later_session_raises_it(cache, tmp_path):
     config = smoke_config()
     common = dict(cache=cache, threads=1, workers=1, log=QUIET)

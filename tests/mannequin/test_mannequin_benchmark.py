@@ -98,6 +98,7 @@ def smoke_model():
     return "mannequin" if mannequin_available() else "tiny"
 
 
+@pytest.mark.slow
 def test_smoke_benchmark_generates_trains_animates_scores_and_resumes(tmp_path, smoke_model, capsys, monkeypatch):
     """The chain end to end, stopped after its first trained row and continued on "another
     machine": an empty WORK with only the committed --json, which must score just the rest."""
@@ -217,6 +218,7 @@ def test_paired_comparison_uses_the_same_references_and_their_spread():
     assert "no two variants" in paired_markdown(rows, BenchmarkConfig(shots=(4,), variants=(1,)))
 
 
+@pytest.mark.slow
 def test_workers_share_a_run_and_the_last_to_finish_writes_the_report(tmp_path, smoke_model, monkeypatch, capsys):
     """Two workers on one WORK and --json: a unit another live worker holds is left to it, a row
     it writes meanwhile is kept (not scored again), and the report waits for every row."""
