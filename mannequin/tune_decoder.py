@@ -54,10 +54,14 @@ class TuneSettings:
     adversarial_after: int = 100
 
     def saved_as(self) -> dict:
-        """The settings a checkpoint records (without defaults older tunes did not have)."""
-        added_later = {"latent_noise": 0.0, "adversarial": 0.0}
-        return {k: v for k, v in self.__dict__.items()
-                if added_later.get(k, object()) != v and not (k == "adversarial_after" and not self.adversarial)}
+        """The settings a checkpoint records. Those added after the first tunes are left out while
+        they are off, so an older tune's checkpoint still matches the same settings today."""
+        saved = dict(self.__dict__)
+        if not self.latent_noise:
+            del saved["latent_noise"]
+        if not self.adversarial:
+            del saved["adversarial"], saved["adversarial_after"]
+        return saved
 
 
 class DecoderStage(tb.VaeStage):

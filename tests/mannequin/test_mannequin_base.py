@@ -154,6 +154,20 @@ def test_smoke_cli_writes_a_model_that_load_base_loads_and_the_pipeline_animates
     assert all(torch.equal(noisy[k], sharp[k]) for k in noisy if k not in tuned)
 
 
+def test_a_tune_records_the_settings_added_later_only_when_they_are_on():
+    """A checkpoint of a tune from before latent noise and the adversarial term records neither:
+    the same settings today must match it (resume compares these dicts), and turning either on
+    must not."""
+    from mannequin.tune_decoder import TuneSettings
+
+    first_tunes = {"steps": 3000, "lr": 3e-4, "warmup": 50, "seed": 0}
+    assert TuneSettings().saved_as() == first_tunes
+    assert TuneSettings(latent_noise=0.4).saved_as() == {**first_tunes, "latent_noise": 0.4}
+    assert TuneSettings(adversarial=0.5, adversarial_after=7).saved_as() == {
+        **first_tunes, "adversarial": 0.5, "adversarial_after": 7}
+    assert TuneSettings(adversarial_after=7).saved_as() == first_tunes  # no term: its start is moot
+
+
 def test_the_adversarial_decoder_tune_resumes_bit_for_bit_and_keeps_the_encoder():
     """4 steps straight == 2 steps, a checkpoint, a new stage restored from it, 2 more: the
     decoder, the discriminator and its optimizer all travel (the adversarial term is on from step 1)."""
