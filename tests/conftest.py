@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -6,6 +7,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parent.parent
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs a worker per core. Torch's OpenMP threads spin while they wait for each
+    # other, so two 2-thread workers on 2 cores ran a test 12x slower than one thread each
+    # (docs/benchmarks.md). Set before torch loads; the engines and Blender processes the
+    # tests start inherit it. One set by the caller is kept.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def draw_scene(width=96, height=64, seed=0) -> Image.Image:

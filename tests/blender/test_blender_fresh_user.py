@@ -214,6 +214,9 @@ def scenario(zip_path: str, work: str, out: str, no_torch: str, stall: str) -> N
         status, manager = addon("progress").STATUS, addon("engine").MANAGER
         panel = addon("panels").FLASH_PT_animate
         env_dir = Path(bpy.utils.extension_path_user(MODULE, path="engine-env", create=False))
+        scene = bpy.context.scene  # no picture is checked here: Cycles at one sample, not EEVEE's
+        scene.render.engine = 'CYCLES'  # first render (~18 s compiling shaders on this CPU)
+        scene.cycles.samples, scene.cycles.device = 1, 'CPU'
 
         # 1. never set up: Animate says so, the preferences offer the button, nothing is made
         error = animate(frames=3, steps=1, long_side=64)
