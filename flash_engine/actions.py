@@ -2,7 +2,8 @@
 
 Layout::
 
-    ACTION/action.toml          name, prompt, base model identity, training config, steps, clips, date
+    ACTION/action.toml          name, prompt, base model identity (and its latent identity),
+                                training config, steps, clips, date
     ACTION/unet.safetensors     only the trained UNet tensors (motion modules + spatial K/V)
     ACTION/decoder.safetensors  only the Detail Enhancement Decoder's new layers
 """
@@ -42,6 +43,20 @@ class Action:
     def decoder_state(self) -> dict[str, torch.Tensor] | None:
         path = self.folder / DECODER_FILE
         return _load_tensors(path) if path.is_file() else None
+
+    @property
+    def decodes(self) -> bool:
+        """It carries Detail Enhancement Decoder layers, trained on its base's own decoder."""
+        return (self.folder / DECODER_FILE).is_file()
+
+    def fits(self, identity: str, latent_identity: str | None) -> bool:
+        """Whether a base with these identities is the one it was trained on (or that base with
+        only its VAE decoder tuned, for an action without decoder layers)."""
+        from flash_engine.models.loading import fits_base
+
+        latent = self.meta.get("base_latent")
+        return fits_base(identity, latent_identity, self.base_model, latent if isinstance(latent, str) else None,
+                         self.decodes)
 
 
 def _damaged(path: Path, problem: str) -> FlashError:
@@ -95,7 +110,7 @@ def dump_toml(data: dict) -> str:
 
 def write_action(folder: Path, *, name: str, prompt: str, base_model: str,
                  unet_state: dict[str, torch.Tensor], decoder_state: dict[str, torch.Tensor] | None = None,
-                 meta: dict | None = None) -> Path:
+                 meta: dict | None = None, base_latent: str | None = None) -> Path:
     """Write the three files into ``folder`` (callers stage it: see ``output.staged_folder``)."""
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors(unet_state, folder / UNET_FILE)
@@ -106,6 +121,7 @@ def write_action(folder: Path, *, name: str, prompt: str, base_model: str,
         "name": name,
         "prompt": prompt,
         "base_model": base_model,
+        **({"base_latent": base_latent} if base_latent else {}),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(meta or {}),
     }
@@ -159,8 +175,9 @@ class ActionSlot:
         self.reset()
         if action is None:
             return
-        base_identity = self.pipeline.base.identity
-        if action.base_model != base_identity:
+        base = self.pipeline.base
+        base_identity = base.identity
+        if not action.fits(base_identity, base.latent_identity):
             raise FlashError(
                 f"action '{action.name}' was trained on base model {action.base_model}, not {base_identity}",
                 "animate with the base model it was trained on, or retrain the action on this one",

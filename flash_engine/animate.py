@@ -23,8 +23,8 @@ from flash_engine.images import fit_reference, load_reference, resolve_size, sav
 from flash_engine.layout import TAKE_DRIVING_POSES, TAKE_MANIFEST, TAKE_MP4
 from flash_engine.output import check_destination, file_digest, normalise, os_error, staged_folder
 from flash_engine.presets import Preset, find_preset
-from flash_engine.models.loading import (BUILT_IN, MANNEQUIN, base_identity, check_mannequin, check_weights_folder,
-                                         model_card_actions, model_limits)
+from flash_engine.models.loading import (BUILT_IN, MANNEQUIN, base_identity, base_latent_identity, check_mannequin,
+                                         check_weights_folder, model_card_actions, model_limits)
 from flash_engine.requests import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_GUIDANCE, DEFAULT_STEPS, AnimateRequest, specs, validate
 from flash_engine.weights import resolve_model_source
 
@@ -131,7 +131,8 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
     guidance = request.guidance if request.guidance is not None else (preset.guidance if preset else DEFAULT_GUIDANCE)
     limits = model_limits(model, request.motion_adapter)
     identity = base_identity(model, request.motion_adapter) if action is not None else None
-    if identity is not None and action.base_model != identity:  # told now, not after a multi-GB load
+    if identity is not None and not action.fits(identity, base_latent_identity(model, request.motion_adapter)):
+        # told now, not after a multi-GB load
         raise FlashError(f"action '{action.name}' was trained on base model {action.base_model}, not {identity} "
                          f"({model})", "animate with the base model it was trained on, or retrain the action on "
                          "this one", code="base_mismatch")

@@ -50,6 +50,17 @@ def save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = No
     return Path(path)
 
 
+def tensor_ranges(path: Path) -> dict[str, tuple[str, list[int], int, int]]:
+    """Each tensor's dtype, shape and byte range (offsets in the file) from the header alone,
+    for a file ``safetensors_problem`` has passed."""
+    with open(path, "rb") as handle:
+        header_bytes = int.from_bytes(handle.read(HEADER_LENGTH_BYTES), "little")
+        header = json.loads(handle.read(header_bytes).decode("utf-8"))
+    start = HEADER_LENGTH_BYTES + header_bytes
+    return {name: (entry["dtype"], entry["shape"], start + entry["data_offsets"][0], start + entry["data_offsets"][1])
+            for name, entry in header.items() if name != METADATA_KEY}
+
+
 def safetensors_problem(path: Path) -> str | None:
     """What makes ``path`` not a whole safetensors file, as a short phrase; None when it is one."""
     try:

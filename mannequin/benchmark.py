@@ -234,6 +234,9 @@ class StockDecoderAction:
     def decoder_state(self):
         return None
 
+    def fits(self, identity, latent_identity):
+        return self._action.fits(identity, latent_identity)
+
 
 def decoder_tag(config: BenchmarkConfig) -> str:
     """How #6's decoder is trained (its distortions): the run key leaves the decoder's colour

@@ -83,6 +83,7 @@ class BaseInfo:
     config: BaseConfig  # what its training.json says it trained on
     card: dict
     identity: str
+    latent_identity: str  # the same, blind to the VAE's decoder side (what the ControlNet needs)
     size_multiple: int
     unet_wall_s: float | None  # its UNet stage's recorded wall time
 
@@ -90,7 +91,8 @@ class BaseInfo:
 def read_base(source: str | Path) -> BaseInfo:
     """A one-line RunError unless ``source`` is a complete base written by ``mannequin.train_base``."""
     from flash_engine.models.base import vae_size_multiple
-    from flash_engine.models.loading import MANNEQUIN, MANNEQUIN_CARD, MANNEQUIN_DIR, base_identity, find_problems
+    from flash_engine.models.loading import (MANNEQUIN, MANNEQUIN_CARD, MANNEQUIN_DIR, base_identity,
+                                             base_latent_identity, find_problems)
 
     folder = MANNEQUIN_DIR if str(source) == MANNEQUIN else Path(source).expanduser()
     folder = folder.resolve()
@@ -119,6 +121,7 @@ def read_base(source: str | Path) -> BaseInfo:
     vae = tb._read_json(folder / "vae" / "config.json") or {}
     wall = (record.get("wall_s") or {}).get("unet")
     return BaseInfo(folder=folder, config=config, card=card, identity=base_identity(folder),
+                    latent_identity=base_latent_identity(folder),
                     size_multiple=vae_size_multiple(vae), unet_wall_s=float(wall) if wall else None)
 
 
@@ -357,6 +360,7 @@ def made_for_record(info: BaseInfo) -> dict:
     from flash_engine.models.controlnet import MADE_FOR_FORMAT
 
     return {"format": MADE_FOR_FORMAT, "version": 1, "control": "pose", "base_identity": info.identity,
+            "base_latent_identity": info.latent_identity,
             "base_name": info.card.get("name"), "generator": GENERATOR,
             "condition": "OpenPose body maps (flash_engine.pose.draw) at the clip's size",
             "size": [info.config.size, info.config.size], "frames": info.config.frames}

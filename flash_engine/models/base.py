@@ -48,6 +48,9 @@ class BaseModel:
     identity: str  # content fingerprint of the base weights; action artifacts record it
     source: str  # "tiny" or the folder it was loaded from
     attention: FlashAttentionContext = field(repr=False, default=None)
+    # The same, blind to the VAE's decoder side (loading.fingerprint_latent_side): what
+    # artifacts that never decode (ControlNets, actions without a decoder) also accept.
+    latent_identity: str = ""
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"text_encoder": self.text_encoder, "vae": self.vae, "unet": self.unet}
@@ -72,6 +75,7 @@ def assemble_base(
     scheduler_config: dict | None,
     identity: str,
     source: str,
+    latent_identity: str | None = None,
 ) -> BaseModel:
     unet = UNetMotionModel.from_unet2d(unet2d, motion_adapter)
     attention = set_flash_attention(unet)
@@ -87,4 +91,5 @@ def assemble_base(
         identity=identity,
         source=source,
         attention=attention,
+        latent_identity=latent_identity or identity,  # built in code: no decoder-only variants
     )

@@ -36,8 +36,10 @@ SD15_GEOMETRY = {"in_channels": 4, "cross_attention_dim": 768, "block_out_channe
 # diffusers' ControlNetModel defaults, for configs that leave them out
 DEFAULT_CONDITION_CHANNELS = (16, 32, 96, 256)
 CONDITION_IMAGE_CHANNELS = 3  # the engine's conditions are RGB images (pose maps, depth)
-# Beside a ControlNet's config.json: {"format", "version", "control", "base_identity", ...}, the
-# base it was trained with (public ControlNets have none: their shape is all that is checked).
+# Beside a ControlNet's config.json: {"format", "version", "control", "base_identity",
+# "base_latent_identity", ...}, the base it was trained with (public ControlNets have none: their
+# shape is all that is checked). A ControlNet never decodes, so the base with only its VAE
+# decoder tuned is accepted too (loading.fits_base) where the record has the latent identity.
 MADE_FOR = "flash_controlnet.json"
 MADE_FOR_FORMAT = "flash-controlnet"
 
@@ -133,14 +135,16 @@ def made_for(folder: Path) -> dict | None:
 def check_controlnet_base(folder: Path, model: str | Path, control: str, adapter_dir: str | Path | None = None) -> None:
     """A one-line FlashError when ``folder`` names the base it was trained with and ``model`` is
     another (told by the weights' fingerprints, without loading)."""
-    from flash_engine.models.loading import base_identity
+    from flash_engine.models.loading import base_identity, base_latent_identity, fits_base
 
     record = made_for(folder)
     wanted = record.get("base_identity") if record else None
     if not wanted:
         return
     identity = base_identity(model, adapter_dir)
-    if identity is not None and identity != wanted:
+    latent = record.get("base_latent_identity")
+    if identity is not None and not fits_base(identity, base_latent_identity(model, adapter_dir), wanted,
+                                              latent if isinstance(latent, str) else None, decodes=False):
         raise FlashError(f"the {control} ControlNet {folder} was trained with base model {wanted}, not {identity} "
                          f"({model})", f"pass {flag(control)} a ControlNet trained for this model, or train one "
                          "(python -m mannequin.train_control)", code="base_mismatch")

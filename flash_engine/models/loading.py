@@ -34,12 +34,18 @@ from pathlib import Path
 from flash_engine.errors import FlashError
 from flash_engine.model_actions import ModelActions, from_card
 from flash_engine.models.base import BaseModel, assemble_base, vae_size_multiple
+from flash_engine.tensorfiles import tensor_ranges
 
 WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "motion_adapter")
 LOADED_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")  # under the model folder
 CUSTOM_CODE_KEY = "auto_map"  # how transformers/diffusers configs name code shipped with the weights
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 FINGERPRINT_CHUNK = 4 << 20
+# The VAE's decoder side. A tune of it alone (SD's ft-MSE VAE is one) leaves what the latents
+# mean as it was, so artifacts that never decode (a ControlNet, an action without a decoder file)
+# still fit the tuned base.
+DECODER_SIDE = ("decoder.", "post_quant_conv.")
+TENSOR_SAMPLE = 4 << 10
 MANNEQUIN = "mannequin"
 MANNEQUIN_DIR = Path(__file__).parent / "mannequin"  # shipped weights of the built-in default model
 MANNEQUIN_CARD = "mannequin.json"
@@ -140,6 +146,35 @@ def fingerprint_files(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+def fingerprint_latent_side(paths: list[Path]) -> str:
+    """``fingerprint_files`` blind to the VAE's decoder side: a VAE file (in a ``vae/`` folder)
+    contributes its other tensors' names, dtypes, shapes and first, middle and last 4 KiB instead
+    of its bytes; every other file as ``fingerprint_files`` has it."""
+    vae_files = sorted(p for p in paths if p.parent.name == "vae")
+    digest = hashlib.sha256(fingerprint_files([p for p in paths if p not in vae_files]).encode())
+    for path in vae_files:
+        ranges = tensor_ranges(path)
+        with path.open("rb") as handle:
+            for name in sorted(n for n in ranges if not n.startswith(DECODER_SIDE)):
+                dtype, shape, begin, end = ranges[name]
+                digest.update(f"{path.name}/{name}:{dtype}:{shape}".encode())
+                for offset in sorted({begin, max(begin, (begin + end - TENSOR_SAMPLE) // 2),
+                                      max(begin, end - TENSOR_SAMPLE)}):
+                    handle.seek(offset)
+                    digest.update(handle.read(min(TENSOR_SAMPLE, end - offset)))
+    return digest.hexdigest()[:16]
+
+
+def fits_base(base_identity: str, base_latent_identity: str | None, trained_on: str,
+              trained_on_latent: str | None, decodes: bool) -> bool:
+    """Whether an artifact trained on ``trained_on`` (with, where it recorded it, that base's
+    latent identity) works on this base: the same weights, or for one that never decodes, the
+    same weights but for the VAE's decoder side."""
+    if trained_on == base_identity:
+        return True
+    return not decodes and bool(trained_on_latent) and trained_on_latent == base_latent_identity
+
+
 def load_folder(model_dir: Path, adapter_dir: Path | None = None, dtype=None) -> BaseModel:
     import torch
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
@@ -181,6 +216,7 @@ def load_folder(model_dir: Path, adapter_dir: Path | None = None, dtype=None) ->
         scheduler_config=scheduler_config,
         identity=fingerprint_files(weight_files),
         source=str(model_dir),
+        latent_identity=fingerprint_latent_side(weight_files),
     )
 
 
@@ -318,12 +354,23 @@ def _weight_files(model_dir: Path, adapter_dir: Path) -> list[Path]:
             for f in folder.glob("*.safetensors")]
 
 
-def base_identity(source: str | Path, adapter_dir: str | Path | None = None) -> str | None:
-    """The identity a loaded base will have (the content fingerprint of its weight files),
-    told in milliseconds without loading; None for the models built in code (known once built)."""
+def _source_weight_files(source: str | Path, adapter_dir: str | Path | None) -> list[Path] | None:
     if str(source) in BUILT_IN and str(source) != MANNEQUIN:
         return None
     model_dir = (MANNEQUIN_DIR if str(source) == MANNEQUIN else Path(source).expanduser()).resolve()
     adapter = Path(adapter_dir).expanduser().resolve() if adapter_dir else model_dir / "motion_adapter"
-    return fingerprint_files(_weight_files(model_dir, adapter))
+    return _weight_files(model_dir, adapter)
+
+
+def base_identity(source: str | Path, adapter_dir: str | Path | None = None) -> str | None:
+    """The identity a loaded base will have (the content fingerprint of its weight files),
+    told in milliseconds without loading; None for the models built in code (known once built)."""
+    files = _source_weight_files(source, adapter_dir)
+    return None if files is None else fingerprint_files(files)
+
+
+def base_latent_identity(source: str | Path, adapter_dir: str | Path | None = None) -> str | None:
+    """The latent identity a loaded base will have (``fingerprint_latent_side``), told the same way."""
+    files = _source_weight_files(source, adapter_dir)
+    return None if files is None else fingerprint_latent_side(files)
 

@@ -246,7 +246,7 @@ def run_train(job: ResolvedTrain, progress: Callable | None = None, should_cance
         meta["fps"] = fps  # the speed its takes play at (flash.json "fps")
     with staged_folder(job.out, overwrite=request.force, written_files=written_action_files) as staging:
         write_action(staging, name=request.action, prompt=request.prompt[0].strip(),
-                     base_model=base.identity, unet_state=trainer.unet_state(),
+                     base_model=base.identity, base_latent=base.latent_identity, unet_state=trainer.unet_state(),
                      decoder_state=trainer.decoder_state(), meta=meta)
     shutil.rmtree(job.work_dir, ignore_errors=True)
     return {"action": str(job.out), "name": request.action, **meta}

@@ -368,3 +368,117 @@ def test_a_models_native_size_is_the_default_clip_size(tmp_path, capsys):
                  "--frames", "2", "--steps", "1", "--out", str(tmp_path / "take")]) == 0
     settings = json.loads((tmp_path / "take" / "flash.json").read_text())["settings"]
     assert (settings["width"], settings["height"]) == (64, 40)  # tiny's native 64, not 512
+
+
+def _changed(folder: Path, prefix: str) -> None:
+    """Add noise to the first VAE tensor whose name starts with ``prefix``, in place."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    name = next(k for k in sorted(state) if k.startswith(prefix))
+    state[name] = state[name] + torch.randn_like(state[name])
+    save_file(state, weights)
+
+
+@pytest.fixture(scope="module")
+def decoder_tuned(saved_tiny, tmp_path_factory):
+    """The saved base with only its VAE decoder changed (as mannequin.tune_decoder does), and
+    one with an encoder tensor changed too."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("tuned")
+    decoder, encoder = root / "decoder-tuned", root / "encoder-changed"
+    shutil.copytree(saved_tiny, decoder)
+    _changed(decoder, "decoder.")
+    shutil.copytree(decoder, encoder)
+    _changed(encoder, "encoder.")
+    return decoder, encoder
+
+
+def test_a_decoder_only_tune_changes_the_identity_but_not_the_latent_identity(saved_tiny, decoder_tuned):
+    from flash_engine.models.loading import base_identity, base_latent_identity
+
+    decoder, encoder = decoder_tuned
+    original, tuned, changed = load_base(saved_tiny), load_base(decoder), load_base(encoder)
+    assert tuned.identity != original.identity  # what the benchmarks and #6 actions key on
+    assert tuned.latent_identity == original.latent_identity
+    assert changed.latent_identity not in (original.latent_identity, changed.identity)
+    for folder, base in ((saved_tiny, original), (decoder, tuned), (encoder, changed)):  # told without loading
+        assert (base_identity(folder), base_latent_identity(folder)) == (base.identity, base.latent_identity)
+
+
+def test_actions_without_decoder_layers_and_controlnets_fit_a_decoder_tuned_base(saved_tiny, decoder_tuned,
+                                                                                tmp_path, reference_png):
+    import json
+    import shutil
+
+    import torch
+
+    from flash_engine.actions import ActionSlot, read_action, write_action
+    from flash_engine.animate import resolve
+    from flash_engine.models.controlnet import MADE_FOR, check_controlnet_base
+    from flash_engine.requests import AnimateRequest
+
+    decoder, encoder = decoder_tuned
+    original = load_base(saved_tiny)
+    trained = {name: p.detach().clone() + 0.01 for name, p in original.unet.named_parameters() if "motion" in name}
+    enhancement = FlashPipeline(original).decoder.enhancement_state_dict()
+
+    def action(name, with_decoder=False, latent=original.latent_identity):
+        return write_action(tmp_path / name, name=name, prompt="a person kicks.", base_model=original.identity,
+                            base_latent=latent, unet_state=trained,
+                            decoder_state={k: v + 0.1 for k, v in enhancement.items()} if with_decoder else None)
+
+    unet_only, with_decoder, before_latents = action("kick"), action("kick6", True), action("old", latent=None)
+    assert "base_latent" not in (before_latents / "action.toml").read_text()  # written as before this change
+
+    def refused(folder, model) -> str:
+        with pytest.raises(FlashError) as err:
+            resolve(AnimateRequest(model=str(model), image=str(reference_png), weights=str(folder), frames=3,
+                                   steps=1, out=str(tmp_path / "take")))
+        assert err.value.code == "base_mismatch" and "\n" not in str(err.value)
+        return str(err.value)
+
+    # before any model loads
+    assert resolve(AnimateRequest(model=str(decoder), image=str(reference_png), weights=str(unet_only), frames=3,
+                                  steps=1, out=str(tmp_path / "take"))).request.weights == str(unet_only)
+    assert original.identity in refused(with_decoder, decoder)  # its layers were trained on the old decoder
+    refused(before_latents, decoder)  # it recorded no latent identity: only its own base
+    refused(unet_only, encoder)  # the latents mean something else
+
+    # and where the tensors go in
+    tuned_pipeline = FlashPipeline(load_base(decoder))
+    ActionSlot(tuned_pipeline).apply(read_action(unet_only))
+    params = dict(tuned_pipeline.base.unet.named_parameters())
+    assert all(torch.equal(params[k], v) for k, v in trained.items())
+    with pytest.raises(FlashError, match="was trained on base model"):
+        ActionSlot(tuned_pipeline).apply(read_action(with_decoder))
+
+    # a ControlNet's record: the latent identity admits the decoder-tuned base, not a changed encoder
+    net = tmp_path / "controlnet"
+    net.mkdir()
+    record = {"format": "flash-controlnet", "version": 1, "control": "pose", "base_identity": original.identity}
+    (net / MADE_FOR).write_text(json.dumps(record))
+    with pytest.raises(FlashError, match="was trained with base model"):
+        check_controlnet_base(net, decoder, "pose")  # a record from before this change
+    (net / MADE_FOR).write_text(json.dumps({**record, "base_latent_identity": original.latent_identity}))
+    check_controlnet_base(net, saved_tiny, "pose")
+    check_controlnet_base(net, decoder, "pose")
+    with pytest.raises(FlashError, match="was trained with base model"):
+        check_controlnet_base(net, encoder, "pose")
+    shutil.rmtree(net)
+
+
+def test_the_shipped_pose_controlnet_records_the_shipped_bases_latent_identity():
+    import json
+
+    from flash_engine.models.controlnet import MADE_FOR
+    from flash_engine.models.loading import MANNEQUIN_DIR, base_identity, base_latent_identity, mannequin_available
+
+    if not mannequin_available():
+        pytest.skip("the built-in mannequin model is not in this checkout")
+    record = json.loads((MANNEQUIN_DIR / "controlnet_pose" / MADE_FOR).read_text())
+    assert record["base_identity"] == base_identity("mannequin")
+    assert record["base_latent_identity"] == base_latent_identity("mannequin")

@@ -338,6 +338,7 @@ def test_artifact_round_trips_and_changes_the_clip(clips_dir, tmp_path, tiny_pip
     result = run_train(resolve_train(request))
     action = read_action(result["action"])
     assert action.base_model == tiny_pipeline.base.identity
+    assert action.meta["base_latent"] == tiny_pipeline.base.latent_identity  # what a decoder-tuned base checks
     # the speed it learned: the mp4s' 12 fps at stride 1 (the frame folder declares none); an
     # animate request without an fps plays at it
     from flash_engine.animate import AnimateRequest, clip_fps

@@ -99,6 +99,7 @@ def test_smoke_cli_writes_a_controlnet_that_the_engine_uses_for_pose_with_no_oth
     assert set(record["eval"]) >= {"train_actions", "held_out_actions"}
     made_for = json.loads((out / "flash_controlnet.json").read_text())
     assert made_for["base_identity"] == loading.base_identity(model)  # the ControlNet did not change it
+    assert made_for["base_latent_identity"] == loading.base_latent_identity(model)
 
     # accepted for its base, refused for another of the same shape (identity), in one line
     config = check_controlnet_folder(out, "pose")
