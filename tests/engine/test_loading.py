@@ -472,13 +472,15 @@ def test_actions_without_decoder_layers_and_controlnets_fit_a_decoder_tuned_base
 
 
 def test_the_shipped_pose_controlnet_records_the_shipped_bases_latent_identity():
+    """So it stays usable when a decoder-only tune ships (its base_identity is then the older one)."""
     import json
 
-    from flash_engine.models.controlnet import MADE_FOR
-    from flash_engine.models.loading import MANNEQUIN_DIR, base_identity, base_latent_identity, mannequin_available
+    from flash_engine.models.controlnet import MADE_FOR, check_controlnet_base
+    from flash_engine.models.loading import MANNEQUIN_DIR, base_latent_identity, mannequin_available
 
     if not mannequin_available():
         pytest.skip("the built-in mannequin model is not in this checkout")
-    record = json.loads((MANNEQUIN_DIR / "controlnet_pose" / MADE_FOR).read_text())
-    assert record["base_identity"] == base_identity("mannequin")
+    folder = MANNEQUIN_DIR / "controlnet_pose"
+    record = json.loads((folder / MADE_FOR).read_text())
     assert record["base_latent_identity"] == base_latent_identity("mannequin")
+    check_controlnet_base(folder, "mannequin", "pose")
