@@ -34,7 +34,7 @@ from pathlib import Path
 from flash_engine.errors import FlashError
 from flash_engine.model_actions import ModelActions, from_card
 from flash_engine.models.base import BaseModel, assemble_base, vae_size_multiple
-from flash_engine.tensorfiles import tensor_ranges
+from flash_engine.tensorfiles import safetensors_problem, tensor_ranges
 
 WEIGHT_FOLDERS = ("unet", "vae", "text_encoder", "motion_adapter")
 LOADED_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")  # under the model folder
@@ -149,8 +149,10 @@ def fingerprint_files(paths: list[Path]) -> str:
 def fingerprint_latent_side(paths: list[Path]) -> str:
     """``fingerprint_files`` blind to the VAE's decoder side: a VAE file (in a ``vae/`` folder)
     contributes its other tensors' names, dtypes, shapes and first, middle and last 4 KiB instead
-    of its bytes; every other file as ``fingerprint_files`` has it."""
-    vae_files = sorted(p for p in paths if p.parent.name == "vae")
+    of its bytes (samples, as ``fingerprint_files`` takes: a retraining changes every byte); every
+    other file, and a damaged VAE file (refused with its one-line error when the base loads), as
+    ``fingerprint_files`` has it."""
+    vae_files = sorted(p for p in paths if p.parent.name == "vae" and safetensors_problem(p) is None)
     digest = hashlib.sha256(fingerprint_files([p for p in paths if p not in vae_files]).encode())
     for path in vae_files:
         ranges = tensor_ranges(path)

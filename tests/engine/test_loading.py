@@ -397,7 +397,9 @@ def decoder_tuned(saved_tiny, tmp_path_factory):
     return decoder, encoder
 
 
-def test_a_decoder_only_tune_changes_the_identity_but_not_the_latent_identity(saved_tiny, decoder_tuned):
+def test_a_decoder_only_tune_changes_the_identity_but_not_the_latent_identity(saved_tiny, decoder_tuned, tmp_path):
+    import shutil
+
     from flash_engine.models.loading import base_identity, base_latent_identity
 
     decoder, encoder = decoder_tuned
@@ -407,6 +409,17 @@ def test_a_decoder_only_tune_changes_the_identity_but_not_the_latent_identity(sa
     assert changed.latent_identity not in (original.latent_identity, changed.identity)
     for folder, base in ((saved_tiny, original), (decoder, tuned), (encoder, changed)):  # told without loading
         assert (base_identity(folder), base_latent_identity(folder)) == (base.identity, base.latent_identity)
+    for prefix, same_latents in (("post_quant_conv.", True), ("quant_conv.", False)):  # the 1x1 convs either side
+        copy = tmp_path / prefix
+        shutil.copytree(saved_tiny, copy)
+        _changed(copy, prefix)
+        assert base_identity(copy) != original.identity
+        assert (base_latent_identity(copy) == original.latent_identity) is same_latents, prefix
+    damaged = tmp_path / "damaged"  # a truncated VAE file: told apart, and the load's own error, not a crash
+    shutil.copytree(saved_tiny, damaged)
+    vae_file = damaged / "vae" / "diffusion_pytorch_model.safetensors"
+    vae_file.write_bytes(vae_file.read_bytes()[:1000])
+    assert base_latent_identity(damaged) != original.latent_identity
 
 
 def test_actions_without_decoder_layers_and_controlnets_fit_a_decoder_tuned_base(saved_tiny, decoder_tuned,
