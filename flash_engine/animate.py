@@ -131,8 +131,7 @@ def resolve(request: AnimateRequest) -> ResolvedAnimate:
     guidance = request.guidance if request.guidance is not None else (preset.guidance if preset else DEFAULT_GUIDANCE)
     limits = model_limits(model, request.motion_adapter)
     identity = base_identity(model, request.motion_adapter) if action is not None else None
-    if identity is not None and action.base_model != identity \
-            and not action.fits(identity, base_latent_identity(model, request.motion_adapter)):
+    if identity is not None and not action.fits(identity, base_latent_identity(model, request.motion_adapter)):
         # told now, not after a multi-GB load
         raise FlashError(f"action '{action.name}' was trained on base model {action.base_model}, not {identity} "
                          f"({model})", "animate with the base model it was trained on, or retrain the action on "
